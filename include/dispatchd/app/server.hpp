@@ -1,0 +1,67 @@
+#pragma once
+// The whole server: listener, HTTP/2 connections, the gRPC router with the Dispatcher and the
+// health service, and the order in which they stop.
+
+#include <asio/io_context.hpp>
+#include <chrono>
+#include <expected>
+#include <string>
+
+#include "dispatchd/co/intrusive_list.hpp"
+#include "dispatchd/co/scope.hpp"
+#include "dispatchd/co/timer_wheel.hpp"
+#include "dispatchd/dispatcher/dispatcher.hpp"
+#include "dispatchd/grpc/health.hpp"
+#include "dispatchd/grpc/server.hpp"
+#include "dispatchd/h2/connection.hpp"
+#include "dispatchd/net/acceptor.hpp"
+
+namespace dispatchd::app {
+
+struct Options {
+  std::string listen = "127.0.0.1:4242";
+  bool insecure = false;
+  std::size_t max_connections = 200000;
+  h2::Settings h2;
+  grpc::ServerOptions grpc;
+  dispatcher::Config dispatcher;
+};
+
+class Server {
+ public:
+  Server(asio::io_context& io, Options options);
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  ~Server();
+
+  // Binds the listening socket; returns the bound address (port 0 picks a free one).
+  std::expected<asio::ip::tcp::endpoint, std::string> listen();
+  // Serves until stop() and everything has drained.
+  asio::awaitable<void> run();
+  // Graceful stop: no new connections, every Session gets its final message, GOAWAY to every
+  // connection, in-flight calls finish within the drain timeout.
+  void stop();
+
+  grpc::Server& grpc() noexcept { return grpc_; }
+  grpc::HealthService& health() noexcept { return health_; }
+  dispatcher::Dispatcher& dispatcher() noexcept { return dispatcher_; }
+  co::TimerWheel& wheel() noexcept { return wheel_; }
+  std::size_t connection_count() const noexcept { return connection_count_; }
+
+ private:
+  asio::awaitable<void> serve_connection(std::shared_ptr<h2::Connection> c);
+
+  asio::io_context& io_;
+  Options options_;
+  co::TimerWheel wheel_;
+  grpc::Server grpc_;
+  grpc::HealthService health_;
+  dispatcher::Dispatcher dispatcher_;
+  net::Acceptor acceptor_;
+  co::Scope connections_scope_;
+  co::IntrusiveList<h2::Connection> connections_;
+  std::size_t connection_count_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace dispatchd::app

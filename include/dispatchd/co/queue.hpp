@@ -1,0 +1,57 @@
+#pragma once
+// Queue<T>: a bounded FIFO owned by one consumer. push() appends and notifies the consumer's
+// Wakeup; past the limit the queue is marked overflowed instead of growing or dropping silently.
+
+#include <cstddef>
+#include <deque>
+#include <utility>
+
+#include "dispatchd/co/wakeup.hpp"
+
+namespace dispatchd::co {
+
+template <class T>
+class Queue {
+ public:
+  Queue(Wakeup& w, std::size_t limit) : wakeup_(&w), limit_(limit) {}
+
+  // Returns false (and marks the queue overflowed) when the queue is full.
+  bool push(T v) {
+    if (overflowed_ || closed_) return false;
+    if (items_.size() >= limit_) {
+      overflowed_ = true;
+      items_.clear();
+      wakeup_->notify();
+      return false;
+    }
+    items_.push_back(std::move(v));
+    wakeup_->notify();
+    return true;
+  }
+
+  void close() {
+    closed_ = true;
+    wakeup_->notify();
+  }
+
+  bool ready() const noexcept { return !items_.empty() || overflowed_ || closed_; }
+  bool empty() const noexcept { return items_.empty(); }
+  bool overflowed() const noexcept { return overflowed_; }
+  bool closed() const noexcept { return closed_; }
+  std::size_t size() const noexcept { return items_.size(); }
+
+  T pop() {
+    T v = std::move(items_.front());
+    items_.pop_front();
+    return v;
+  }
+
+ private:
+  Wakeup* wakeup_;
+  std::size_t limit_;
+  std::deque<T> items_;
+  bool overflowed_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace dispatchd::co

@@ -1,0 +1,12 @@
+#pragma once
+
+#include <string>
+
+namespace dispatchd::dispatcher {
+
+// A fresh random ID shaped like SwarmKit's identity.NewID(): 17 CSPRNG bytes with the top bit
+// set, read as a big-endian number, written in base 36, first digit dropped: 25 characters of
+// [0-9a-z].
+std::string new_session_id();
+
+}  // namespace dispatchd::dispatcher

@@ -1,0 +1,112 @@
+#pragma once
+// Server: our gRPC layer over h2. Routes by :path, validates the request, arms grpc-timeout,
+// and runs a handler adapter in the stream's coroutine.
+//
+// Unary handler:     awaitable<std::expected<Resp, Status>>(ServerContext&, const Req&)
+// Streaming handler: awaitable<Status>(ServerContext&, const Req&, Writer<Resp>&)
+
+#include <array>
+#include <expected>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "dispatchd/co/intrusive_list.hpp"
+#include "dispatchd/co/timer_wheel.hpp"
+#include "dispatchd/grpc/codec.hpp"
+#include "dispatchd/grpc/server_call.hpp"
+#include "dispatchd/grpc/status.hpp"
+#include "dispatchd/h2/connection.hpp"
+
+namespace dispatchd::grpc {
+
+struct ServerOptions {
+  std::size_t max_receive_message_size = kDefaultMaxMessageSize;
+};
+
+template <class Resp>
+class Writer {
+ public:
+  explicit Writer(ServerCall& call) : call_(call) {}
+  // Waits while the peer's flow-control window is full. False once the call is over.
+  asio::awaitable<bool> write(const Resp& msg) {
+    return call_.write(h2::Segment::own(encode_message(msg)));
+  }
+  // A message already framed (prefix included), possibly shared with other streams.
+  asio::awaitable<bool> write_framed(h2::Segment framed) { return call_.write(std::move(framed)); }
+
+ private:
+  ServerCall& call_;
+};
+
+struct MethodStats {
+  std::array<std::uint64_t, 17> by_code{};
+  std::uint64_t started = 0;
+};
+
+class Server : public h2::RequestSink {
+ public:
+  using Invoker = std::function<asio::awaitable<Status>(ServerCall&)>;
+
+  explicit Server(co::TimerWheel& wheel, ServerOptions options = {});
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  template <class Req, class Resp, class F>
+  void add_unary(std::string path, F handler) {
+    add_method(std::move(path),
+               [h = std::move(handler)](ServerCall& call) -> asio::awaitable<Status> {
+                 auto bytes = co_await call.read_request();
+                 if (!bytes) co_return bytes.error();
+                 Req req;
+                 if (!req.ParseFromString(*bytes)) co_return unmarshal_error();
+                 std::expected<Resp, Status> r = co_await h(call.context(), req);
+                 if (!r) co_return r.error();
+                 call.send(h2::Segment::own(encode_message(*r)));
+                 co_return Status::ok();
+               });
+  }
+
+  template <class Req, class Resp, class F>
+  void add_server_streaming(std::string path, F handler) {
+    add_method(std::move(path),
+               [h = std::move(handler)](ServerCall& call) -> asio::awaitable<Status> {
+                 auto bytes = co_await call.read_request();
+                 if (!bytes) co_return bytes.error();
+                 Req req;
+                 if (!req.ParseFromString(*bytes)) co_return unmarshal_error();
+                 Writer<Resp> writer(call);
+                 co_return co_await h(call.context(), req, writer);
+               });
+  }
+
+  // h2::RequestSink
+  asio::awaitable<void> on_request(h2::StreamRef stream) override;
+
+  // Cancels every call in flight (shutdown). Their handlers see ServerContext::cancelled().
+  void cancel_all() noexcept;
+  std::size_t active_calls() const noexcept { return active_calls_; }
+  const MethodStats* stats(std::string_view path) const;
+  const std::map<std::string, MethodStats, std::less<>>& all_stats() const { return stats_; }
+
+ private:
+  struct Method {
+    Invoker invoke;
+    MethodStats* stats;
+  };
+  static Status unmarshal_error();
+  void add_method(std::string path, Invoker invoke);
+  asio::awaitable<void> serve(std::unique_ptr<ServerCall> call);
+
+  co::TimerWheel& wheel_;
+  ServerOptions options_;
+  std::map<std::string, Method, std::less<>> methods_;
+  std::map<std::string, MethodStats, std::less<>> stats_;
+  MethodStats unknown_stats_;
+  co::IntrusiveList<ServerCall> calls_;
+  std::size_t active_calls_ = 0;
+};
+
+}  // namespace dispatchd::grpc

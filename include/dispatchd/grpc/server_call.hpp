@@ -1,0 +1,75 @@
+#pragma once
+// ServerCall: the gRPC state of one stream — the request decoder, the deadline, the response —
+// and the ServerContext its handler sees. It lives in the coroutine that serves the stream.
+
+#include <cstdint>
+#include <expected>
+#include <string>
+
+#include "dispatchd/co/intrusive_list.hpp"
+#include "dispatchd/co/timer_wheel.hpp"
+#include "dispatchd/co/wakeup.hpp"
+#include "dispatchd/grpc/codec.hpp"
+#include "dispatchd/grpc/server_context.hpp"
+#include "dispatchd/grpc/status.hpp"
+#include "dispatchd/h2/stream.hpp"
+
+namespace dispatchd::grpc {
+
+class ServerCall final : public ServerContext, public co::ListHook, private h2::StreamListener {
+ public:
+  ServerCall(h2::StreamRef stream, co::TimerWheel& wheel, std::size_t max_message_size);
+  ~ServerCall() override;
+
+  ServerContext& context() noexcept { return *this; }
+  h2::Stream& stream() noexcept { return *stream_; }
+
+  // Arms the deadline (grpc-timeout).
+  void set_timeout(std::chrono::nanoseconds d);
+
+  // The single request message of a unary or server-streaming call.
+  asio::awaitable<std::expected<std::string, Status>> read_request();
+
+  // Sends one framed message (prefix included) and waits until nghttp2 has taken all of it,
+  // which happens only as fast as the peer's flow-control window allows: a writer never runs
+  // ahead of its reader by more than one message. False when the call is over.
+  asio::awaitable<bool> write(h2::Segment framed);
+  // Enqueues without waiting (unary responses, which finish right after).
+  void send(h2::Segment framed);
+
+  // Ends the call with a status: trailers, or a trailers-only response if nothing was sent.
+  // Later calls do nothing.
+  void finish(const Status& status);
+  bool finished() const noexcept { return finished_; }
+
+  // Ends the call from the server side (shutdown): cancels the handler.
+  void cancel() noexcept { cancelled_.set(); }
+
+ private:
+  class DeadlineEntry final : public co::TimerWheel::Entry {
+   public:
+    explicit DeadlineEntry(ServerCall& c) : call_(c) {}
+
+   private:
+    void on_expire() override { call_.on_deadline(); }
+    ServerCall& call_;
+  };
+
+  void on_data(std::span<const std::uint8_t> data) override;
+  void on_end_stream() override;
+  void on_close(std::uint32_t error_code) override;
+  void on_deadline();
+  void start_response();
+
+  co::TimerWheel& wheel_;
+  DeadlineEntry deadline_entry_{*this};
+  MessageDecoder decoder_;
+  co::Wakeup wakeup_;
+  std::string request_;
+  Status error_;
+  bool have_request_ = false;
+  bool end_stream_ = false;
+  bool finished_ = false;
+};
+
+}  // namespace dispatchd::grpc

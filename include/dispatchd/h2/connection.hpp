@@ -1,0 +1,131 @@
+#pragma once
+// Connection: one HTTP/2 server connection driving an nghttp2_session from two coroutines.
+//
+// The reader waits for readability, reads into one buffer shared by the thread, and feeds
+// nghttp2. The writer pulls every pending frame out of nghttp2 into a batch and writes it with
+// few system calls; it holds no buffer while idle. nghttp2 is never re-entered from its own
+// callbacks: they only record state and wake the writer, which calls mem_send afterwards.
+//
+// Streams whose request headers are complete are handed to a RequestSink, which returns the
+// coroutine that serves them. The connection runs those in its scope and joins them before it
+// ends, so no handler outlives the connection.
+
+#include <nghttp2/nghttp2.h>
+
+#include <asio/awaitable.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "dispatchd/co/intrusive_list.hpp"
+#include "dispatchd/co/scope.hpp"
+#include "dispatchd/co/timer_wheel.hpp"
+#include "dispatchd/co/wakeup.hpp"
+#include "dispatchd/h2/stream.hpp"
+#include "dispatchd/net/transport.hpp"
+
+namespace dispatchd::h2 {
+
+// Error code given to StreamListener::on_close when the connection itself went away. Outside
+// the range of HTTP/2 error codes.
+inline constexpr std::uint32_t kConnectionLost = 0x10000;
+
+struct Settings {
+  std::uint32_t max_concurrent_streams = 4096;
+  std::uint32_t initial_window_size = 65535;
+  std::uint32_t max_header_list_size = 16 * 1024;
+  std::uint32_t header_table_size = 4096;
+  // Graceful shutdown: how long in-flight streams may take after GOAWAY.
+  std::chrono::milliseconds drain_timeout{5000};
+  // A connection that has not sent a valid HTTP/2 preface by then is closed.
+  std::chrono::milliseconds preface_timeout{10000};
+};
+
+class RequestSink {
+ public:
+  virtual ~RequestSink() = default;
+  // Runs inside an nghttp2 callback when a request's headers are complete: set the stream's
+  // listener now (DATA may follow in the same read) and return the coroutine that serves it.
+  virtual asio::awaitable<void> on_request(StreamRef stream) = 0;
+};
+
+struct ConnectionStats {
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  std::uint64_t streams = 0;
+};
+
+class Connection : public std::enable_shared_from_this<Connection>, public co::ListHook {
+ public:
+  Connection(std::unique_ptr<net::Transport> transport, RequestSink& sink, const Settings& settings,
+             co::TimerWheel& wheel);
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+  ~Connection();
+
+  // Serves the connection until it is closed, then joins every stream handler.
+  asio::awaitable<void> run();
+
+  // GOAWAY; in-flight streams may finish within the drain timeout, then the socket is closed.
+  void shutdown();
+  // Closes the socket now; every stream is cancelled.
+  void close() noexcept;
+
+  const std::string& peer() const noexcept { return transport_->peer(); }
+  std::size_t open_streams() const noexcept { return open_streams_; }
+  const ConnectionStats& stats() const noexcept { return stats_; }
+  net::Transport& transport() noexcept { return *transport_; }
+
+  // Used by Stream.
+  nghttp2_session* session() noexcept { return session_; }
+  void want_write() noexcept { writer_wakeup_.notify(); }
+  bool alive() const noexcept { return session_ != nullptr && !dead_; }
+
+ private:
+  friend struct Callbacks;
+  class Deadline final : public co::TimerWheel::Entry {
+   public:
+    explicit Deadline(Connection& c) : c_(c) {}
+
+   private:
+    void on_expire() override { c_.on_deadline(); }
+    Connection& c_;
+  };
+
+  asio::awaitable<void> read_loop();
+  asio::awaitable<void> write_loop();
+  bool reject_non_h2(std::span<const std::uint8_t> data);
+  void on_deadline();
+  void fail_streams() noexcept;
+
+  // nghttp2 callbacks
+  int on_begin_headers(const nghttp2_frame* frame);
+  int on_header(const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
+                const std::uint8_t* value, std::size_t valuelen);
+  int on_frame_recv(const nghttp2_frame* frame);
+  int on_data_chunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t len);
+  int on_stream_close(std::int32_t stream_id, std::uint32_t error_code);
+
+  std::unique_ptr<net::Transport> transport_;
+  RequestSink& sink_;
+  Settings settings_;
+  co::TimerWheel& wheel_;
+  nghttp2_session* session_ = nullptr;
+  co::Scope handlers_;
+  co::Wakeup writer_wakeup_;
+  co::Wakeup writer_done_wakeup_;
+  co::IntrusiveList<Stream> streams_;
+  Deadline deadline_{*this};
+  std::size_t open_streams_ = 0;
+  ConnectionStats stats_;
+  std::string out_;
+  bool preface_seen_ = false;
+  bool dead_ = false;           // socket closed or fatal error: stop everything
+  bool reader_done_ = false;    // no more input will be processed
+  bool writer_running_ = false;
+  bool shutting_down_ = false;
+  std::string early_reply_;     // a plain HTTP/1.1 error for non-HTTP/2 clients
+};
+
+}  // namespace dispatchd::h2

@@ -1,0 +1,203 @@
+// dispatchd: the agent-facing Dispatcher of a SwarmKit-compatible cluster manager.
+
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/io_context.hpp>
+#include <asio/signal_set.hpp>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+
+#include "dispatchd/app/duration.hpp"
+#include "dispatchd/app/flags.hpp"
+#include "dispatchd/app/server.hpp"
+#include "dispatchd/log.hpp"
+#include "dispatchd/net/tcp_transport.hpp"
+
+namespace {
+
+using namespace dispatchd;
+
+template <class Rep, class Period>
+app::Flags::Setter duration_setter(std::chrono::duration<Rep, Period>& target, bool allow_zero) {
+  return [&target, allow_zero](std::string_view v) -> std::optional<std::string> {
+    auto d = app::parse_duration(v);
+    if (!d) return "not a duration (write it like 300ms, 5s or 1m30s)";
+    if (d->count() < 0 || (!allow_zero && d->count() == 0)) {
+      return allow_zero ? "must not be negative" : "must be positive";
+    }
+    target = std::chrono::duration_cast<std::chrono::duration<Rep, Period>>(*d);
+    return std::nullopt;
+  };
+}
+
+template <class T>
+app::Flags::Setter uint_setter(T& target, std::uint64_t min, std::uint64_t max) {
+  return [&target, min, max](std::string_view v) -> std::optional<std::string> {
+    std::uint64_t n = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc() || p != v.data() + v.size()) return "not a whole number";
+    if (n < min || n > max) {
+      return "must be between " + std::to_string(min) + " and " + std::to_string(max);
+    }
+    target = static_cast<T>(n);
+    return std::nullopt;
+  };
+}
+
+// Bytes: a number with an optional KiB/MiB/GiB (or K/M/G) suffix.
+app::Flags::Setter size_setter(std::size_t& target, std::uint64_t min, std::uint64_t max) {
+  return [&target, min, max](std::string_view v) -> std::optional<std::string> {
+    std::uint64_t n = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc() || p == v.data()) return "not a size (e.g. 4194304 or 4MiB)";
+    std::string_view unit(p, v.data() + v.size() - p);
+    std::uint64_t mult = 1;
+    if (unit == "" || unit == "B") {
+      mult = 1;
+    } else if (unit == "KiB" || unit == "K" || unit == "k") {
+      mult = 1024;
+    } else if (unit == "MiB" || unit == "M") {
+      mult = 1024 * 1024;
+    } else if (unit == "GiB" || unit == "G") {
+      mult = 1024ull * 1024 * 1024;
+    } else {
+      return "unknown size unit \"" + std::string(unit) + "\" (use KiB, MiB or GiB)";
+    }
+    n *= mult;
+    if (n < min || n > max) {
+      return "must be between " + std::to_string(min) + " and " + std::to_string(max) + " bytes";
+    }
+    target = n;
+    return std::nullopt;
+  };
+}
+
+app::Flags::Setter string_setter(std::string& target, bool allow_empty = false) {
+  return [&target, allow_empty](std::string_view v) -> std::optional<std::string> {
+    if (!allow_empty && v.empty()) return "must not be empty";
+    target = v;
+    return std::nullopt;
+  };
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  app::Options opt;
+  std::string log_level = "info";
+  std::string log_format = "text";
+  std::string advertise;
+
+  app::Flags flags;
+  flags.add("listen", "HOST:PORT", opt.listen, "address for agents to connect to",
+            string_setter(opt.listen));
+  flags.add_bool("insecure",
+                 "plaintext HTTP/2 (h2c) without TLS; callers name themselves with the node-id, "
+                 "node-role and node-org metadata. Nothing is authenticated: tests and benchmarks "
+                 "only",
+                 opt.insecure);
+  flags.add("advertise-addr", "HOST:PORT", "the bound --listen address",
+            "manager address handed to agents in SessionMessage.managers", string_setter(advertise));
+  flags.add("node-id", "ID", opt.dispatcher.manager_node_id,
+            "this manager's node ID in insecure mode (with TLS: the CN of its certificate)",
+            string_setter(opt.dispatcher.manager_node_id));
+  flags.add("cluster-id", "ID", opt.dispatcher.cluster_id,
+            "cluster organisation in insecure mode (with TLS: the O of the server certificate)",
+            string_setter(opt.dispatcher.cluster_id));
+  flags.add("heartbeat-period", "DURATION", "5s", "heartbeat period given to agents",
+            duration_setter(opt.dispatcher.heartbeat_period, false));
+  flags.add("heartbeat-epsilon", "DURATION", "500ms",
+            "random jitter added to each heartbeat period (period ± epsilon)",
+            duration_setter(opt.dispatcher.heartbeat_epsilon, true));
+  flags.add("max-recv-msg-size", "BYTES", "4MiB",
+            "largest gRPC request message accepted (larger: RESOURCE_EXHAUSTED)",
+            size_setter(opt.grpc.max_receive_message_size, 1024, 1ull << 31));
+  flags.add("max-concurrent-streams", "N", std::to_string(opt.h2.max_concurrent_streams),
+            "HTTP/2 streams (calls) one connection may have open at once",
+            uint_setter(opt.h2.max_concurrent_streams, 1, 1u << 31));
+  flags.add("max-connections", "N", std::to_string(opt.max_connections),
+            "connections served at once; more are refused",
+            uint_setter(opt.max_connections, 1, 10000000));
+  flags.add("drain-timeout", "DURATION", "5s",
+            "on shutdown, how long in-flight calls may take after GOAWAY",
+            duration_setter(opt.h2.drain_timeout, true));
+  flags.add("preface-timeout", "DURATION", "10s",
+            "close connections that have not sent the HTTP/2 preface by then",
+            duration_setter(opt.h2.preface_timeout, false));
+  flags.add("log-level", "LEVEL", log_level, "debug, info, warn, error or off",
+            [&](std::string_view v) -> std::optional<std::string> {
+              log::Level l;
+              if (!log::parse_level(v, l)) return "want debug, info, warn, error or off";
+              log_level = v;
+              return std::nullopt;
+            });
+  flags.add("log-format", "FORMAT", log_format, "text or json",
+            [&](std::string_view v) -> std::optional<std::string> {
+              if (v != "text" && v != "json") return "want text or json";
+              log_format = v;
+              return std::nullopt;
+            });
+
+  bool help = false;
+  if (auto err = flags.parse(argc, argv, help)) {
+    std::fprintf(stderr, "dispatchd: %s\n", err->c_str());
+    return 2;
+  }
+  if (help) {
+    std::fputs(flags
+                   .usage("dispatchd",
+                          "Serves docker.swarmkit.v1.Dispatcher (and grpc.health.v1.Health) to "
+                          "SwarmKit agents over HTTP/2 gRPC.")
+                   .c_str(),
+               stdout);
+    return 0;
+  }
+  log::Level level;
+  log::parse_level(log_level, level);
+  log::set_level(level);
+  log::set_format(log_format == "json" ? log::Format::json : log::Format::text);
+
+  if (!opt.insecure) {
+    std::fprintf(stderr,
+                 "dispatchd: TLS serving is not available in this build yet; run with --insecure "
+                 "(plaintext, unauthenticated) for tests and benchmarks\n");
+    return 2;
+  }
+
+  asio::io_context io(1);
+  app::Server server(io, opt);
+  auto bound = server.listen();
+  if (!bound) {
+    log::error("{}", bound.error());
+    return 1;
+  }
+  // The manager list agents receive names this server.
+  std::string addr = advertise.empty() ? net::endpoint_string(*bound) : advertise;
+  server.dispatcher().set_manager_addr(addr);
+  log::warn("insecure mode: plaintext HTTP/2 and no authentication; any client can claim any "
+            "node ID. Use TLS outside tests and benchmarks.");
+  log::info("dispatchd listening on {} (advertised as {})", net::endpoint_string(*bound), addr);
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](std::error_code ec, int sig) {
+    if (ec) return;
+    log::info("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    server.stop();
+  });
+  bool done = false;
+  asio::co_spawn(io, server.run(), [&](std::exception_ptr e) {
+    done = true;
+    signals.cancel();
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log::error("server failed: {}", ex.what());
+      }
+    }
+  });
+  io.run();
+  log::info("dispatchd stopped");
+  return done ? 0 : 1;
+}

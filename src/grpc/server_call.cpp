@@ -1,0 +1,154 @@
+#include "dispatchd/grpc/server_call.hpp"
+
+#include <nghttp2/nghttp2.h>
+
+#include "dispatchd/grpc/metadata.hpp"
+
+namespace dispatchd::grpc {
+
+namespace {
+const std::vector<h2::Header>& response_headers() {
+  static const std::vector<h2::Header> h = {{":status", "200"},
+                                            {"content-type", "application/grpc"}};
+  return h;
+}
+
+std::vector<h2::Header> status_headers(const Status& st, bool trailers_only) {
+  std::vector<h2::Header> h;
+  h.reserve(4);
+  if (trailers_only) {
+    h.push_back({":status", "200"});
+    h.push_back({"content-type", "application/grpc"});
+  }
+  h.push_back({"grpc-status", std::to_string(static_cast<int>(st.code()))});
+  if (!st.message().empty()) h.push_back({"grpc-message", percent_encode(st.message())});
+  return h;
+}
+}  // namespace
+
+std::optional<std::string_view> ServerContext::metadata(std::string_view key) const noexcept {
+  for (const auto& h : stream_->headers()) {
+    if (h.name == key) return std::string_view(h.value);
+  }
+  return std::nullopt;
+}
+
+std::vector<std::string_view> ServerContext::metadata_all(std::string_view key) const {
+  std::vector<std::string_view> out;
+  for (const auto& h : stream_->headers()) {
+    if (h.name == key) out.emplace_back(h.value);
+  }
+  return out;
+}
+
+std::optional<std::string> ServerContext::binary_metadata(std::string_view key) const {
+  auto v = metadata(key);
+  if (!v) return std::nullopt;
+  return base64_decode(*v);
+}
+
+ServerCall::ServerCall(h2::StreamRef stream, co::TimerWheel& wheel, std::size_t max_message_size)
+    : ServerContext(std::move(stream)), wheel_(wheel), decoder_(max_message_size) {
+  stream_->set_listener(this);
+  stream_->set_drain_waiter(&wakeup_);
+  if (stream_->closed()) cancelled_.set();
+}
+
+ServerCall::~ServerCall() {
+  wheel_.disarm(deadline_entry_);
+  stream_->set_listener(nullptr);
+  stream_->set_drain_waiter(nullptr);
+}
+
+void ServerCall::set_timeout(std::chrono::nanoseconds d) {
+  deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(d);
+  wheel_.arm(deadline_entry_, *deadline_);
+}
+
+void ServerCall::on_deadline() {
+  deadline_exceeded_ = true;
+  finish(Status(StatusCode::deadline_exceeded, "context deadline exceeded"));
+  // The client may still be sending; the status is final, so stop the stream.
+  cancelled_.set();
+  wakeup_.notify();
+}
+
+void ServerCall::on_data(std::span<const std::uint8_t> data) {
+  while (!data.empty()) {
+    if (have_request_ || !error_.is_ok()) return;  // only one request message is read
+    switch (decoder_.feed(data)) {
+      case MessageDecoder::Result::need_more:
+        break;
+      case MessageDecoder::Result::message:
+        request_ = decoder_.take();
+        have_request_ = true;
+        wakeup_.notify();
+        break;
+      case MessageDecoder::Result::error:
+        error_ = decoder_.status();
+        wakeup_.notify();
+        return;
+    }
+  }
+}
+
+void ServerCall::on_end_stream() {
+  end_stream_ = true;
+  wakeup_.notify();
+}
+
+void ServerCall::on_close(std::uint32_t) {
+  cancelled_.set();
+  wakeup_.notify();
+}
+
+asio::awaitable<std::expected<std::string, Status>> ServerCall::read_request() {
+  for (;;) {
+    if (!error_.is_ok()) co_return std::unexpected(error_);
+    if (have_request_) co_return std::move(request_);
+    if (cancelled_.is_set()) {
+      co_return std::unexpected(Status(StatusCode::cancelled, "context canceled"));
+    }
+    if (end_stream_) {
+      co_return std::unexpected(
+          decoder_.mid_message()
+              ? Status(StatusCode::internal, "grpc: request message truncated at end of stream")
+              : Status(StatusCode::internal, "grpc: request stream ended without a message"));
+    }
+    co_await wakeup_.async_park();
+  }
+}
+
+void ServerCall::start_response() {
+  if (!stream_->response_started()) stream_->submit_headers(response_headers());
+}
+
+void ServerCall::send(h2::Segment framed) {
+  if (finished_ || cancelled_.is_set()) return;
+  start_response();
+  stream_->enqueue(std::move(framed));
+}
+
+asio::awaitable<bool> ServerCall::write(h2::Segment framed) {
+  if (finished_ || cancelled_.is_set() || stream_->closed()) co_return false;
+  start_response();
+  stream_->enqueue(std::move(framed));
+  while (stream_->pending_bytes() > 0 && !cancelled_.is_set() && !stream_->closed()) {
+    co_await wakeup_.async_park();
+  }
+  co_return !cancelled_.is_set() && !stream_->closed();
+}
+
+void ServerCall::finish(const Status& status) {
+  if (finished_) return;
+  finished_ = true;
+  wheel_.disarm(deadline_entry_);
+  if (stream_->closed()) return;
+  if (!stream_->response_started()) {
+    stream_->submit_trailers_only(status_headers(status, true));
+  } else {
+    stream_->finish(status_headers(status, false));
+  }
+}
+
+}  // namespace dispatchd::grpc

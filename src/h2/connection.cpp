@@ -1,0 +1,358 @@
+#include "dispatchd/h2/connection.hpp"
+
+#include <array>
+#include <cstring>
+#include <string_view>
+
+#include "dispatchd/log.hpp"
+
+namespace dispatchd::h2 {
+
+namespace {
+constexpr std::size_t kReadBufferSize = 64 * 1024;
+constexpr std::size_t kWriteBatch = 64 * 1024;
+constexpr std::string_view kClientMagic = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// One read buffer for the whole thread: bytes are handed to nghttp2 before the next read.
+std::uint8_t* read_buffer() {
+  thread_local std::array<std::uint8_t, kReadBufferSize> buf;
+  return buf.data();
+}
+}  // namespace
+
+// nghttp2 callbacks: each casts user_data once and forwards.
+struct Callbacks {
+  static Connection& self(void* ud) { return *static_cast<Connection*>(ud); }
+
+  static int on_begin_headers(nghttp2_session*, const nghttp2_frame* frame, void* ud) {
+    return self(ud).on_begin_headers(frame);
+  }
+  static int on_header(nghttp2_session*, const nghttp2_frame* frame, const std::uint8_t* name,
+                       std::size_t namelen, const std::uint8_t* value, std::size_t valuelen,
+                       std::uint8_t, void* ud) {
+    return self(ud).on_header(frame, name, namelen, value, valuelen);
+  }
+  static int on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, void* ud) {
+    return self(ud).on_frame_recv(frame);
+  }
+  static int on_data_chunk_recv(nghttp2_session*, std::uint8_t, std::int32_t stream_id,
+                                const std::uint8_t* data, std::size_t len, void* ud) {
+    return self(ud).on_data_chunk(stream_id, data, len);
+  }
+  static int on_stream_close(nghttp2_session*, std::int32_t stream_id, std::uint32_t error_code,
+                             void* ud) {
+    return self(ud).on_stream_close(stream_id, error_code);
+  }
+  static int on_error(nghttp2_session*, int code, const char* msg, std::size_t len, void* ud) {
+    log::debug("{}: http2: {} ({})", self(ud).peer(), std::string_view(msg, len),
+               nghttp2_strerror(code));
+    return 0;
+  }
+};
+
+Connection::Connection(std::unique_ptr<net::Transport> transport, RequestSink& sink,
+                       const Settings& settings, co::TimerWheel& wheel)
+    : transport_(std::move(transport)),
+      sink_(sink),
+      settings_(settings),
+      wheel_(wheel),
+      handlers_(wheel.io().get_executor()) {
+  nghttp2_session_callbacks* cbs = nullptr;
+  nghttp2_session_callbacks_new(&cbs);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, &Callbacks::on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(cbs, &Callbacks::on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &Callbacks::on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, &Callbacks::on_data_chunk_recv);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &Callbacks::on_stream_close);
+  nghttp2_session_callbacks_set_error_callback2(cbs, &Callbacks::on_error);
+  nghttp2_option* opt = nullptr;
+  nghttp2_option_new(&opt);
+  // Our responses repeat a handful of headers; a small encoder table is enough.
+  nghttp2_option_set_max_deflate_dynamic_table_size(opt, 1024);
+  nghttp2_session_server_new2(&session_, cbs, this, opt);
+  nghttp2_option_del(opt);
+  nghttp2_session_callbacks_del(cbs);
+
+  const nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings_.max_concurrent_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, settings_.initial_window_size},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, settings_.max_header_list_size},
+      {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, settings_.header_table_size},
+  };
+  nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, iv, std::size(iv));
+}
+
+Connection::~Connection() {
+  if (session_) nghttp2_session_del(session_);
+}
+
+asio::awaitable<void> Connection::run() {
+  auto self = shared_from_this();
+  wheel_.arm_after(deadline_, settings_.preface_timeout);
+  writer_running_ = true;
+  handlers_.spawn(write_loop());
+
+  co_await read_loop();
+
+  // Let the writer flush what is queued (GOAWAY, final frames), bounded by the drain timeout.
+  reader_done_ = true;
+  if (dead_) {
+    transport_->close();
+  } else if (!deadline_.armed()) {
+    wheel_.arm_after(deadline_, settings_.drain_timeout);
+  }
+  writer_wakeup_.notify();
+  while (writer_running_) co_await writer_done_wakeup_.async_park();
+  transport_->close();
+  dead_ = true;
+  wheel_.disarm(deadline_);
+  fail_streams();
+  co_await handlers_.join();
+  nghttp2_session_del(session_);
+  session_ = nullptr;
+}
+
+asio::awaitable<void> Connection::read_loop() {
+  std::uint8_t* buf = read_buffer();
+  for (;;) {
+    if (dead_ || !nghttp2_session_want_read(session_)) co_return;
+    if (auto ec = co_await transport_->wait(transport_->read_blocked_on()); ec) {
+      dead_ = true;
+      co_return;
+    }
+    for (;;) {
+      if (dead_) co_return;
+      std::error_code ec;
+      std::size_t n = transport_->read_some({buf, kReadBufferSize}, ec);
+      if (ec == asio::error::would_block) break;
+      if (ec || n == 0) {
+        if (ec && ec != asio::error::eof && ec != asio::error::connection_reset) {
+          log::debug("{}: read: {}", peer(), ec.message());
+        }
+        dead_ = true;
+        co_return;
+      }
+      stats_.bytes_in += n;
+      std::span<const std::uint8_t> data(buf, n);
+      if (!preface_seen_ && reject_non_h2(data)) co_return;
+      ssize_t rv = nghttp2_session_mem_recv(session_, data.data(), data.size());
+      if (rv < 0) {
+        log::info("{}: closing connection: HTTP/2 error: {}", peer(), nghttp2_strerror(rv));
+        nghttp2_session_terminate_session(
+            session_, rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
+        writer_wakeup_.notify();
+        co_return;
+      }
+      // Receiving queues frames too (SETTINGS ACK, WINDOW_UPDATE, PING ACK): always flush.
+      writer_wakeup_.notify();
+      if (n < kReadBufferSize) break;
+    }
+  }
+}
+
+bool Connection::reject_non_h2(std::span<const std::uint8_t> data) {
+  // Compare what has arrived so far with the client connection preface.
+  std::size_t already = static_cast<std::size_t>(stats_.bytes_in) - data.size();
+  if (already >= kClientMagic.size()) return false;
+  std::size_t n = std::min(data.size(), kClientMagic.size() - already);
+  if (std::memcmp(data.data(), kClientMagic.data() + already, n) == 0) return false;
+  std::string_view head(reinterpret_cast<const char*>(data.data()), std::min<std::size_t>(n, 16));
+  bool http1 = already == 0 && (head.starts_with("GET ") || head.starts_with("POST ") ||
+                                head.starts_with("PUT ") || head.starts_with("HEAD ") ||
+                                head.starts_with("OPTIONS ") || head.starts_with("DELETE ") ||
+                                head.starts_with("PATCH ") || head.starts_with("CONNECT "));
+  if (http1) {
+    log::info("{}: refused an HTTP/1.1 request: this server speaks HTTP/2 only", peer());
+    static constexpr std::string_view body =
+        "This is a gRPC server: it speaks HTTP/2 only. Use an HTTP/2 client (h2 over TLS with "
+        "ALPN, or h2c with prior knowledge).\n";
+    early_reply_ =
+        "HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\nConnection: "
+        "close\r\nContent-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
+  } else {
+    log::info("{}: closing connection: invalid HTTP/2 connection preface", peer());
+  }
+  nghttp2_session_terminate_session(session_, NGHTTP2_PROTOCOL_ERROR);
+  if (!early_reply_.empty()) {
+    // Drop nghttp2's own frames: an HTTP/1.1 client only understands the plain reply.
+    reader_done_ = true;
+  }
+  writer_wakeup_.notify();
+  return true;
+}
+
+asio::awaitable<void> Connection::write_loop() {
+  for (;;) {
+    if (dead_) break;
+    bool early_only = false;
+    if (!early_reply_.empty()) {
+      out_ = std::move(early_reply_);
+      early_reply_.clear();
+      early_only = true;
+    } else {
+      while (out_.size() < kWriteBatch) {
+        const std::uint8_t* data = nullptr;
+        ssize_t n = nghttp2_session_mem_send(session_, &data);
+        if (n < 0) {
+          log::info("{}: closing connection: HTTP/2 error: {}", peer(), nghttp2_strerror(n));
+          dead_ = true;
+          break;
+        }
+        if (n == 0) break;
+        out_.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
+      }
+    }
+    if (out_.empty()) {
+      if (dead_ || reader_done_ ||
+          (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_))) {
+        break;
+      }
+      std::string().swap(out_);  // an idle connection holds no output buffer
+      co_await writer_wakeup_.async_park();
+      continue;
+    }
+    std::size_t off = 0;
+    while (off < out_.size() && !dead_) {
+      std::error_code ec;
+      std::size_t n = transport_->write_some(
+          {reinterpret_cast<const std::uint8_t*>(out_.data()) + off, out_.size() - off}, ec);
+      if (ec == asio::error::would_block) {
+        if (auto wec = co_await transport_->wait(transport_->write_blocked_on()); wec) {
+          dead_ = true;
+        }
+        continue;
+      }
+      if (ec) {
+        log::debug("{}: write: {}", peer(), ec.message());
+        dead_ = true;
+        break;
+      }
+      off += n;
+      stats_.bytes_out += n;
+    }
+    out_.clear();
+    if (early_only) break;
+  }
+  std::string().swap(out_);
+  // Nothing more will be written: stop the reader too.
+  transport_->close();
+  writer_running_ = false;
+  writer_done_wakeup_.notify();
+}
+
+void Connection::shutdown() {
+  if (shutting_down_ || dead_ || !session_) return;
+  shutting_down_ = true;
+  nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
+                        nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
+                        nullptr, 0);
+  wheel_.arm_after(deadline_, settings_.drain_timeout);
+  writer_wakeup_.notify();
+}
+
+void Connection::close() noexcept {
+  if (dead_) return;
+  dead_ = true;
+  transport_->close();
+  writer_wakeup_.notify();
+}
+
+void Connection::on_deadline() {
+  if (!preface_seen_ && !shutting_down_ && !reader_done_) {
+    log::info("{}: closing connection: no HTTP/2 preface within {} ms", peer(),
+              settings_.preface_timeout.count());
+  } else if (open_streams_ > 0) {
+    log::info("{}: closing connection: drain timeout with {} streams open", peer(), open_streams_);
+  }
+  close();
+}
+
+void Connection::fail_streams() noexcept {
+  while (Stream* s = streams_.front()) s->on_closed(kConnectionLost);
+  open_streams_ = 0;
+}
+
+int Connection::on_begin_headers(const nghttp2_frame* frame) {
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  auto* s = new Stream(shared_from_this(), frame->hd.stream_id);
+  s->add_ref();  // the connection's reference, dropped when nghttp2 closes the stream
+  streams_.push_back(*s);
+  ++open_streams_;
+  ++stats_.streams;
+  nghttp2_session_set_stream_user_data(session_, frame->hd.stream_id, s);
+  return 0;
+}
+
+int Connection::on_header(const nghttp2_frame* frame, const std::uint8_t* name,
+                          std::size_t namelen, const std::uint8_t* value, std::size_t valuelen) {
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
+  if (!s) return 0;
+  // HPACK lets a small frame expand into a large header list: count the decoded size.
+  s->header_bytes_ += namelen + valuelen + 32;
+  if (s->header_bytes_ > settings_.max_header_list_size) {
+    log::debug("{}: stream {}: header list over {} bytes", peer(), s->id_,
+               settings_.max_header_list_size);
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  }
+  std::string_view n(reinterpret_cast<const char*>(name), namelen);
+  std::string_view v(reinterpret_cast<const char*>(value), valuelen);
+  if (n == ":method") {
+    s->method_ = v;
+  } else if (n == ":path") {
+    s->path_ = v;
+  } else if (!n.empty() && n[0] == ':') {
+    // :scheme, :authority: validated by nghttp2, not needed above.
+  } else {
+    if (n == "content-type") s->content_type_ = v;
+    s->headers_.push_back(Header{std::string(n), std::string(v)});
+  }
+  return 0;
+}
+
+int Connection::on_frame_recv(const nghttp2_frame* frame) {
+  switch (frame->hd.type) {
+    case NGHTTP2_SETTINGS:
+      if (!preface_seen_) {
+        preface_seen_ = true;
+        if (!shutting_down_) wheel_.disarm(deadline_);
+      }
+      break;
+    case NGHTTP2_HEADERS: {
+      auto* s =
+          static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
+      if (!s) break;
+      if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) handlers_.spawn(sink_.on_request(StreamRef(s)));
+      if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && s->listener_) s->listener_->on_end_stream();
+      break;
+    }
+    case NGHTTP2_DATA: {
+      if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) break;
+      auto* s =
+          static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
+      if (s && s->listener_) s->listener_->on_end_stream();
+      break;
+    }
+    default:
+      break;
+  }
+  return 0;
+}
+
+int Connection::on_data_chunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t len) {
+  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, stream_id));
+  if (s && s->listener_) s->listener_->on_data({data, len});
+  return 0;
+}
+
+int Connection::on_stream_close(std::int32_t stream_id, std::uint32_t error_code) {
+  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, stream_id));
+  if (!s) return 0;
+  nghttp2_session_set_stream_user_data(session_, stream_id, nullptr);
+  --open_streams_;
+  s->on_closed(error_code);
+  return 0;
+}
+
+}  // namespace dispatchd::h2
