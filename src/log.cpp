@@ -52,9 +52,15 @@ void json_escape(std::string& out, std::string_view s) {
 }
 }  // namespace
 
-void set_level(Level l) { g_level = l; }
-void set_format(Format f) { g_format = f; }
-Level level() { return g_level; }
+void set_level(Level l) {
+  g_level = l;
+}
+void set_format(Format f) {
+  g_format = f;
+}
+Level level() {
+  return g_level;
+}
 
 bool parse_level(std::string_view s, Level& out) {
   for (Level l : {Level::debug, Level::info, Level::warn, Level::error, Level::off}) {

@@ -3,6 +3,7 @@
 // formatting so that debug lines cost nothing in production.
 
 #include <fmt/format.h>
+
 #include <string>
 #include <string_view>
 

@@ -38,7 +38,8 @@ std::optional<std::chrono::nanoseconds> parse_duration(std::string_view s) {
     if (!digits) return std::nullopt;
     s.remove_prefix(i);
     std::size_t u = 0;
-    while (u < s.size() && !(s[u] >= '0' && s[u] <= '9') && s[u] != '.') ++u;
+    while (u < s.size() && !(s[u] >= '0' && s[u] <= '9') && s[u] != '.')
+      ++u;
     std::string_view unit = s.substr(0, u);
     s.remove_prefix(u);
     long double mult;
@@ -76,7 +77,8 @@ std::string format_duration(std::chrono::nanoseconds d) {
     std::uint64_t r = v % div;
     if (r) {
       std::string f = std::to_string(r + div).substr(1);
-      while (!f.empty() && f.back() == '0') f.pop_back();
+      while (!f.empty() && f.back() == '0')
+        f.pop_back();
       s += "." + f;
     }
     return s + unit;

@@ -11,7 +11,11 @@ void Flags::add(std::string name, std::string value_name, std::string default_te
 }
 
 void Flags::add_bool(std::string name, std::string help, bool& target) {
-  Flag f{std::move(name), "", target ? "true" : "false", std::move(help), true,
+  Flag f{std::move(name),
+         "",
+         target ? "true" : "false",
+         std::move(help),
+         true,
          [&target](std::string_view v) -> std::optional<std::string> {
            if (v == "true" || v == "1" || v.empty()) {
              target = true;
@@ -65,12 +69,14 @@ std::optional<std::string> Flags::parse(int argc, const char* const* argv, bool&
 }
 
 std::string Flags::usage(std::string_view program, std::string_view summary) const {
-  std::string out = "Usage: " + std::string(program) + " [flags]\n\n" + std::string(summary) +
-                    "\n\nFlags:\n";
+  std::string out =
+      "Usage: " + std::string(program) + " [flags]\n\n" + std::string(summary) + "\n\nFlags:\n";
   for (const auto& f : flags_) {
     std::string left = "  --" + f.name + (f.value_name.empty() ? "" : " " + f.value_name);
-    if (left.size() < 34) left.resize(34, ' ');
-    else left += "\n" + std::string(34, ' ');
+    if (left.size() < 34)
+      left.resize(34, ' ');
+    else
+      left += "\n" + std::string(34, ' ');
     out += left + f.help;
     if (!f.default_text.empty()) out += " (default " + f.default_text + ")";
     out += "\n";

@@ -98,7 +98,8 @@ int main(int argc, char** argv) {
                  "only",
                  opt.insecure);
   flags.add("advertise-addr", "HOST:PORT", "the bound --listen address",
-            "manager address handed to agents in SessionMessage.managers", string_setter(advertise));
+            "manager address handed to agents in SessionMessage.managers",
+            string_setter(advertise));
   flags.add("node-id", "ID", opt.dispatcher.manager_node_id,
             "this manager's node ID in insecure mode (with TLS: the CN of its certificate)",
             string_setter(opt.dispatcher.manager_node_id));
@@ -175,8 +176,9 @@ int main(int argc, char** argv) {
   // The manager list agents receive names this server.
   std::string addr = advertise.empty() ? net::endpoint_string(*bound) : advertise;
   server.dispatcher().set_manager_addr(addr);
-  log::warn("insecure mode: plaintext HTTP/2 and no authentication; any client can claim any "
-            "node ID. Use TLS outside tests and benchmarks.");
+  log::warn(
+      "insecure mode: plaintext HTTP/2 and no authentication; any client can claim any "
+      "node ID. Use TLS outside tests and benchmarks.");
   log::info("dispatchd listening on {} (advertised as {})", net::endpoint_string(*bound), addr);
 
   asio::signal_set signals(io, SIGINT, SIGTERM);

@@ -57,7 +57,8 @@ asio::awaitable<void> Server::serve_connection(std::shared_ptr<h2::Connection> c
 void Server::stop() {
   if (stopping_) return;
   stopping_ = true;
-  log::info("stopping: {} connections, {} sessions", connection_count_, dispatcher_.open_sessions());
+  log::info("stopping: {} connections, {} sessions", connection_count_,
+            dispatcher_.open_sessions());
   acceptor_.close();
   health_.shutdown();
   // Sessions send their final message and end before the connections go away.

@@ -9,7 +9,8 @@ TimerWheel::TimerWheel(asio::io_context& io, Clock::duration tick, std::size_t s
 
 TimerWheel::~TimerWheel() {
   if (alive_) *alive_ = false;
-  for (auto& s : slots_) s.clear();
+  for (auto& s : slots_)
+    s.clear();
 }
 
 std::int64_t TimerWheel::tick_of(Clock::time_point t) const {

@@ -12,9 +12,15 @@ using grpc::Status;
 using grpc::StatusCode;
 
 namespace {
-Status stopped_status() { return Status(StatusCode::aborted, "dispatcher is stopped"); }
-Status session_invalid() { return Status(StatusCode::invalid_argument, "session invalid"); }
-Status not_registered() { return Status(StatusCode::not_found, "node not registered"); }
+Status stopped_status() {
+  return Status(StatusCode::aborted, "dispatcher is stopped");
+}
+Status session_invalid() {
+  return Status(StatusCode::invalid_argument, "session invalid");
+}
+Status not_registered() {
+  return Status(StatusCode::not_found, "node not registered");
+}
 }  // namespace
 
 Dispatcher::Dispatcher(Config config) : config_(std::move(config)) {}
@@ -106,7 +112,8 @@ void Dispatcher::add_to(grpc::Server& server) {
         mgr->mutable_peer()->set_node_id(config_.manager_node_id);
         mgr->mutable_peer()->set_addr(config_.manager_addr);
         mgr->set_weight(10);
-        if (!co_await writer.write(msg)) co_return Status(StatusCode::cancelled, "context canceled");
+        if (!co_await writer.write(msg))
+          co_return Status(StatusCode::cancelled, "context canceled");
         log::info("session started node={} session={} peer={}", id->node_id, session_id,
                   ctx.peer());
 

@@ -10,7 +10,9 @@ namespace dispatchd::grpc {
 
 namespace hv1 = ::grpc::health::v1;
 
-HealthService::HealthService() { statuses_[""] = serving; }
+HealthService::HealthService() {
+  statuses_[""] = serving;
+}
 
 HealthService::ServingStatus HealthService::current(const std::string& service) const {
   auto it = statuses_.find(service);
@@ -58,18 +60,21 @@ void HealthService::add_to(Server& server) {
         ServingStatus last = current(req.service());
         hv1::HealthCheckResponse resp;
         resp.set_status(static_cast<hv1::HealthCheckResponse::ServingStatus>(last));
-        if (!co_await writer.write(resp)) co_return Status(StatusCode::cancelled, "context canceled");
+        if (!co_await writer.write(resp))
+          co_return Status(StatusCode::cancelled, "context canceled");
         for (;;) {
           auto ready = co_await co::select(wakeup, cancelled, *sub);
           if (co::picked(ready, 0)) co_return Status(StatusCode::cancelled, "context canceled");
           // Only the latest status matters, so an overflowed subscription just resubscribes.
-          while (sub->has_next()) sub->next();
+          while (sub->has_next())
+            sub->next();
           if (sub->overflowed() || sub->ended()) sub.emplace(changes_, wakeup);
           ServingStatus now = current(req.service());
           if (now == last) continue;
           last = now;
           resp.set_status(static_cast<hv1::HealthCheckResponse::ServingStatus>(now));
-          if (!co_await writer.write(resp)) co_return Status(StatusCode::cancelled, "context canceled");
+          if (!co_await writer.write(resp))
+            co_return Status(StatusCode::cancelled, "context canceled");
         }
       });
 }

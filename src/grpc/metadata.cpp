@@ -35,9 +35,12 @@ std::string format_grpc_timeout(std::chrono::nanoseconds d) {
   std::int64_t n = d.count();
   if (n < 0) n = 0;
   // Pick the finest unit whose value fits in 8 digits.
-  static constexpr std::array<std::pair<std::int64_t, char>, 6> units = {
-      {{1, 'n'}, {1000, 'u'}, {1000000, 'm'}, {1000000000, 'S'}, {60000000000, 'M'},
-       {3600000000000, 'H'}}};
+  static constexpr std::array<std::pair<std::int64_t, char>, 6> units = {{{1, 'n'},
+                                                                          {1000, 'u'},
+                                                                          {1000000, 'm'},
+                                                                          {1000000000, 'S'},
+                                                                          {60000000000, 'M'},
+                                                                          {3600000000000, 'H'}}};
   for (auto [div, unit] : units) {
     std::int64_t v = (n + div - 1) / div;
     if (v < 100000000) return std::to_string(v) + unit;
@@ -100,7 +103,8 @@ int b64_value(char c) {
 }  // namespace
 
 std::optional<std::string> base64_decode(std::string_view s) {
-  while (!s.empty() && s.back() == '=') s.remove_suffix(1);
+  while (!s.empty() && s.back() == '=')
+    s.remove_suffix(1);
   if (s.size() % 4 == 1) return std::nullopt;
   std::string out;
   out.reserve(s.size() * 3 / 4);

@@ -56,7 +56,8 @@ void Server::cancel_all() noexcept {
 
 asio::awaitable<void> Server::on_request(h2::StreamRef stream) {
   // Not a coroutine: the call must listen to the stream before nghttp2 delivers its DATA.
-  auto call = std::make_unique<ServerCall>(std::move(stream), wheel_, options_.max_receive_message_size);
+  auto call =
+      std::make_unique<ServerCall>(std::move(stream), wheel_, options_.max_receive_message_size);
   return serve(std::move(call));
 }
 
@@ -77,8 +78,8 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
   }
   if (!is_grpc_content_type(s.content_type())) {
     refuse_http(s, "415",
-                Status(StatusCode::invalid_argument,
-                       "invalid gRPC request content-type \"" + std::string(s.content_type()) + "\""));
+                Status(StatusCode::invalid_argument, "invalid gRPC request content-type \"" +
+                                                         std::string(s.content_type()) + "\""));
     co_return;
   }
 
@@ -88,7 +89,8 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
   if (it == methods_.end()) {
     std::string_view service, method;
     if (!split_path(s.path(), service, method)) {
-      result = Status(StatusCode::unimplemented, "malformed method name: \"" + std::string(s.path()) + "\"");
+      result = Status(StatusCode::unimplemented,
+                      "malformed method name: \"" + std::string(s.path()) + "\"");
     } else {
       bool known_service = false;
       for (const auto& [path, m] : methods_) {
@@ -98,11 +100,10 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
           break;
         }
       }
-      result = known_service ? Status(StatusCode::unimplemented,
-                                      "unknown method " + std::string(method) + " for service " +
-                                          std::string(service))
-                             : Status(StatusCode::unimplemented,
-                                      "unknown service " + std::string(service));
+      result = known_service
+                   ? Status(StatusCode::unimplemented, "unknown method " + std::string(method) +
+                                                           " for service " + std::string(service))
+                   : Status(StatusCode::unimplemented, "unknown service " + std::string(service));
     }
   } else {
     stats = it->second.stats;
@@ -113,13 +114,15 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
         call->set_timeout(*d);
       } else {
         ok = false;
-        result = Status(StatusCode::internal, "transport: malformed grpc-timeout: " + std::string(*t));
+        result =
+            Status(StatusCode::internal, "transport: malformed grpc-timeout: " + std::string(*t));
       }
     }
     if (auto enc = call->metadata("grpc-encoding"); ok && enc && *enc != "identity") {
       ok = false;
-      result = Status(StatusCode::unimplemented,
-                      "grpc: Decompressor is not installed for grpc-encoding \"" + std::string(*enc) + "\"");
+      result = Status(
+          StatusCode::unimplemented,
+          "grpc: Decompressor is not installed for grpc-encoding \"" + std::string(*enc) + "\"");
     }
     if (ok) {
       try {

@@ -7,11 +7,10 @@ namespace dispatchd::grpc {
 std::string_view status_code_name(StatusCode c) {
   // grpc-go's spelling (codes.Code.String()), which its error strings use.
   static constexpr std::array<std::string_view, 17> names = {
-      "OK",           "Canceled",           "Unknown",          "InvalidArgument",
-      "DeadlineExceeded", "NotFound",       "AlreadyExists",    "PermissionDenied",
-      "ResourceExhausted", "FailedPrecondition", "Aborted",     "OutOfRange",
-      "Unimplemented", "Internal",          "Unavailable",      "DataLoss",
-      "Unauthenticated"};
+      "OK",       "Canceled",       "Unknown",          "InvalidArgument",   "DeadlineExceeded",
+      "NotFound", "AlreadyExists",  "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
+      "Aborted",  "OutOfRange",     "Unimplemented",    "Internal",          "Unavailable",
+      "DataLoss", "Unauthenticated"};
   auto i = static_cast<std::size_t>(c);
   return i < names.size() ? names[i] : std::string_view("Unknown");
 }

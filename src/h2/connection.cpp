@@ -102,7 +102,8 @@ asio::awaitable<void> Connection::run() {
     wheel_.arm_after(deadline_, settings_.drain_timeout);
   }
   writer_wakeup_.notify();
-  while (writer_running_) co_await writer_done_wakeup_.async_park();
+  while (writer_running_)
+    co_await writer_done_wakeup_.async_park();
   transport_->close();
   dead_ = true;
   wheel_.disarm(deadline_);
@@ -138,8 +139,9 @@ asio::awaitable<void> Connection::read_loop() {
       ssize_t rv = nghttp2_session_mem_recv(session_, data.data(), data.size());
       if (rv < 0) {
         log::info("{}: closing connection: HTTP/2 error: {}", peer(), nghttp2_strerror(rv));
-        nghttp2_session_terminate_session(
-            session_, rv == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
+        nghttp2_session_terminate_session(session_, rv == NGHTTP2_ERR_FLOODED
+                                                        ? NGHTTP2_ENHANCE_YOUR_CALM
+                                                        : NGHTTP2_PROTOCOL_ERROR);
         writer_wakeup_.notify();
         co_return;
       }
@@ -155,7 +157,12 @@ bool Connection::reject_non_h2(std::span<const std::uint8_t> data) {
   std::size_t already = static_cast<std::size_t>(stats_.bytes_in) - data.size();
   if (already >= kClientMagic.size()) return false;
   std::size_t n = std::min(data.size(), kClientMagic.size() - already);
-  if (std::memcmp(data.data(), kClientMagic.data() + already, n) == 0) return false;
+  if (std::memcmp(data.data(), kClientMagic.data() + already, n) == 0) {
+    // The client speaks HTTP/2 so far: our SETTINGS may go out now.
+    client_spoke_h2_ = true;
+    writer_wakeup_.notify();
+    return false;
+  }
   std::string_view head(reinterpret_cast<const char*>(data.data()), std::min<std::size_t>(n, 16));
   bool http1 = already == 0 && (head.starts_with("GET ") || head.starts_with("POST ") ||
                                 head.starts_with("PUT ") || head.starts_with("HEAD ") ||
@@ -186,6 +193,12 @@ asio::awaitable<void> Connection::write_loop() {
   for (;;) {
     if (dead_) break;
     bool early_only = false;
+    if (early_reply_.empty() && !client_spoke_h2_ && !reader_done_) {
+      // Our SETTINGS wait for the client's first bytes: a client that is not speaking HTTP/2
+      // (HTTP/1.1, TLS to a plaintext port) gets a plain answer, not binary frames.
+      co_await writer_wakeup_.async_park();
+      continue;
+    }
     if (!early_reply_.empty()) {
       out_ = std::move(early_reply_);
       early_reply_.clear();
@@ -269,7 +282,8 @@ void Connection::on_deadline() {
 }
 
 void Connection::fail_streams() noexcept {
-  while (Stream* s = streams_.front()) s->on_closed(kConnectionLost);
+  while (Stream* s = streams_.front())
+    s->on_closed(kConnectionLost);
   open_streams_ = 0;
 }
 
@@ -284,10 +298,11 @@ int Connection::on_begin_headers(const nghttp2_frame* frame) {
   return 0;
 }
 
-int Connection::on_header(const nghttp2_frame* frame, const std::uint8_t* name,
-                          std::size_t namelen, const std::uint8_t* value, std::size_t valuelen) {
+int Connection::on_header(const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
+                          const std::uint8_t* value, std::size_t valuelen) {
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-  auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
+  auto* s =
+      static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
   if (!s) return 0;
   // HPACK lets a small frame expand into a large header list: count the decoded size.
   s->header_bytes_ += namelen + valuelen + 32;
@@ -323,8 +338,10 @@ int Connection::on_frame_recv(const nghttp2_frame* frame) {
       auto* s =
           static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
       if (!s) break;
-      if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) handlers_.spawn(sink_.on_request(StreamRef(s)));
-      if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && s->listener_) s->listener_->on_end_stream();
+      if (frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+        handlers_.spawn(sink_.on_request(StreamRef(s)));
+      if ((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && s->listener_)
+        s->listener_->on_end_stream();
       break;
     }
     case NGHTTP2_DATA: {

@@ -38,7 +38,9 @@ Stream::Stream(std::shared_ptr<Connection> conn, std::int32_t id)
 
 Stream::~Stream() = default;
 
-const std::string& Stream::peer() const noexcept { return conn_->peer(); }
+const std::string& Stream::peer() const noexcept {
+  return conn_->peer();
+}
 
 std::string_view Stream::header(std::string_view name) const noexcept {
   for (const auto& h : headers_) {
@@ -57,7 +59,9 @@ void Stream::release() noexcept {
   if (--refs_ == 0) delete this;
 }
 
-bool Stream::usable() const noexcept { return !closed_ && conn_->alive(); }
+bool Stream::usable() const noexcept {
+  return !closed_ && conn_->alive();
+}
 
 void Stream::submit_headers(std::span<const Header> headers) {
   if (!usable() || response_started_) return;

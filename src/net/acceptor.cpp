@@ -41,8 +41,8 @@ std::expected<asio::ip::tcp::endpoint, std::string> resolve_listen_address(std::
   asio::ip::tcp::resolver r(io);
   auto results = r.resolve(host, port, asio::ip::resolver_base::passive, ec);
   if (ec || results.empty()) {
-    return std::unexpected("cannot resolve \"" + host + "\": " +
-                           (ec ? ec.message() : std::string("no address")));
+    return std::unexpected("cannot resolve \"" + host +
+                           "\": " + (ec ? ec.message() : std::string("no address")));
   }
   return results.begin()->endpoint();
 }

@@ -32,10 +32,9 @@ std::size_t TcpTransport::write_some(std::span<const std::uint8_t> buf, std::err
 }
 
 asio::awaitable<std::error_code> TcpTransport::wait(Direction d) {
-  auto [ec] = co_await socket_.async_wait(d == Direction::read
-                                              ? asio::ip::tcp::socket::wait_read
-                                              : asio::ip::tcp::socket::wait_write,
-                                          asio::experimental::as_tuple(asio::use_awaitable));
+  auto [ec] = co_await socket_.async_wait(
+      d == Direction::read ? asio::ip::tcp::socket::wait_read : asio::ip::tcp::socket::wait_write,
+      asio::experimental::as_tuple(asio::use_awaitable));
   if (!ec && !socket_.is_open()) ec = asio::error::operation_aborted;
   co_return ec;
 }

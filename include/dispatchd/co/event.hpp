@@ -34,7 +34,8 @@ class Event {
   void set() noexcept {
     if (set_) return;
     set_ = true;
-    while (Listener* l = listeners_.pop_front()) l->wakeup_->notify();
+    while (Listener* l = listeners_.pop_front())
+      l->wakeup_->notify();
   }
 
   // Convenience for a coroutine that waits on this event alone.
@@ -42,7 +43,8 @@ class Event {
     if (set_) co_return;
     Wakeup w;
     Listener l(*this, w);
-    while (!set_) co_await w.async_park();
+    while (!set_)
+      co_await w.async_park();
   }
 
   std::size_t listener_count() const { return listeners_.size(); }

@@ -60,7 +60,8 @@ class IntrusiveList {
   }
 
   void clear() noexcept {
-    while (!empty()) head_.next_->unlink();
+    while (!empty())
+      head_.next_->unlink();
   }
 
   // Moves every element of `other` to the end of this list.
@@ -88,7 +89,8 @@ class IntrusiveList {
 
   std::size_t size() const noexcept {
     std::size_t n = 0;
-    for (const ListHook* h = head_.next_; h != &head_; h = h->next_) ++n;
+    for (const ListHook* h = head_.next_; h != &head_; h = h->next_)
+      ++n;
     return n;
   }
 

@@ -36,7 +36,8 @@ class Scope {
   }
 
   asio::awaitable<void> join() {
-    while (count_ != 0) co_await joined_.async_park();
+    while (count_ != 0)
+      co_await joined_.async_park();
   }
 
   std::size_t size() const noexcept { return count_; }

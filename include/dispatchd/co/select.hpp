@@ -33,6 +33,8 @@ asio::awaitable<ReadyMask> select(Wakeup& wakeup, const Sources&... sources) {
   }
 }
 
-constexpr bool picked(ReadyMask m, unsigned index) { return (m >> index) & 1u; }
+constexpr bool picked(ReadyMask m, unsigned index) {
+  return (m >> index) & 1u;
+}
 
 }  // namespace dispatchd::co

@@ -39,8 +39,7 @@ class TimerWheel {
     std::int64_t tick_ = 0;
   };
 
-  explicit TimerWheel(asio::io_context& io,
-                      Clock::duration tick = std::chrono::milliseconds(5),
+  explicit TimerWheel(asio::io_context& io, Clock::duration tick = std::chrono::milliseconds(5),
                       std::size_t slots = 4096);
   TimerWheel(const TimerWheel&) = delete;
   TimerWheel& operator=(const TimerWheel&) = delete;

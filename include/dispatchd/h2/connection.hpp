@@ -121,11 +121,12 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   ConnectionStats stats_;
   std::string out_;
   bool preface_seen_ = false;
-  bool dead_ = false;           // socket closed or fatal error: stop everything
-  bool reader_done_ = false;    // no more input will be processed
+  bool client_spoke_h2_ = false;  // the first bytes matched the client preface
+  bool dead_ = false;             // socket closed or fatal error: stop everything
+  bool reader_done_ = false;      // no more input will be processed
   bool writer_running_ = false;
   bool shutting_down_ = false;
-  std::string early_reply_;     // a plain HTTP/1.1 error for non-HTTP/2 clients
+  std::string early_reply_;  // a plain HTTP/1.1 error for non-HTTP/2 clients
 };
 
 }  // namespace dispatchd::h2

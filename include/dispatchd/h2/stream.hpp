@@ -123,8 +123,8 @@ class Stream : public co::ListHook {
   std::vector<Header> headers_;
   std::vector<Header> trailers_;
   std::vector<Segment> out_;
-  std::size_t out_head_ = 0;      // index of the first unsent segment
-  std::size_t out_offset_ = 0;    // bytes of out_[out_head_] already sent
+  std::size_t out_head_ = 0;    // index of the first unsent segment
+  std::size_t out_offset_ = 0;  // bytes of out_[out_head_] already sent
   std::size_t pending_bytes_ = 0;
   StreamListener* listener_ = nullptr;
   co::Wakeup* drain_waiter_ = nullptr;
