@@ -1,77 +1,100 @@
 #include "dispatchd/app/duration.hpp"
 
-#include <cmath>
 #include <cstdint>
 #include <limits>
 
 namespace dispatchd::app {
 
 std::optional<std::chrono::nanoseconds> parse_duration(std::string_view s) {
-  if (s.empty()) return std::nullopt;
+  // Follows Go's time.ParseDuration: [-+]?([0-9]*(\.[0-9]*)?[a-z]+)+, each fraction truncated
+  // to whole nanoseconds, magnitude at most 2^63 (2^63 - 1 when positive).
+  constexpr std::uint64_t kLimit = std::uint64_t{1} << 63;
   bool negative = false;
-  if (s[0] == '-' || s[0] == '+') {
+  if (!s.empty() && (s[0] == '-' || s[0] == '+')) {
     negative = s[0] == '-';
     s.remove_prefix(1);
   }
   if (s == "0") return std::chrono::nanoseconds(0);
   if (s.empty()) return std::nullopt;
-  long double total = 0;
+  std::uint64_t total = 0;
+  auto is_digit = [](char c) { return c >= '0' && c <= '9'; };
   while (!s.empty()) {
-    // number: digits [. digits]
-    std::size_t i = 0;
-    long double whole = 0, frac = 0, scale = 1;
-    bool digits = false;
-    while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
-      whole = whole * 10 + (s[i] - '0');
-      ++i;
-      digits = true;
+    if (!(s[0] == '.' || is_digit(s[0]))) return std::nullopt;
+    std::uint64_t whole = 0;
+    bool pre = false;
+    while (!s.empty() && is_digit(s[0])) {
+      if (whole > (kLimit - 1) / 10) return std::nullopt;  // overflow
+      whole = whole * 10 + static_cast<std::uint64_t>(s[0] - '0');
+      if (whole > kLimit) return std::nullopt;
+      s.remove_prefix(1);
+      pre = true;
     }
-    if (i < s.size() && s[i] == '.') {
-      ++i;
-      while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
-        frac = frac * 10 + (s[i] - '0');
-        scale *= 10;
-        ++i;
-        digits = true;
+    std::uint64_t frac = 0;
+    double scale = 1;
+    bool post = false;
+    if (!s.empty() && s[0] == '.') {
+      s.remove_prefix(1);
+      bool overflow = false;
+      while (!s.empty() && is_digit(s[0])) {
+        if (!overflow) {
+          if (frac > (kLimit - 1) / 10) {
+            overflow = true;  // later digits are ignored, as in Go
+          } else {
+            frac = frac * 10 + static_cast<std::uint64_t>(s[0] - '0');
+            scale *= 10;
+          }
+        }
+        s.remove_prefix(1);
+        post = true;
       }
     }
-    if (!digits) return std::nullopt;
-    s.remove_prefix(i);
+    if (!pre && !post) return std::nullopt;
     std::size_t u = 0;
-    while (u < s.size() && !(s[u] >= '0' && s[u] <= '9') && s[u] != '.')
+    while (u < s.size() && s[u] != '.' && !is_digit(s[u]))
       ++u;
+    if (u == 0) return std::nullopt;  // missing unit
     std::string_view unit = s.substr(0, u);
     s.remove_prefix(u);
-    long double mult;
+    std::uint64_t mult;
     if (unit == "ns") {
       mult = 1;
     } else if (unit == "us" || unit == "\xC2\xB5s" || unit == "\xCE\xBCs") {
-      mult = 1e3;
+      mult = 1000;
     } else if (unit == "ms") {
-      mult = 1e6;
+      mult = 1000000;
     } else if (unit == "s") {
-      mult = 1e9;
+      mult = 1000000000;
     } else if (unit == "m") {
-      mult = 60e9;
+      mult = 60ull * 1000000000;
     } else if (unit == "h") {
-      mult = 3600e9;
+      mult = 3600ull * 1000000000;
     } else {
-      return std::nullopt;  // missing or unknown unit
-    }
-    total += (whole + frac / scale) * mult;
-    if (total > static_cast<long double>(std::numeric_limits<std::int64_t>::max())) {
       return std::nullopt;
     }
+    if (whole > kLimit / mult) return std::nullopt;
+    std::uint64_t v = whole * mult;
+    if (frac > 0) {
+      v += static_cast<std::uint64_t>(static_cast<double>(frac) *
+                                      (static_cast<double>(mult) / scale));
+      if (v > kLimit) return std::nullopt;
+    }
+    total += v;
+    if (total > kLimit) return std::nullopt;
   }
-  auto ns = static_cast<std::int64_t>(std::llround(total));
-  return std::chrono::nanoseconds(negative ? -ns : ns);
+  if (negative) {
+    return std::chrono::nanoseconds(total == kLimit ? std::numeric_limits<std::int64_t>::min()
+                                                    : -static_cast<std::int64_t>(total));
+  }
+  if (total > kLimit - 1) return std::nullopt;
+  return std::chrono::nanoseconds(static_cast<std::int64_t>(total));
 }
 
 std::string format_duration(std::chrono::nanoseconds d) {
   std::int64_t n = d.count();
   if (n == 0) return "0s";
   std::string sign = n < 0 ? "-" : "";
-  std::uint64_t u = n < 0 ? static_cast<std::uint64_t>(-n) : static_cast<std::uint64_t>(n);
+  // Negate in unsigned arithmetic: -INT64_MIN does not fit in int64.
+  std::uint64_t u = n < 0 ? ~static_cast<std::uint64_t>(n) + 1 : static_cast<std::uint64_t>(n);
   auto frac = [](std::uint64_t v, std::uint64_t div, const char* unit) {
     std::string s = std::to_string(v / div);
     std::uint64_t r = v % div;

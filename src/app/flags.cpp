@@ -17,9 +17,11 @@ void Flags::add_bool(std::string name, std::string help, bool& target) {
          std::move(help),
          true,
          [&target](std::string_view v) -> std::optional<std::string> {
-           if (v == "true" || v == "1" || v.empty()) {
+           // Go's strconv.ParseBool, as Docker's flags take it.
+           if (v == "1" || v == "t" || v == "T" || v == "true" || v == "TRUE" || v == "True") {
              target = true;
-           } else if (v == "false" || v == "0") {
+           } else if (v == "0" || v == "f" || v == "F" || v == "false" || v == "FALSE" ||
+                      v == "False") {
              target = false;
            } else {
              return "want true or false, got \"" + std::string(v) + "\"";

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
 
 namespace dispatchd::grpc {
 
@@ -12,23 +13,34 @@ std::optional<std::chrono::nanoseconds> parse_grpc_timeout(std::string_view v) {
     if (c < '0' || c > '9') return std::nullopt;
     n = n * 10 + (c - '0');
   }
-  using namespace std::chrono;
+  std::int64_t unit_ns;
   switch (v.back()) {
     case 'H':
-      return duration_cast<nanoseconds>(hours(n));
+      unit_ns = 3600LL * 1000000000LL;
+      break;
     case 'M':
-      return duration_cast<nanoseconds>(minutes(n));
+      unit_ns = 60LL * 1000000000LL;
+      break;
     case 'S':
-      return duration_cast<nanoseconds>(seconds(n));
+      unit_ns = 1000000000LL;
+      break;
     case 'm':
-      return duration_cast<nanoseconds>(milliseconds(n));
+      unit_ns = 1000000LL;
+      break;
     case 'u':
-      return duration_cast<nanoseconds>(microseconds(n));
+      unit_ns = 1000LL;
+      break;
     case 'n':
-      return nanoseconds(n);
+      unit_ns = 1;
+      break;
     default:
       return std::nullopt;
   }
+  // Like grpc-go: a value beyond the nanosecond range means "as long as can be said".
+  if (n > std::numeric_limits<std::int64_t>::max() / unit_ns) {
+    return std::chrono::nanoseconds::max();
+  }
+  return std::chrono::nanoseconds(n * unit_ns);
 }
 
 std::string format_grpc_timeout(std::chrono::nanoseconds d) {
@@ -42,7 +54,7 @@ std::string format_grpc_timeout(std::chrono::nanoseconds d) {
                                                                           {60000000000, 'M'},
                                                                           {3600000000000, 'H'}}};
   for (auto [div, unit] : units) {
-    std::int64_t v = (n + div - 1) / div;
+    std::int64_t v = n / div + (n % div != 0 ? 1 : 0);  // round up without overflow
     if (v < 100000000) return std::to_string(v) + unit;
   }
   return "99999999H";
@@ -103,8 +115,12 @@ int b64_value(char c) {
 }  // namespace
 
 std::optional<std::string> base64_decode(std::string_view s) {
-  while (!s.empty() && s.back() == '=')
-    s.remove_suffix(1);
+  // Unpadded, or padded to a whole number of 4-character groups (as grpc-go accepts).
+  std::size_t pad = 0;
+  while (pad < s.size() && s[s.size() - 1 - pad] == '=')
+    ++pad;
+  if (pad > 0 && (pad > 2 || s.size() % 4 != 0)) return std::nullopt;
+  s.remove_suffix(pad);
   if (s.size() % 4 == 1) return std::nullopt;
   std::string out;
   out.reserve(s.size() * 3 / 4);

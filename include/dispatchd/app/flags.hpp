@@ -1,6 +1,7 @@
 #pragma once
-// Command-line flags: "--name value" and "--name=value" for every flag; boolean flags also
-// stand alone ("--insecure") or take "=true"/"=false". --help lists every flag with its default.
+// Command-line flags: "--name value" and "--name=value" for every valued flag; boolean flags
+// stand alone ("--insecure") or take "=true"/"=false" (as in Go, a bool never takes the next
+// argument). --help lists every flag with its default.
 
 #include <functional>
 #include <optional>

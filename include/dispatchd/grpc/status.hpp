@@ -27,7 +27,8 @@ enum class StatusCode : int {
   unauthenticated = 16,
 };
 
-std::string_view status_code_name(StatusCode c);
+// grpc-go's names ("PermissionDenied"); "Code(N)" outside the known range.
+std::string status_code_name(StatusCode c);
 
 class Status {
  public:

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Configures and builds dispatchd. Usage: scripts/build.sh [--sanitize] [--no-tests]
+#   --sanitize   AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/
+#   --no-tests   only the server (faster)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dir=build
+args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
+for a in "$@"; do
+  case "$a" in
+    --sanitize) dir=build-asan; args+=(-DDISPATCHD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug) ;;
+    --no-tests) args+=(-DDISPATCHD_TESTS=OFF) ;;
+    *) echo "build.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+cmake -S . -B "$dir" -G Ninja "${args[@]}" >/dev/null
+cmake --build "$dir" --parallel "$(nproc)"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package dispatchd's build and tests need. Idempotent and
+# non-interactive; run as root (or through sudo).
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake ninja-build pkg-config
+  libasio-dev libnghttp2-dev libssl-dev libprotobuf-dev protobuf-compiler libfmt-dev
+  # tests: googletest, the real gRPC C++ client, h2load
+  libgtest-dev libgmock-dev libgrpc++-dev protobuf-compiler-grpc nghttp2-client
+  # formatting check
+  clang-format
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
