@@ -7,6 +7,10 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <thread>
 
 #include "dispatchd/app/duration.hpp"
 #include "dispatchd/app/flags.hpp"
@@ -97,6 +101,18 @@ int main(int argc, char** argv) {
                  "node-role and node-org metadata. Nothing is authenticated: tests and benchmarks "
                  "only",
                  opt.insecure);
+  flags.add("tls-cert", "FILE", "",
+            "server certificate chain (PEM); its CN is this manager's node ID and its O the "
+            "cluster organisation",
+            string_setter(opt.tls.cert));
+  flags.add("tls-key", "FILE", "", "server private key (PEM)", string_setter(opt.tls.key));
+  flags.add("tls-ca", "FILE", "",
+            "CA bundle (PEM) that client certificates must chain to; also sent to agents as "
+            "the cluster root CA",
+            string_setter(opt.tls.ca));
+  flags.add("tls-handshake-timeout", "DURATION", "10s",
+            "close connections that have not finished the TLS handshake by then",
+            duration_setter(opt.tls_handshake_timeout, false));
   flags.add("advertise-addr", "HOST:PORT", "the bound --listen address",
             "manager address handed to agents in SessionMessage.managers",
             string_setter(advertise));
@@ -111,6 +127,27 @@ int main(int argc, char** argv) {
   flags.add("heartbeat-epsilon", "DURATION", "500ms",
             "random jitter added to each heartbeat period (period ± epsilon)",
             duration_setter(opt.dispatcher.heartbeat_epsilon, true));
+  flags.add("grace-multiplier", "N", std::to_string(opt.dispatcher.grace_multiplier),
+            "a node is down after period × N without a heartbeat (× 2N right after start-up)",
+            uint_setter(opt.dispatcher.grace_multiplier, 1, 1000));
+  flags.add("rate-limit-period", "DURATION", "8s",
+            "window in which a node may register 3 times (0 disables the limit)",
+            duration_setter(opt.dispatcher.rate_limit_period, true));
+  flags.add("batch-interval", "DURATION", "100ms",
+            "longest a task or node status update waits before it is written (an upper bound: "
+            "group commit writes as soon as the previous write is done)",
+            duration_setter(opt.dispatcher.batch_interval, false));
+  flags.add("batch-max-items", "N", std::to_string(opt.dispatcher.batch_max_items),
+            "most status updates written in one store transaction",
+            uint_setter(opt.dispatcher.batch_max_items, 1, 10000000));
+  flags.add_bool("require-known-nodes",
+                 "refuse sessions from nodes without a node object (SwarmKit's \"node not "
+                 "found\"); by default an authorized caller's node object is created",
+                 opt.dispatcher.require_known_nodes);
+  flags.add("watch-buffer", "N", std::to_string(opt.dispatcher.watch_buffer),
+            "events one stream may have waiting; past it the stream ends with UNAVAILABLE and "
+            "the agent resynchronises",
+            uint_setter(opt.dispatcher.watch_buffer, 1, 100000000));
   flags.add("max-recv-msg-size", "BYTES", "4MiB",
             "largest gRPC request message accepted (larger: RESOURCE_EXHAUSTED)",
             size_setter(opt.grpc.max_receive_message_size, 1024, 1ull << 31));
@@ -159,15 +196,36 @@ int main(int argc, char** argv) {
   log::set_level(level);
   log::set_format(log_format == "json" ? log::Format::json : log::Format::text);
 
+  std::shared_ptr<net::TlsContext> tls;
   if (!opt.insecure) {
-    std::fprintf(stderr,
-                 "dispatchd: TLS serving is not available in this build yet; run with --insecure "
-                 "(plaintext, unauthenticated) for tests and benchmarks\n");
-    return 2;
+    if (opt.tls.cert.empty() || opt.tls.key.empty() || opt.tls.ca.empty()) {
+      std::fprintf(stderr,
+                   "dispatchd: TLS needs --tls-cert, --tls-key and --tls-ca (scripts/gen-certs.sh "
+                   "makes a throw-away set); --insecure serves plaintext for tests and "
+                   "benchmarks\n");
+      return 2;
+    }
+    auto ctx = net::TlsContext::load(opt.tls);
+    if (!ctx) {
+      std::fprintf(stderr, "dispatchd: %s\n", ctx.error().c_str());
+      return 2;
+    }
+    tls = *ctx;
+    if (tls->common_name().empty() || tls->organization().empty()) {
+      std::fprintf(stderr,
+                   "dispatchd: the server certificate needs a CN (this manager's node ID) and an "
+                   "O (the cluster organisation)\n");
+      return 2;
+    }
+    opt.dispatcher.manager_node_id = tls->common_name();
+    opt.dispatcher.cluster_id = tls->organization();
+    std::ifstream ca(opt.tls.ca, std::ios::binary);
+    opt.dispatcher.root_ca_pem.assign(std::istreambuf_iterator<char>(ca), {});
   }
 
   asio::io_context io(1);
   app::Server server(io, opt);
+  if (tls) server.set_tls(tls);
   auto bound = server.listen();
   if (!bound) {
     log::error("{}", bound.error());
@@ -176,17 +234,52 @@ int main(int argc, char** argv) {
   // The manager list agents receive names this server.
   std::string addr = advertise.empty() ? net::endpoint_string(*bound) : advertise;
   server.dispatcher().set_manager_addr(addr);
-  log::warn(
-      "insecure mode: plaintext HTTP/2 and no authentication; any client can claim any "
-      "node ID. Use TLS outside tests and benchmarks.");
-  log::info("dispatchd listening on {} (advertised as {})", net::endpoint_string(*bound), addr);
+  if (opt.insecure) {
+    log::warn(
+        "insecure mode: plaintext HTTP/2 and no authentication; any client can claim any "
+        "node ID. Use TLS outside tests and benchmarks.");
+  }
+  log::info("dispatchd listening on {} ({}, node {}, cluster {}, advertised as {})",
+            net::endpoint_string(*bound), opt.insecure ? "h2c plaintext" : "mutual TLS",
+            opt.dispatcher.manager_node_id, opt.dispatcher.cluster_id, addr);
 
-  asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](std::error_code ec, int sig) {
+  // SIGHUP reloads the certificate and key; the files are read off the io thread and the new
+  // context is handed back to it. Live connections keep the context they started with.
+  std::thread reloader;
+  bool reloading = false;
+  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
+  std::function<void(std::error_code, int)> on_signal = [&](std::error_code ec, int sig) {
     if (ec) return;
+    if (sig == SIGHUP) {
+      if (!tls) {
+        log::info("SIGHUP: nothing to reload in insecure mode");
+      } else if (reloading) {
+        log::info("SIGHUP: a reload is already running");
+      } else {
+        reloading = true;
+        if (reloader.joinable()) reloader.join();
+        reloader = std::thread([&io, &server, &reloading, files = opt.tls] {
+          auto ctx = net::TlsContext::load(files);
+          asio::post(io, [&server, &reloading, ctx = std::move(ctx)] {
+            reloading = false;
+            if (!ctx) {
+              log::error("SIGHUP: certificates not reloaded, keeping the old ones: {}",
+                         ctx.error());
+              return;
+            }
+            server.set_tls(*ctx);
+            log::info("SIGHUP: certificates reloaded (CN {}, O {}); new connections use them",
+                      (*ctx)->common_name(), (*ctx)->organization());
+          });
+        });
+      }
+      signals.async_wait(on_signal);
+      return;
+    }
     log::info("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
     server.stop();
-  });
+  };
+  signals.async_wait(on_signal);
   bool done = false;
   asio::co_spawn(io, server.run(), [&](std::exception_ptr e) {
     done = true;
@@ -200,6 +293,7 @@ int main(int argc, char** argv) {
     }
   });
   io.run();
+  if (reloader.joinable()) reloader.join();
   log::info("dispatchd stopped");
   return done ? 0 : 1;
 }

@@ -10,13 +10,27 @@ Server::Server(asio::io_context& io, Options options)
       options_(std::move(options)),
       wheel_(io),
       grpc_(wheel_, options_.grpc),
-      dispatcher_(options_.dispatcher),
+      store_(options_.dispatcher.cluster_id),
+      dispatcher_(wheel_, store_, options_.dispatcher),
       acceptor_(io),
       connections_scope_(io.get_executor()) {
   health_.add_to(grpc_);
   health_.set_status("docker.swarmkit.v1.Dispatcher", grpc::HealthService::serving);
   dispatcher_.add_to(grpc_);
 }
+
+// A TLS handshake in progress: closed by its deadline or by stop().
+struct Server::Handshake final : co::TimerWheel::Entry {
+  explicit Handshake(net::TlsTransport& t) : transport(t) {}
+  net::TlsTransport& transport;
+  bool timed_out = false;
+
+ private:
+  void on_expire() override {
+    timed_out = true;
+    transport.close();
+  }
+};
 
 Server::~Server() = default;
 
@@ -27,12 +41,18 @@ std::expected<asio::ip::tcp::endpoint, std::string> Server::listen() {
 }
 
 asio::awaitable<void> Server::run() {
+  if (!stopping_) dispatcher_.start();
   co_await acceptor_.run([this](asio::ip::tcp::socket socket) {
     if (stopping_) return;
-    if (connection_count_ >= options_.max_connections) {
+    if (connection_count_ + handshake_count_ >= options_.max_connections) {
       log::warn("refusing connection: {} connections open (--max-connections)", connection_count_);
       std::error_code ec;
       socket.close(ec);
+      return;
+    }
+    if (tls_) {
+      connections_scope_.spawn(
+          serve_tls(std::make_unique<net::TlsTransport>(std::move(socket), tls_)));
       return;
     }
     auto transport = std::make_unique<net::TcpTransport>(std::move(socket));
@@ -40,6 +60,34 @@ asio::awaitable<void> Server::run() {
     connections_scope_.spawn(serve_connection(std::move(c)));
   });
   co_await connections_scope_.join();
+}
+
+asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
+  std::error_code ec;
+  bool timed_out = false;
+  {
+    Handshake hs(*t);
+    handshakes_.push_back(hs);
+    ++handshake_count_;
+    wheel_.arm_after(hs, options_.tls_handshake_timeout);
+    ec = co_await t->handshake();
+    wheel_.disarm(hs);
+    timed_out = hs.timed_out;
+    --handshake_count_;
+  }
+  if (ec || stopping_) {
+    if (timed_out) {
+      log::info("{}: closing connection: TLS handshake not finished within {} ms", t->peer(),
+                options_.tls_handshake_timeout.count());
+    } else if (!stopping_) {
+      log::info("{}: TLS handshake failed: {}", t->peer(),
+                t->handshake_error().empty() ? ec.message() : t->handshake_error());
+    }
+    t->close();
+    co_return;
+  }
+  auto c = std::make_shared<h2::Connection>(std::move(t), grpc_, options_.h2, wheel_);
+  co_await serve_connection(std::move(c));
 }
 
 asio::awaitable<void> Server::serve_connection(std::shared_ptr<h2::Connection> c) {
@@ -64,6 +112,7 @@ void Server::stop() {
   // Sessions send their final message and end before the connections go away.
   dispatcher_.stop();
   connections_.for_each([](h2::Connection& c) { c.shutdown(); });
+  handshakes_.for_each([](Handshake& h) { h.transport.close(); });
 }
 
 }  // namespace dispatchd::app

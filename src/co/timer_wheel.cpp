@@ -25,6 +25,7 @@ void TimerWheel::arm(Entry& e, Clock::time_point deadline) {
     e.unlink();
     --count_;
   }
+  e.wheel_ = this;
   e.deadline_ = deadline;
   e.tick_ = std::max(tick_of(deadline), current_tick_ + 1);
   slots_[static_cast<std::size_t>(e.tick_) % slots_.size()].push_back(e);

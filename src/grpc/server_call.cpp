@@ -3,6 +3,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "dispatchd/grpc/metadata.hpp"
+#include "dispatchd/h2/connection.hpp"
 
 namespace dispatchd::grpc {
 
@@ -25,6 +26,10 @@ std::vector<h2::Header> status_headers(const Status& st, bool trailers_only) {
   return h;
 }
 }  // namespace
+
+const net::PeerIdentity* ServerContext::peer_identity() const noexcept {
+  return stream_->connection().transport().identity();
+}
 
 std::optional<std::string_view> ServerContext::metadata(std::string_view key) const noexcept {
   for (const auto& h : stream_->headers()) {
@@ -132,9 +137,16 @@ void ServerCall::send(h2::Segment framed) {
 }
 
 asio::awaitable<bool> ServerCall::write(h2::Segment framed) {
+  std::vector<h2::Segment> pieces;
+  pieces.push_back(std::move(framed));
+  co_return co_await write(std::move(pieces));
+}
+
+asio::awaitable<bool> ServerCall::write(std::vector<h2::Segment> pieces) {
   if (finished_ || cancelled_.is_set() || stream_->closed()) co_return false;
   start_response();
-  stream_->enqueue(std::move(framed));
+  for (auto& p : pieces)
+    stream_->enqueue(std::move(p));
   while (stream_->pending_bytes() > 0 && !cancelled_.is_set() && !stream_->closed()) {
     co_await wakeup_.async_park();
   }

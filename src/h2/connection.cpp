@@ -147,7 +147,7 @@ asio::awaitable<void> Connection::read_loop() {
       }
       // Receiving queues frames too (SETTINGS ACK, WINDOW_UPDATE, PING ACK): always flush.
       writer_wakeup_.notify();
-      if (n < kReadBufferSize) break;
+      if (n < kReadBufferSize && !transport_->has_buffered_input()) break;
     }
   }
 }

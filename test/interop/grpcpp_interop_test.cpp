@@ -85,20 +85,10 @@ TEST_F(InteropTest, UnaryErrorCarriesCodeAndPercentEncodedMessage) {
   EXPECT_EQ(st.error_message(), message);
 }
 
-TEST_F(InteropTest, UnknownMethodOfKnownServiceIsUnimplemented) {
-  // Tasks is in the proto but not served yet.
-  grpc::ClientContext ctx;
-  api::TasksRequest req;
-  auto reader = dispatcher_->Tasks(&ctx, req);
-  api::TasksMessage msg;
-  EXPECT_FALSE(reader->Read(&msg));
-  grpc::Status st = reader->Finish();
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_EQ(st.error_message(), "unknown method Tasks for service docker.swarmkit.v1.Dispatcher");
-}
-
-TEST_F(InteropTest, UnknownServiceIsUnimplemented) {
-  grpc::GenericStub generic(channel_);
+// A unary call by method name through grpc++'s generic stub.
+grpc::Status generic_call(const std::shared_ptr<grpc::Channel>& channel,
+                          const std::string& method) {
+  grpc::GenericStub generic(channel);
   grpc::ClientContext ctx;
   grpc::Slice empty("");
   grpc::ByteBuffer request(&empty, 1), response;
@@ -106,17 +96,29 @@ TEST_F(InteropTest, UnknownServiceIsUnimplemented) {
   bool done = false;
   std::mutex mu;
   std::condition_variable cv;
-  generic.UnaryCall(&ctx, "/no.such.Service/Method", grpc::StubOptions(), &request, &response,
-                    [&](grpc::Status s) {
-                      std::lock_guard lk(mu);
-                      result = s;
-                      done = true;
-                      cv.notify_one();
-                    });
+  generic.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+    std::lock_guard lk(mu);
+    result = s;
+    done = true;
+    cv.notify_one();
+  });
   std::unique_lock lk(mu);
-  ASSERT_TRUE(cv.wait_for(lk, std::chrono::seconds(10), [&] { return done; }));
-  EXPECT_EQ(result.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_EQ(result.error_message(), "unknown service no.such.Service");
+  if (!cv.wait_for(lk, std::chrono::seconds(10), [&] { return done; })) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "test: no answer");
+  }
+  return result;
+}
+
+TEST_F(InteropTest, UnknownMethodOfKnownServiceIsUnimplemented) {
+  grpc::Status st = generic_call(channel_, "/grpc.health.v1.Health/Nope");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(st.error_message(), "unknown method Nope for service grpc.health.v1.Health");
+}
+
+TEST_F(InteropTest, UnknownServiceIsUnimplemented) {
+  grpc::Status st = generic_call(channel_, "/no.such.Service/Method");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_EQ(st.error_message(), "unknown service no.such.Service");
 }
 
 TEST_F(InteropTest, OversizedRequestIsResourceExhausted) {

@@ -15,12 +15,17 @@
 #include "dispatchd/grpc/server.hpp"
 #include "dispatchd/h2/connection.hpp"
 #include "dispatchd/net/acceptor.hpp"
+#include "dispatchd/net/tls.hpp"
+#include "dispatchd/store/store.hpp"
 
 namespace dispatchd::app {
 
 struct Options {
   std::string listen = "127.0.0.1:4242";
   bool insecure = false;
+  // TLS (the default): the server's certificate, key and the CA bundle for client certificates.
+  net::TlsFiles tls;
+  std::chrono::milliseconds tls_handshake_timeout{10000};
   std::size_t max_connections = 200000;
   h2::Settings h2;
   grpc::ServerOptions grpc;
@@ -38,6 +43,9 @@ class Server {
   std::expected<asio::ip::tcp::endpoint, std::string> listen();
   // Serves until stop() and everything has drained.
   asio::awaitable<void> run();
+  // Replaces the TLS context for new connections (SIGHUP reload); live ones keep theirs.
+  void set_tls(std::shared_ptr<net::TlsContext> ctx) { tls_ = std::move(ctx); }
+  bool tls_enabled() const noexcept { return tls_ != nullptr; }
   // Graceful stop: no new connections, every Session gets its final message, GOAWAY to every
   // connection, in-flight calls finish within the drain timeout.
   void stop();
@@ -45,22 +53,30 @@ class Server {
   grpc::Server& grpc() noexcept { return grpc_; }
   grpc::HealthService& health() noexcept { return health_; }
   dispatcher::Dispatcher& dispatcher() noexcept { return dispatcher_; }
+  store::Store& store() noexcept { return store_; }
   co::TimerWheel& wheel() noexcept { return wheel_; }
   std::size_t connection_count() const noexcept { return connection_count_; }
+  std::size_t handshake_count() const noexcept { return handshake_count_; }
 
  private:
   asio::awaitable<void> serve_connection(std::shared_ptr<h2::Connection> c);
+  asio::awaitable<void> serve_tls(std::unique_ptr<net::TlsTransport> t);
+  struct Handshake;
 
   asio::io_context& io_;
   Options options_;
   co::TimerWheel wheel_;
   grpc::Server grpc_;
   grpc::HealthService health_;
+  store::Store store_;
   dispatcher::Dispatcher dispatcher_;
   net::Acceptor acceptor_;
   co::Scope connections_scope_;
   co::IntrusiveList<h2::Connection> connections_;
   std::size_t connection_count_ = 0;
+  std::shared_ptr<net::TlsContext> tls_;
+  co::IntrusiveList<Handshake> handshakes_;
+  std::size_t handshake_count_ = 0;
   bool stopping_ = false;
 };
 

@@ -3,8 +3,8 @@
 // Wakeup; past the limit the queue is marked overflowed instead of growing or dropping silently.
 
 #include <cstddef>
-#include <deque>
 #include <utility>
+#include <vector>
 
 #include "dispatchd/co/wakeup.hpp"
 
@@ -18,9 +18,10 @@ class Queue {
   // Returns false (and marks the queue overflowed) when the queue is full.
   bool push(T v) {
     if (overflowed_ || closed_) return false;
-    if (items_.size() >= limit_) {
+    if (size() >= limit_) {
       overflowed_ = true;
-      items_.clear();
+      std::vector<T>().swap(items_);
+      head_ = 0;
       wakeup_->notify();
       return false;
     }
@@ -34,22 +35,27 @@ class Queue {
     wakeup_->notify();
   }
 
-  bool ready() const noexcept { return !items_.empty() || overflowed_ || closed_; }
-  bool empty() const noexcept { return items_.empty(); }
+  bool ready() const noexcept { return !empty() || overflowed_ || closed_; }
+  bool empty() const noexcept { return head_ == items_.size(); }
   bool overflowed() const noexcept { return overflowed_; }
   bool closed() const noexcept { return closed_; }
-  std::size_t size() const noexcept { return items_.size(); }
+  std::size_t size() const noexcept { return items_.size() - head_; }
 
+  // Precondition: !empty().
   T pop() {
-    T v = std::move(items_.front());
-    items_.pop_front();
+    T v = std::move(items_[head_++]);
+    if (head_ == items_.size()) {
+      std::vector<T>().swap(items_);  // an idle queue holds no memory
+      head_ = 0;
+    }
     return v;
   }
 
  private:
   Wakeup* wakeup_;
   std::size_t limit_;
-  std::deque<T> items_;
+  std::vector<T> items_;
+  std::size_t head_ = 0;
   bool overflowed_ = false;
   bool closed_ = false;
 };

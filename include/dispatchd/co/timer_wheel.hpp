@@ -24,7 +24,12 @@ class TimerWheel {
   class Entry : public ListHook {
    public:
     Entry() = default;
-    virtual ~Entry() = default;
+    Entry(const Entry&) = delete;
+    Entry& operator=(const Entry&) = delete;
+    // Destroying an armed entry disarms it.
+    virtual ~Entry() {
+      if (linked() && wheel_) --wheel_->count_;
+    }
     bool armed() const noexcept { return linked(); }
     Clock::time_point deadline() const noexcept { return deadline_; }
 
@@ -35,6 +40,7 @@ class TimerWheel {
 
    private:
     friend class TimerWheel;
+    TimerWheel* wheel_ = nullptr;
     Clock::time_point deadline_{};
     std::int64_t tick_ = 0;
   };

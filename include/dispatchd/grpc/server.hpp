@@ -36,6 +36,9 @@ class Writer {
   }
   // A message already framed (prefix included), possibly shared with other streams.
   asio::awaitable<bool> write_framed(h2::Segment framed) { return call_.write(std::move(framed)); }
+  asio::awaitable<bool> write_framed(std::vector<h2::Segment> pieces) {
+    return call_.write(std::move(pieces));
+  }
 
  private:
   ServerCall& call_;

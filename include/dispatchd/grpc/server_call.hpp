@@ -34,6 +34,9 @@ class ServerCall final : public ServerContext, public co::ListHook, private h2::
   // which happens only as fast as the peer's flow-control window allows: a writer never runs
   // ahead of its reader by more than one message. False when the call is over.
   asio::awaitable<bool> write(h2::Segment framed);
+  // One message given in pieces (prefix first), e.g. a per-stream head and a part shared by
+  // every stream: the pieces go to nghttp2 without being joined.
+  asio::awaitable<bool> write(std::vector<h2::Segment> pieces);
   // Enqueues without waiting (unary responses, which finish right after).
   void send(h2::Segment framed);
 

@@ -9,6 +9,7 @@
 
 #include "dispatchd/co/event.hpp"
 #include "dispatchd/h2/stream.hpp"
+#include "dispatchd/net/identity.hpp"
 
 namespace dispatchd::grpc {
 
@@ -28,6 +29,8 @@ class ServerContext {
 
   // "ip:port" of the client.
   const std::string& peer() const noexcept { return stream_->peer(); }
+  // What TLS proved about the client; nullptr on a plaintext connection.
+  const net::PeerIdentity* peer_identity() const noexcept;
   std::string_view method_path() const noexcept { return stream_->path(); }
 
   // First value of an ASCII metadata key (lower case), or nullopt.

@@ -10,6 +10,8 @@
 #include <string>
 #include <system_error>
 
+#include "dispatchd/net/identity.hpp"
+
 namespace dispatchd::net {
 
 class Transport {
@@ -34,6 +36,10 @@ class Transport {
   virtual bool is_open() const noexcept = 0;
   // "ip:port" of the peer.
   virtual const std::string& peer() const noexcept = 0;
+  // Bytes already received and decoded but not yet returned by read_some (TLS records).
+  virtual bool has_buffered_input() const noexcept { return false; }
+  // What the transport proved about the peer; nullptr for plaintext.
+  virtual const PeerIdentity* identity() const noexcept { return nullptr; }
 };
 
 }  // namespace dispatchd::net

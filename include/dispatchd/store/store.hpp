@@ -1,0 +1,212 @@
+#pragma once
+// The in-memory cluster store: nodes, tasks, secrets, configs, volumes, the `default` cluster
+// and the manager list.
+//
+// Objects are immutable snapshots (shared_ptr<const T>): a reader, an event and a message being
+// sent can hold one while writers replace it. A write transaction applies changes as it goes,
+// rolls them back if the transaction fails, and on commit publishes one event per change, in
+// order, to the watchers whose filter matches. Everything runs on the io_context thread and a
+// transaction never suspends, so `view` then `watch` in the same synchronous step is an atomic
+// snapshot-plus-subscription (view_and_watch): no change is missed or seen twice.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "dispatchd/co/intrusive_list.hpp"
+#include "dispatchd/grpc/status.hpp"
+#include "objects.pb.h"
+
+namespace dispatchd::store {
+
+namespace api = ::docker::swarmkit::v1;
+
+template <class T>
+using Ptr = std::shared_ptr<const T>;
+
+using ManagerList = std::vector<api::WeightedPeer>;
+
+enum class ObjectType : std::uint8_t { node, task, secret, config, volume, cluster, managers };
+enum class EventKind : std::uint8_t { create, update, remove };
+
+const char* object_type_name(ObjectType t);
+
+struct Event {
+  EventKind kind;
+  ObjectType type;
+  std::shared_ptr<const void> object;  // the new object (the removed one for `remove`)
+  std::shared_ptr<const void> old;     // updates: the previous object
+
+  template <class T>
+  const T& as() const {
+    return *static_cast<const T*>(object.get());
+  }
+  template <class T>
+  Ptr<T> ptr() const {
+    return std::static_pointer_cast<const T>(object);
+  }
+  template <class T>
+  const T* old_as() const {
+    return static_cast<const T*>(old.get());
+  }
+};
+
+// Which events a watcher wants. `key` narrows by node: for nodes the node ID, for tasks the
+// (new) task's node_id, for volumes any node with a publish-status entry. Empty = all.
+struct Filter {
+  ObjectType type;
+  std::string key;
+  bool create = true;
+  bool update = true;
+  bool remove = true;
+};
+
+class Watcher : public co::ListHook {
+ public:
+  virtual ~Watcher() = default;
+  // Runs synchronously at commit. Must not touch the store: record the event and wake up.
+  virtual void on_event(const Event& e) = 0;
+
+ private:
+  friend class Store;
+  Filter filter_;
+};
+
+class Store;
+
+class ReadTx {
+ public:
+  explicit ReadTx(const Store& s) : s_(s) {}
+  Ptr<api::Node> node(std::string_view id) const;
+  Ptr<api::Task> task(std::string_view id) const;
+  Ptr<api::Secret> secret(std::string_view id) const;
+  Ptr<api::Config> config(std::string_view id) const;
+  Ptr<api::Volume> volume(std::string_view id) const;
+  Ptr<api::Cluster> cluster() const;  // the `default` cluster (always present)
+  const ManagerList& managers() const;
+
+  std::vector<Ptr<api::Node>> nodes() const;
+  std::vector<Ptr<api::Task>> tasks() const;
+  std::vector<Ptr<api::Task>> tasks_of_node(std::string_view node_id) const;
+  std::vector<Ptr<api::Volume>> volumes() const;
+  std::vector<Ptr<api::Secret>> secrets() const;
+  std::vector<Ptr<api::Config>> configs() const;
+
+ protected:
+  const Store& s_;
+};
+
+class WriteTx : public ReadTx {
+ public:
+  explicit WriteTx(Store& s) : ReadTx(s), w_(s) {}
+  // create: fails with ALREADY_EXISTS; update/remove: NOT_FOUND. Writes stamp meta.version with
+  // the store's next index and meta.updated_at (created_at on create).
+  grpc::Status create(api::Node n);
+  grpc::Status update(api::Node n);
+  grpc::Status remove_node(std::string_view id);
+  grpc::Status create(api::Task t);
+  grpc::Status update(api::Task t);
+  grpc::Status remove_task(std::string_view id);
+  grpc::Status create(api::Secret x);
+  grpc::Status update(api::Secret x);
+  grpc::Status remove_secret(std::string_view id);
+  grpc::Status create(api::Config x);
+  grpc::Status update(api::Config x);
+  grpc::Status remove_config(std::string_view id);
+  grpc::Status create(api::Volume x);
+  grpc::Status update(api::Volume x);
+  grpc::Status remove_volume(std::string_view id);
+  grpc::Status update(api::Cluster c);
+  void set_managers(ManagerList m);
+
+  std::size_t changes() const noexcept;
+
+ private:
+  Store& w_;
+};
+
+class Store {
+ public:
+  // The `default` cluster's ID is the cluster organisation.
+  explicit Store(std::string cluster_id);
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  template <class F>
+  decltype(auto) view(F&& f) const {
+    ReadTx tx(*this);
+    return f(tx);
+  }
+
+  // Runs f(WriteTx&) -> grpc::Status. On error every change is undone and nothing published.
+  grpc::Status update(const std::function<grpc::Status(WriteTx&)>& f);
+
+  void watch(Watcher& w, Filter f);
+  void unwatch(Watcher& w) noexcept { w.unlink(); }
+  std::size_t watcher_count() const noexcept;
+
+  std::uint64_t commits() const noexcept { return commits_; }
+  std::uint64_t index() const noexcept { return index_; }
+
+ private:
+  friend class ReadTx;
+  friend class WriteTx;
+
+  template <class T>
+  using Table = std::unordered_map<std::string, Ptr<T>>;
+
+  struct Change {
+    EventKind kind;
+    ObjectType type;
+    std::string id;
+    std::shared_ptr<const void> object;
+    std::shared_ptr<const void> old;
+  };
+
+  template <class T>
+  Table<T>& table();
+  template <class T>
+  const Table<T>& table() const;
+  template <class T>
+  static ObjectType type_of();
+
+  template <class T>
+  grpc::Status put(T obj, bool create);
+  template <class T>
+  grpc::Status erase(std::string_view id);
+  void index_task(const api::Task* old_task, const api::Task* new_task);
+  void stamp(api::Meta* meta, bool create);
+  void rollback();
+  void publish(const Change& c);
+  void deliver(co::IntrusiveList<Watcher>& list, const Event& e);
+
+  Table<api::Node> nodes_;
+  Table<api::Task> tasks_;
+  Table<api::Secret> secrets_;
+  Table<api::Config> configs_;
+  Table<api::Volume> volumes_;
+  Ptr<api::Cluster> cluster_;
+  Ptr<ManagerList> managers_;
+  std::unordered_map<std::string, std::set<std::string>> tasks_by_node_;
+
+  // Watchers: by type, those with a key in a map by key, the rest in a list.
+  struct Watchers {
+    co::IntrusiveList<Watcher> all;
+    std::unordered_map<std::string, co::IntrusiveList<Watcher>> by_key;
+  };
+  Watchers watchers_[7];
+
+  std::vector<Change> pending_;
+  bool in_tx_ = false;
+  std::uint64_t index_ = 0;
+  std::uint64_t commits_ = 0;
+};
+
+}  // namespace dispatchd::store

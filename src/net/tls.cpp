@@ -1,0 +1,240 @@
+#include "dispatchd/net/tls.hpp"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/use_awaitable.hpp>
+#include <cstring>
+
+#include "dispatchd/log.hpp"
+#include "dispatchd/net/tcp_transport.hpp"
+
+namespace dispatchd::net {
+
+namespace {
+
+std::string openssl_error() {
+  std::string out;
+  while (unsigned long e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "unknown OpenSSL error" : out;
+}
+
+std::string subject_entry(X509_NAME* name, int nid) {
+  int i = X509_NAME_get_index_by_NID(name, nid, -1);
+  if (i < 0) return {};
+  ASN1_STRING* s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+  unsigned char* utf8 = nullptr;
+  int n = ASN1_STRING_to_UTF8(&utf8, s);
+  if (n < 0) return {};
+  std::string out(reinterpret_cast<char*>(utf8), static_cast<std::size_t>(n));
+  OPENSSL_free(utf8);
+  return out;
+}
+
+std::vector<std::string> subject_entries(X509_NAME* name, int nid) {
+  std::vector<std::string> out;
+  for (int i = X509_NAME_get_index_by_NID(name, nid, -1); i >= 0;
+       i = X509_NAME_get_index_by_NID(name, nid, i)) {
+    ASN1_STRING* s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+    unsigned char* utf8 = nullptr;
+    int n = ASN1_STRING_to_UTF8(&utf8, s);
+    if (n < 0) continue;
+    out.emplace_back(reinterpret_cast<char*>(utf8), static_cast<std::size_t>(n));
+    OPENSSL_free(utf8);
+  }
+  return out;
+}
+
+// ALPN: "h2" or nothing. A client that does not offer h2 fails the handshake.
+int on_alpn_select(SSL* ssl, const unsigned char** out, unsigned char* outlen,
+                   const unsigned char* in, unsigned int inlen, void*) {
+  for (unsigned int i = 0; i < inlen;) {
+    unsigned int len = in[i];
+    if (i + 1 + len > inlen) break;
+    if (len == 2 && std::memcmp(in + i + 1, "h2", 2) == 0) {
+      *out = in + i + 1;
+      *outlen = 2;
+      return SSL_TLSEXT_ERR_OK;
+    }
+    i += 1 + len;
+  }
+  (void)ssl;
+  return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+}  // namespace
+
+std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const TlsFiles& files) {
+  std::shared_ptr<TlsContext> t(new TlsContext());
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx) return std::unexpected("SSL_CTX_new: " + openssl_error());
+  t->ctx_ = ctx;
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  // ECDHE with AES-GCM or ChaCha20-Poly1305 only, as SwarmKit allows (TLS 1.3 suites are all
+  // AEAD).
+  if (SSL_CTX_set_cipher_list(ctx,
+                              "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                              "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                              "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1) {
+    return std::unexpected("cipher list: " + openssl_error());
+  }
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION |
+                               SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_num_tickets(ctx, 0);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                            SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
+    return std::unexpected("cannot load certificate " + files.cert + ": " + openssl_error());
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    return std::unexpected("cannot load key " + files.key + ": " + openssl_error());
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    return std::unexpected("key " + files.key + " does not match certificate " + files.cert);
+  }
+  if (SSL_CTX_load_verify_locations(ctx, files.ca.c_str(), nullptr) != 1) {
+    return std::unexpected("cannot load CA bundle " + files.ca + ": " + openssl_error());
+  }
+  // Requested and verified when given, not required (spec §9.1): a caller without a
+  // certificate completes the handshake and is refused per call with PERMISSION_DENIED.
+  SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(files.ca.c_str())) {
+    SSL_CTX_set_client_CA_list(ctx, names);
+  }
+  SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, nullptr);
+  if (X509* leaf = SSL_CTX_get0_certificate(ctx)) {
+    X509_NAME* subject = X509_get_subject_name(leaf);
+    t->cn_ = subject_entry(subject, NID_commonName);
+    t->org_ = subject_entry(subject, NID_organizationName);
+  }
+  return t;
+}
+
+TlsContext::~TlsContext() {
+  if (ctx_) SSL_CTX_free(ctx_);
+}
+
+TlsTransport::TlsTransport(asio::ip::tcp::socket socket, std::shared_ptr<TlsContext> ctx)
+    : socket_(std::move(socket)), ctx_(std::move(ctx)) {
+  std::error_code ec;
+  socket_.non_blocking(true, ec);
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  auto ep = socket_.remote_endpoint(ec);
+  if (!ec) peer_ = endpoint_string(ep);
+  identity_.tls = true;
+  ssl_ = SSL_new(ctx_->get());
+  if (ssl_) SSL_set_fd(ssl_, static_cast<int>(socket_.native_handle()));
+}
+
+TlsTransport::~TlsTransport() {
+  if (ssl_) SSL_free(ssl_);
+}
+
+std::error_code TlsTransport::map_error(int ret, Direction& blocked) {
+  switch (SSL_get_error(ssl_, ret)) {
+    case SSL_ERROR_WANT_READ:
+      blocked = Direction::read;
+      return asio::error::would_block;
+    case SSL_ERROR_WANT_WRITE:
+      blocked = Direction::write;
+      return asio::error::would_block;
+    case SSL_ERROR_ZERO_RETURN:
+      return asio::error::eof;
+    case SSL_ERROR_SYSCALL:
+      ERR_clear_error();
+      return errno == 0 ? std::error_code(asio::error::eof)
+                        : std::error_code(errno, std::system_category());
+    default:
+      error_ = openssl_error();
+      return asio::error::connection_aborted;
+  }
+}
+
+asio::awaitable<std::error_code> TlsTransport::handshake() {
+  if (!ssl_) {
+    error_ = "SSL_new failed";
+    co_return asio::error::no_memory;
+  }
+  SSL_set_accept_state(ssl_);
+  for (;;) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(ssl_);
+    if (r == 1) break;
+    Direction d = Direction::read;
+    std::error_code ec = map_error(r, d);
+    if (ec != asio::error::would_block) {
+      if (error_.empty()) error_ = ec.message();
+      co_return ec;
+    }
+    if (auto wec = co_await wait(d); wec) co_return wec;
+  }
+  const unsigned char* alpn = nullptr;
+  unsigned int alpn_len = 0;
+  SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
+  if (alpn_len != 2 || std::memcmp(alpn, "h2", 2) != 0) {
+    error_ = "client did not negotiate ALPN h2";
+    co_return asio::error::connection_refused;
+  }
+  extract_identity();
+  co_return std::error_code();
+}
+
+void TlsTransport::extract_identity() {
+  X509* cert = SSL_get0_peer_certificate(ssl_);
+  if (!cert || SSL_get_verify_result(ssl_) != X509_V_OK) return;
+  X509_NAME* subject = X509_get_subject_name(cert);
+  identity_.has_certificate = true;
+  identity_.common_name = subject_entry(subject, NID_commonName);
+  identity_.organizational_units = subject_entries(subject, NID_organizationalUnitName);
+  identity_.organization = subject_entry(subject, NID_organizationName);
+}
+
+std::size_t TlsTransport::read_some(std::span<std::uint8_t> buf, std::error_code& ec) {
+  ERR_clear_error();
+  int n = SSL_read(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
+  if (n > 0) {
+    ec.clear();
+    return static_cast<std::size_t>(n);
+  }
+  ec = map_error(n, read_blocked_);
+  return 0;
+}
+
+std::size_t TlsTransport::write_some(std::span<const std::uint8_t> buf, std::error_code& ec) {
+  ERR_clear_error();
+  int n = SSL_write(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
+  if (n > 0) {
+    ec.clear();
+    return static_cast<std::size_t>(n);
+  }
+  ec = map_error(n, write_blocked_);
+  return 0;
+}
+
+asio::awaitable<std::error_code> TlsTransport::wait(Direction d) {
+  auto [ec] = co_await socket_.async_wait(
+      d == Direction::read ? asio::ip::tcp::socket::wait_read : asio::ip::tcp::socket::wait_write,
+      asio::experimental::as_tuple(asio::use_awaitable));
+  if (!ec && !socket_.is_open()) ec = asio::error::operation_aborted;
+  co_return ec;
+}
+
+void TlsTransport::close() noexcept {
+  if (!socket_.is_open()) return;
+  if (ssl_ && SSL_is_init_finished(ssl_)) {
+    ERR_clear_error();
+    SSL_shutdown(ssl_);  // best effort close_notify; never waits
+  }
+  std::error_code ec;
+  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+  socket_.close(ec);
+}
+
+}  // namespace dispatchd::net
