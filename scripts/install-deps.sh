@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   # build
   build-essential cmake ninja-build pkg-config
-  libasio-dev libnghttp2-dev libssl-dev libprotobuf-dev protobuf-compiler libfmt-dev
+  libasio-dev libnghttp2-dev libssl-dev libprotobuf-dev protobuf-compiler libfmt-dev openssl
   # tests: googletest, the real gRPC C++ client, h2load
   libgtest-dev libgmock-dev libgrpc++-dev protobuf-compiler-grpc nghttp2-client
   # formatting check

@@ -5,6 +5,7 @@
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
 #include <charconv>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -88,6 +89,9 @@ app::Flags::Setter string_setter(std::string& target, bool allow_empty = false) 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenSSL writes to sockets with write(2): a peer that has gone must give EPIPE, not a
+  // process-killing SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   app::Options opt;
   std::string log_level = "info";
   std::string log_format = "text";
@@ -198,29 +202,12 @@ int main(int argc, char** argv) {
 
   std::shared_ptr<net::TlsContext> tls;
   if (!opt.insecure) {
-    if (opt.tls.cert.empty() || opt.tls.key.empty() || opt.tls.ca.empty()) {
-      std::fprintf(stderr,
-                   "dispatchd: TLS needs --tls-cert, --tls-key and --tls-ca (scripts/gen-certs.sh "
-                   "makes a throw-away set); --insecure serves plaintext for tests and "
-                   "benchmarks\n");
-      return 2;
-    }
-    auto ctx = net::TlsContext::load(opt.tls);
+    auto ctx = app::prepare_tls(opt);
     if (!ctx) {
       std::fprintf(stderr, "dispatchd: %s\n", ctx.error().c_str());
       return 2;
     }
     tls = *ctx;
-    if (tls->common_name().empty() || tls->organization().empty()) {
-      std::fprintf(stderr,
-                   "dispatchd: the server certificate needs a CN (this manager's node ID) and an "
-                   "O (the cluster organisation)\n");
-      return 2;
-    }
-    opt.dispatcher.manager_node_id = tls->common_name();
-    opt.dispatcher.cluster_id = tls->organization();
-    std::ifstream ca(opt.tls.ca, std::ios::binary);
-    opt.dispatcher.root_ca_pem.assign(std::istreambuf_iterator<char>(ca), {});
   }
 
   asio::io_context io(1);

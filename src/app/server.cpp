@@ -1,9 +1,32 @@
 #include "dispatchd/app/server.hpp"
 
+#include <fstream>
+#include <iterator>
+
 #include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
 
 namespace dispatchd::app {
+
+std::expected<std::shared_ptr<net::TlsContext>, std::string> prepare_tls(Options& opt) {
+  if (opt.tls.cert.empty() || opt.tls.key.empty() || opt.tls.ca.empty()) {
+    return std::unexpected(
+        "TLS needs --tls-cert, --tls-key and --tls-ca (scripts/gen-certs.sh makes a throw-away "
+        "set); --insecure serves plaintext for tests and benchmarks");
+  }
+  auto ctx = net::TlsContext::load(opt.tls);
+  if (!ctx) return std::unexpected(ctx.error());
+  if ((*ctx)->common_name().empty() || (*ctx)->organization().empty()) {
+    return std::unexpected(
+        "the server certificate needs a CN (this manager's node ID) and an O (the cluster "
+        "organisation)");
+  }
+  opt.dispatcher.manager_node_id = (*ctx)->common_name();
+  opt.dispatcher.cluster_id = (*ctx)->organization();
+  std::ifstream ca(opt.tls.ca, std::ios::binary);
+  opt.dispatcher.root_ca_pem.assign(std::istreambuf_iterator<char>(ca), {});
+  return *ctx;
+}
 
 Server::Server(asio::io_context& io, Options options)
     : io_(io),
@@ -19,17 +42,23 @@ Server::Server(asio::io_context& io, Options options)
   dispatcher_.add_to(grpc_);
 }
 
-// A TLS handshake in progress: closed by its deadline or by stop().
-struct Server::Handshake final : co::TimerWheel::Entry {
-  explicit Handshake(net::TlsTransport& t) : transport(t) {}
+// A TLS handshake in progress: closed by its deadline or by stop(). (Its list hook and its
+// timer entry are separate objects: one hook can be in only one list.)
+struct Server::Handshake final : co::ListHook {
+  explicit Handshake(net::TlsTransport& t) : transport(t), deadline(*this) {}
+  struct Deadline final : co::TimerWheel::Entry {
+    explicit Deadline(Handshake& h) : h(h) {}
+    Handshake& h;
+
+   private:
+    void on_expire() override {
+      h.timed_out = true;
+      h.transport.close();
+    }
+  };
   net::TlsTransport& transport;
   bool timed_out = false;
-
- private:
-  void on_expire() override {
-    timed_out = true;
-    transport.close();
-  }
+  Deadline deadline;
 };
 
 Server::~Server() = default;
@@ -69,9 +98,9 @@ asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
     Handshake hs(*t);
     handshakes_.push_back(hs);
     ++handshake_count_;
-    wheel_.arm_after(hs, options_.tls_handshake_timeout);
+    wheel_.arm_after(hs.deadline, options_.tls_handshake_timeout);
     ec = co_await t->handshake();
-    wheel_.disarm(hs);
+    wheel_.disarm(hs.deadline);
     timed_out = hs.timed_out;
     --handshake_count_;
   }

@@ -367,6 +367,10 @@ int Connection::on_stream_close(std::int32_t stream_id, std::uint32_t error_code
   auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, stream_id));
   if (!s) return 0;
   nghttp2_session_set_stream_user_data(session_, stream_id, nullptr);
+  if (error_code != NGHTTP2_NO_ERROR) {
+    log::debug("{}: stream {} closed with {}", peer(), stream_id,
+               nghttp2_http2_strerror(error_code));
+  }
   --open_streams_;
   s->on_closed(error_code);
   return 0;

@@ -1,6 +1,7 @@
 #include "support/test_server.hpp"
 
 #include <asio/co_spawn.hpp>
+#include <csignal>
 #include <stdexcept>
 
 #include "dispatchd/log.hpp"
@@ -16,13 +17,21 @@ app::Options TestServer::default_options() {
 }
 
 TestServer::TestServer(app::Options options, std::function<void(app::Server&)> setup) {
+  std::signal(SIGPIPE, SIG_IGN);  // as dispatchd's main does (TLS writes use write(2))
   if (const char* lvl = std::getenv("DISPATCHD_TEST_LOG")) {
     log::Level l;
     if (log::parse_level(lvl, l)) log::set_level(l);
   } else {
     log::set_level(log::Level::warn);
   }
+  std::shared_ptr<net::TlsContext> tls;
+  if (!options.insecure) {
+    auto ctx = app::prepare_tls(options);
+    if (!ctx) throw std::runtime_error("test server TLS: " + ctx.error());
+    tls = *ctx;
+  }
   server_ = std::make_unique<app::Server>(io_, std::move(options));
+  if (tls) server_->set_tls(tls);
   if (setup) setup(*server_);
   auto ep = server_->listen();
   if (!ep) throw std::runtime_error("test server cannot listen: " + ep.error());
@@ -41,8 +50,31 @@ bool TestServer::stop(std::chrono::milliseconds timeout) {
   if (stopped_) return true;
   asio::post(io_, [this] { server_->stop(); });
   auto deadline = std::chrono::steady_clock::now() + timeout;
-  if (done_future_.wait_until(deadline) != std::future_status::ready) return false;
-  if (io_exited_future_.wait_until(deadline) != std::future_status::ready) return false;
+  auto report = [&](const char* what) {
+    // The io thread is still alive: ask it what is left.
+    auto state = std::make_shared<std::promise<std::string>>();
+    auto fut = state->get_future();
+    asio::post(io_, [this, state] {
+      state->set_value("connections=" + std::to_string(server_->connection_count()) +
+                       " handshakes=" + std::to_string(server_->handshake_count()) +
+                       " calls=" + std::to_string(server_->grpc().active_calls()) +
+                       " sessions=" + std::to_string(server_->dispatcher().open_sessions()) +
+                       " streams=" + std::to_string(server_->dispatcher().open_streams()) +
+                       " timers=" + std::to_string(server_->wheel().armed_count()) +
+                       " store_watchers=" + std::to_string(server_->store().watcher_count()));
+    });
+    std::string detail = fut.wait_for(std::chrono::seconds(2)) == std::future_status::ready
+                             ? fut.get()
+                             : std::string("(io thread unresponsive)");
+    std::fprintf(stderr, "TestServer: %s; %s\n", what, detail.c_str());
+    return false;
+  };
+  if (done_future_.wait_until(deadline) != std::future_status::ready) {
+    return report("server did not finish");
+  }
+  if (io_exited_future_.wait_until(deadline) != std::future_status::ready) {
+    return report("io_context still has work after the server finished");
+  }
   thread_.join();
   stopped_ = true;
   return true;

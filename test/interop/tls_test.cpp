@@ -1,0 +1,320 @@
+// Mutual TLS: identity from the client certificate, SwarmKit's authorization messages, and
+// what is refused at the handshake — judged by the real grpc++ client and by OpenSSL itself.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "dispatcher.grpc.pb.h"
+#include "support/test_server.hpp"
+
+namespace {
+
+namespace api = docker::swarmkit::v1;
+using dispatchd::test::TestServer;
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+const std::string& cert_dir() {
+  static const std::string dir = [] {
+    std::string d = ::testing::TempDir() + "/dispatchd-tls-" + std::to_string(::getpid());
+    std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " + d +
+                      " --org myorg --nodes 2 --manager-id mgr-0 --test-variants >/dev/null";
+    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("gen-certs.sh failed");
+    return d;
+  }();
+  return dir;
+}
+
+dispatchd::app::Options tls_options() {
+  auto o = TestServer::default_options();
+  o.insecure = false;
+  o.tls = {cert_dir() + "/server.pem", cert_dir() + "/server.key", cert_dir() + "/ca.pem"};
+  return o;
+}
+
+class TlsTest : public ::testing::Test {
+ protected:
+  TlsTest() : server_(tls_options()) {}
+
+  // A channel presenting `name`.pem/.key ("" = no client certificate).
+  std::shared_ptr<grpc::Channel> channel(const std::string& name) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = read_file(cert_dir() + "/ca.pem");
+    if (!name.empty()) {
+      o.pem_private_key = read_file(cert_dir() + "/" + name + ".key");
+      o.pem_cert_chain = read_file(cert_dir() + "/" + name + ".pem");
+    }
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("swarm-manager");  // as agents dial
+    return grpc::CreateCustomChannel(server_.address(), grpc::SslCredentials(o), args);
+  }
+
+  grpc::Status heartbeat(const std::string& cert, const std::string& session_id = "",
+                         const std::vector<std::pair<std::string, std::string>>& md = {}) {
+    auto stub = api::Dispatcher::NewStub(channel(cert));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    for (const auto& [k, v] : md)
+      ctx.AddMetadata(k, v);
+    api::HeartbeatRequest req;
+    req.set_session_id(session_id);
+    api::HeartbeatResponse resp;
+    return stub->Heartbeat(&ctx, req, &resp);
+  }
+
+  TestServer server_;
+};
+
+const std::string kWrap =
+    "Permission denied: unauthorized peer role: rpc error: code = PermissionDenied desc = ";
+
+TEST_F(TlsTest, ValidWorkerCertificateIsAcceptedAndItsCommonNameIsTheNodeId) {
+  auto stub = api::Dispatcher::NewStub(channel("node-1"));
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("node-id", "somebody-else");  // metadata cannot claim an identity under TLS
+  auto session = stub->Session(&ctx, api::SessionRequest());
+  api::SessionMessage first;
+  ASSERT_TRUE(session->Read(&first));
+  EXPECT_EQ(first.node().id(), "node-1");
+  EXPECT_EQ(first.node().role(), api::WORKER);
+  ASSERT_EQ(first.managers_size(), 1);
+  EXPECT_EQ(first.managers(0).peer().node_id(), "mgr-0");  // the server certificate's CN
+  EXPECT_EQ(first.rootca(), read_file(cert_dir() + "/ca.pem"));
+  EXPECT_TRUE(heartbeat("node-1", first.session_id()).ok());
+  ctx.TryCancel();
+  session->Finish();
+}
+
+TEST_F(TlsTest, ManagerCertificateRegistersAManagerNode) {
+  auto stub = api::Dispatcher::NewStub(channel("manager"));
+  grpc::ClientContext ctx;
+  auto session = stub->Session(&ctx, api::SessionRequest());
+  api::SessionMessage first;
+  ASSERT_TRUE(session->Read(&first));
+  EXPECT_EQ(first.node().id(), "node-m1");
+  EXPECT_EQ(first.node().role(), api::MANAGER);
+  ctx.TryCancel();
+  session->Finish();
+}
+
+TEST_F(TlsTest, NoClientCertificateIsPermissionDeniedWithSwarmKitsMessage) {
+  grpc::Status st = heartbeat("");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(st.error_message(), kWrap + "no client certificates in request");
+}
+
+TEST_F(TlsTest, WrongOrganizationIsRefused) {
+  grpc::Status st = heartbeat("wrong-org");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(st.error_message(),
+            kWrap + "Permission denied: remote certificate not part of organization: myorg");
+}
+
+TEST_F(TlsTest, WrongRoleIsRefused) {
+  grpc::Status st = heartbeat("wrong-role");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(st.error_message(), kWrap +
+                                    "Permission denied: remote certificate not part of OUs: "
+                                    "[swarm-worker swarm-manager]");
+}
+
+TEST_F(TlsTest, RemovedNodeIsRefused) {
+  server_.call([&] {
+    return server_.server().store().update([](dispatchd::store::WriteTx& tx) {
+      auto c = *tx.cluster();
+      (*c.mutable_blacklisted_certificates())["node-2"];
+      return tx.update(std::move(c));
+    });
+  });
+  grpc::Status st = heartbeat("node-2");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(st.error_message(), kWrap + "Permission denied: node node-2 was removed from swarm");
+  EXPECT_EQ(heartbeat("node-1").error_code(), grpc::StatusCode::NOT_FOUND);  // others unaffected
+}
+
+TEST_F(TlsTest, ForwardedRequestFromAManagerUsesTheForwardedIdentity) {
+  auto stub = api::Dispatcher::NewStub(channel("manager"));
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("forwarded_cert", "true");
+  ctx.AddMetadata("forwarded_cert_cn", "node-far");
+  ctx.AddMetadata("forwarded_cert_ou", "swarm-worker");
+  ctx.AddMetadata("forwarded_cert_org", "myorg");
+  ctx.AddMetadata("remote_addr", "10.1.2.3:4567");
+  auto session = stub->Session(&ctx, api::SessionRequest());
+  api::SessionMessage first;
+  ASSERT_TRUE(session->Read(&first));
+  EXPECT_EQ(first.node().id(), "node-far");
+  EXPECT_EQ(first.node().status().addr(), "10.1.2.3");  // the original agent's address
+  ctx.TryCancel();
+  session->Finish();
+}
+
+TEST_F(TlsTest, ForwardedRequestsAreRefusedUnlessEveryRuleHolds) {
+  const std::vector<std::pair<std::string, std::string>> good = {
+      {"forwarded_cert", "true"},
+      {"forwarded_cert_cn", "node-far"},
+      {"forwarded_cert_ou", "swarm-worker"},
+      {"forwarded_cert_org", "myorg"}};
+  auto without = [&](const std::string& key) {
+    auto v = good;
+    std::erase_if(v, [&](const auto& kv) { return kv.first == key; });
+    return v;
+  };
+  auto with = [&](const std::string& key, const std::string& value) {
+    auto v = without(key);
+    v.emplace_back(key, value);
+    return v;
+  };
+  grpc::Status st = heartbeat("node-1", "", good);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(st.error_message(),
+            "Permission denied: unauthorized forwarder role: rpc error: code = PermissionDenied "
+            "desc = Permission denied: remote certificate not part of OUs: [swarm-manager]");
+  for (const char* key : {"forwarded_cert_cn", "forwarded_cert_ou", "forwarded_cert_org"}) {
+    st = heartbeat("manager", "", without(key));
+    EXPECT_EQ(st.error_message(), "Permission denied: missing information in forwarded request")
+        << key;
+  }
+  st = heartbeat("manager", "", with("forwarded_cert_ou", "swarm-auditor"));
+  EXPECT_EQ(st.error_message(),
+            "Permission denied: unauthorized forwarded role, expecting: [swarm-worker "
+            "swarm-manager]");
+  st = heartbeat("manager", "", with("forwarded_cert_org", "other-org"));
+  EXPECT_EQ(st.error_message(), "Permission denied: organization mismatch, expecting: myorg");
+  // Valid: the forwarded node has no session, which is the next check.
+  st = heartbeat("manager", "", good);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(TlsTest, UntrustedExpiredAndSelfSignedCertificatesFailTheHandshake) {
+  for (const char* name : {"untrusted", "expired", "self-signed"}) {
+    grpc::Status st = heartbeat(name);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << name << ": " << st.error_message();
+  }
+  // The server is unharmed.
+  EXPECT_EQ(heartbeat("node-1").error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// A bare OpenSSL client: what grpc++ will not do (no ALPN, old protocol versions).
+struct RawTls {
+  int fd = -1;
+  SSL_CTX* ctx = nullptr;
+  SSL* ssl = nullptr;
+  RawTls(unsigned short port, const char* alpn, int max_version, const std::string& cert) {
+    ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_max_proto_version(ctx, max_version);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION);
+    SSL_CTX_set_security_level(ctx, 0);
+    if (!cert.empty()) {
+      SSL_CTX_use_certificate_file(ctx, (cert_dir() + "/" + cert + ".pem").c_str(),
+                                   SSL_FILETYPE_PEM);
+      SSL_CTX_use_PrivateKey_file(ctx, (cert_dir() + "/" + cert + ".key").c_str(),
+                                  SSL_FILETYPE_PEM);
+    }
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    if (alpn) {
+      std::string wire = std::string(1, static_cast<char>(std::strlen(alpn))) + alpn;
+      SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(wire.data()),
+                          static_cast<unsigned>(wire.size()));
+    }
+  }
+  bool handshake() { return SSL_connect(ssl) == 1; }
+  std::string peer_serial() {
+    X509* c = SSL_get0_peer_certificate(ssl);
+    if (!c) return {};
+    BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c), nullptr);
+    char* hex = BN_bn2hex(bn);
+    std::string s(hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    return s;
+  }
+  ~RawTls() {
+    if (ssl) SSL_free(ssl);
+    if (ctx) SSL_CTX_free(ctx);
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+TEST_F(TlsTest, ClientWithoutAlpnH2IsRefused) {
+  RawTls no_alpn(server_.port(), nullptr, TLS1_3_VERSION, "node-1");
+  EXPECT_FALSE(no_alpn.handshake());
+  RawTls http1(server_.port(), "http/1.1", TLS1_3_VERSION, "node-1");
+  EXPECT_FALSE(http1.handshake());
+  RawTls h2(server_.port(), "h2", TLS1_3_VERSION, "node-1");
+  EXPECT_TRUE(h2.handshake());
+}
+
+TEST_F(TlsTest, Tls12IsAcceptedAndOlderVersionsAreNot) {
+  RawTls v12(server_.port(), "h2", TLS1_2_VERSION, "node-1");
+  EXPECT_TRUE(v12.handshake());
+  RawTls v11(server_.port(), "h2", TLS1_1_VERSION, "node-1");
+  EXPECT_FALSE(v11.handshake());
+}
+
+TEST_F(TlsTest, ReloadedCertificatesServeNewConnectionsWithoutDroppingLiveSessions) {
+  auto stub = api::Dispatcher::NewStub(channel("node-1"));
+  grpc::ClientContext ctx;
+  auto session = stub->Session(&ctx, api::SessionRequest());
+  api::SessionMessage first;
+  ASSERT_TRUE(session->Read(&first));
+  std::string before;
+  {
+    RawTls probe(server_.port(), "h2", TLS1_3_VERSION, "node-1");
+    ASSERT_TRUE(probe.handshake());
+    before = probe.peer_serial();
+  }
+  // A new server certificate from the same CA (as a renewal would be), loaded as SIGHUP does.
+  std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " +
+                    cert_dir() + " --org myorg --nodes 0 --manager-id mgr-0 >/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  auto ctx2 = dispatchd::net::TlsContext::load(tls_options().tls);
+  ASSERT_TRUE(ctx2.has_value()) << ctx2.error();
+  server_.call([&] {
+    server_.server().set_tls(*ctx2);
+    return 0;
+  });
+  RawTls probe(server_.port(), "h2", TLS1_3_VERSION, "node-1");
+  ASSERT_TRUE(probe.handshake());
+  EXPECT_NE(probe.peer_serial(), before);
+  // The live session still works: a manager-list change reaches it.
+  server_.call([&] {
+    return server_.server().store().update([](dispatchd::store::WriteTx& tx) {
+      api::WeightedPeer p;
+      p.mutable_peer()->set_node_id("mgr-9");
+      p.mutable_peer()->set_addr("10.0.0.9:4242");
+      p.set_weight(10);
+      tx.set_managers({p});
+      return dispatchd::grpc::Status::ok();
+    });
+  });
+  api::SessionMessage next;
+  ASSERT_TRUE(session->Read(&next));
+  ASSERT_EQ(next.managers_size(), 1);
+  EXPECT_EQ(next.managers(0).peer().node_id(), "mgr-9");
+  ctx.TryCancel();
+  session->Finish();
+}
+
+}  // namespace
