@@ -114,7 +114,7 @@ struct Tracked {
 // advances head_ and releases storage when the queue becomes empty, so a consumer that never
 // quite catches up keeps every consumed slot: memory grows with the total number of pushes, not
 // with `limit`.
-TEST(QueueTest, DISABLED_StorageStaysBoundedWhenTheQueueNeverEmpties) {
+TEST(QueueTest, StorageStaysBoundedWhenTheQueueNeverEmpties) {
   Wakeup w;
   {
     Queue<Tracked> q(w, 8);

@@ -47,6 +47,10 @@ class Queue {
     if (head_ == items_.size()) {
       std::vector<T>().swap(items_);  // an idle queue holds no memory
       head_ = 0;
+    } else if (head_ >= 32 && head_ * 2 >= items_.size()) {
+      // A consumer that never quite catches up must not keep every slot it has read.
+      items_.erase(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(head_));
+      head_ = 0;
     }
     return v;
   }
