@@ -6,13 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dir=build
+tests=ON
 args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
 for a in "$@"; do
   case "$a" in
     --sanitize) dir=build-asan; args+=(-DDISPATCHD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug) ;;
-    --no-tests) args+=(-DDISPATCHD_TESTS=OFF) ;;
+    --no-tests) tests=OFF ;;
     *) echo "build.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
+args+=(-DDISPATCHD_TESTS=$tests)
 cmake -S . -B "$dir" -G Ninja "${args[@]}" >/dev/null
 cmake --build "$dir" --parallel "$(nproc)"

@@ -167,6 +167,16 @@ int main(int argc, char** argv) {
   flags.add("preface-timeout", "DURATION", "10s",
             "close connections that have not sent the HTTP/2 preface by then",
             duration_setter(opt.h2.preface_timeout, false));
+  flags.add("keepalive-time", "DURATION", "2m",
+            "PING a connection that has sent nothing for this long (0 disables keepalive)",
+            duration_setter(opt.h2.keepalive_time, true));
+  flags.add("keepalive-timeout", "DURATION", "20s",
+            "close a connection that does not answer a keepalive PING within this time",
+            duration_setter(opt.h2.keepalive_timeout, false));
+  flags.add("write-stall-timeout", "DURATION", "1m",
+            "close a connection whose peer accepts no data for this long while data waits "
+            "(a peer that stopped reading, or holds its flow-control window at zero)",
+            duration_setter(opt.h2.write_stall_timeout, false));
   flags.add("log-level", "LEVEL", log_level, "debug, info, warn, error or off",
             [&](std::string_view v) -> std::optional<std::string> {
               log::Level l;

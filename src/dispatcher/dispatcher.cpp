@@ -199,9 +199,17 @@ void Dispatcher::start() {
   started_ = true;
   running_ = true;
   store_.update([&](store::WriteTx& tx) {
-    if (!config_.root_ca_pem.empty() && tx.cluster()->root_ca().ca_cert().empty()) {
+    // The `default` cluster carries the configured period and the CA bundle (spec §0.9).
+    bool needs_root = !config_.root_ca_pem.empty() && tx.cluster()->root_ca().ca_cert().empty();
+    bool needs_period = !tx.cluster()->spec().dispatcher().has_heartbeat_period();
+    if (needs_root || needs_period) {
       api::Cluster c = *tx.cluster();
-      c.mutable_root_ca()->set_ca_cert(config_.root_ca_pem);
+      if (needs_root) c.mutable_root_ca()->set_ca_cert(config_.root_ca_pem);
+      if (needs_period) {
+        auto* p = c.mutable_spec()->mutable_dispatcher()->mutable_heartbeat_period();
+        p->set_seconds(config_.heartbeat_period.count() / 1000000000);
+        p->set_nanos(static_cast<std::int32_t>(config_.heartbeat_period.count() % 1000000000));
+      }
       tx.update(std::move(c));
     }
     if (tx.managers().empty()) {

@@ -69,6 +69,10 @@ Connection::Connection(std::unique_ptr<net::Transport> transport, RequestSink& s
   nghttp2_option_new(&opt);
   // Our responses repeat a handful of headers; a small encoder table is enough.
   nghttp2_option_set_max_deflate_dynamic_table_size(opt, 1024);
+  nghttp2_option_set_max_continuations(opt, settings_.max_continuations);
+  // nghttp2's own rapid-reset guard is a backstop behind ours (which answers ENHANCE_YOUR_CALM).
+  nghttp2_option_set_stream_reset_rate_limit(opt, settings_.reset_burst * 2ull,
+                                             static_cast<std::uint64_t>(settings_.reset_rate * 2));
   nghttp2_session_server_new2(&session_, cbs, this, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
@@ -89,6 +93,11 @@ Connection::~Connection() {
 asio::awaitable<void> Connection::run() {
   auto self = shared_from_this();
   wheel_.arm_after(deadline_, settings_.preface_timeout);
+  last_recv_ = std::chrono::steady_clock::now();
+  if (settings_.keepalive_time.count() > 0) wheel_.arm_after(keepalive_, settings_.keepalive_time);
+  if (settings_.write_stall_timeout.count() > 0) {
+    wheel_.arm_after(stall_check_, settings_.write_stall_timeout);
+  }
   writer_running_ = true;
   handlers_.spawn(write_loop());
 
@@ -107,6 +116,8 @@ asio::awaitable<void> Connection::run() {
   transport_->close();
   dead_ = true;
   wheel_.disarm(deadline_);
+  wheel_.disarm(keepalive_);
+  wheel_.disarm(stall_check_);
   fail_streams();
   co_await handlers_.join();
   nghttp2_session_del(session_);
@@ -136,9 +147,17 @@ asio::awaitable<void> Connection::read_loop() {
       stats_.bytes_in += n;
       std::span<const std::uint8_t> data(buf, n);
       if (!preface_seen_ && reject_non_h2(data)) co_return;
+      last_recv_ = std::chrono::steady_clock::now();
+      ping_outstanding_ = false;
       ssize_t rv = nghttp2_session_mem_recv(session_, data.data(), data.size());
+      if (calm_down_) {
+        nghttp2_session_terminate_session(session_, NGHTTP2_ENHANCE_YOUR_CALM);
+        writer_wakeup_.notify();
+        co_return;
+      }
       if (rv < 0) {
         log::info("{}: closing connection: HTTP/2 error: {}", peer(), nghttp2_strerror(rv));
+        close_reason_ = nghttp2_strerror(rv);
         nghttp2_session_terminate_session(session_, rv == NGHTTP2_ERR_FLOODED
                                                         ? NGHTTP2_ENHANCE_YOUR_CALM
                                                         : NGHTTP2_PROTOCOL_ERROR);
@@ -281,6 +300,60 @@ void Connection::on_deadline() {
   close();
 }
 
+void Connection::calm_down(const char* what) {
+  if (calm_down_) return;
+  calm_down_ = true;
+  close_reason_ = std::string("too many ") + what;
+  log::warn("{}: closing connection: too many {} (GOAWAY ENHANCE_YOUR_CALM)", peer(), what);
+}
+
+void Connection::on_keepalive() {
+  if (dead_ || !session_) return;
+  auto now = std::chrono::steady_clock::now();
+  auto idle = now - last_recv_;
+  if (idle < settings_.keepalive_time) {
+    wheel_.arm(keepalive_, last_recv_ + settings_.keepalive_time);
+    return;
+  }
+  if (!ping_outstanding_) {
+    ping_outstanding_ = true;
+    nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, nullptr);
+    writer_wakeup_.notify();
+    wheel_.arm_after(keepalive_, settings_.keepalive_timeout);
+    return;
+  }
+  close_reason_ = "keepalive timeout";
+  log::info("{}: closing connection: no answer to a keepalive PING within {} ms", peer(),
+            settings_.keepalive_timeout.count());
+  close();
+}
+
+bool Connection::streams_waiting() const noexcept {
+  bool pending = false;
+  const_cast<co::IntrusiveList<Stream>&>(streams_).for_each([&](Stream& s) {
+    if (s.pending_bytes() > 0) pending = true;
+  });
+  return pending;
+}
+
+void Connection::on_stall_check() {
+  if (dead_ || !session_) return;
+  // Stalled: something waits to be sent and nothing moved since the last check — neither bytes
+  // to the socket nor stream DATA to nghttp2 (PING ACKs alone do not keep a stream alive).
+  bool socket_stalled = !out_.empty() && stats_.bytes_out == stall_bytes_out_;
+  bool streams_stalled = streams_waiting() && stats_.data_out == stall_data_out_;
+  if (socket_stalled || streams_stalled) {
+    close_reason_ = "write stall";
+    log::info("{}: closing connection: the peer accepted no data for {} ms", peer(),
+              settings_.write_stall_timeout.count());
+    close();
+    return;
+  }
+  stall_bytes_out_ = stats_.bytes_out;
+  stall_data_out_ = stats_.data_out;
+  wheel_.arm_after(stall_check_, settings_.write_stall_timeout);
+}
+
 void Connection::fail_streams() noexcept {
   while (Stream* s = streams_.front())
     s->on_closed(kConnectionLost);
@@ -327,8 +400,23 @@ int Connection::on_header(const nghttp2_frame* frame, const std::uint8_t* name, 
 }
 
 int Connection::on_frame_recv(const nghttp2_frame* frame) {
+  auto now = std::chrono::steady_clock::now();
   switch (frame->hd.type) {
+    case NGHTTP2_RST_STREAM:
+      if (!resets_.take(settings_.reset_burst, settings_.reset_rate, now))
+        calm_down("stream resets");
+      break;
+    case NGHTTP2_PING:
+      if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+          !control_frames_.take(settings_.control_burst, settings_.control_rate, now)) {
+        calm_down("PING frames");
+      }
+      break;
     case NGHTTP2_SETTINGS:
+      if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
+          !control_frames_.take(settings_.control_burst, settings_.control_rate, now)) {
+        calm_down("SETTINGS frames");
+      }
       if (!preface_seen_) {
         preface_seen_ = true;
         if (!shutting_down_) wheel_.disarm(deadline_);

@@ -129,6 +129,7 @@ long Stream::read_data_for_nghttp2(std::uint8_t* buf, std::size_t length, std::u
     }
   }
   pending_bytes_ -= n;
+  conn_->note_data_sent(n);
   if (out_head_ == out_.size()) {
     std::vector<Segment>().swap(out_);  // an idle stream holds no queue
     out_head_ = 0;

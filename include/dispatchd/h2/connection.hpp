@@ -12,6 +12,7 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include <algorithm>
 #include <asio/awaitable.hpp>
 #include <chrono>
 #include <cstdint>
@@ -40,6 +41,44 @@ struct Settings {
   std::chrono::milliseconds drain_timeout{5000};
   // A connection that has not sent a valid HTTP/2 preface by then is closed.
   std::chrono::milliseconds preface_timeout{10000};
+  // Stream resets from the peer: a burst, then so many per second; beyond that the connection
+  // is closed with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+  std::uint32_t reset_burst = 1000;
+  double reset_rate = 100;
+  // PING and SETTINGS frames from the peer, likewise.
+  std::uint32_t control_burst = 500;
+  double control_rate = 50;
+  // CONTINUATION frames allowed after one HEADERS frame.
+  std::size_t max_continuations = 8;
+  // Output that makes no progress this long (the peer stopped reading, or holds a zero window)
+  // closes the connection.
+  std::chrono::milliseconds write_stall_timeout{60000};
+  // After this long without a frame from the peer the server PINGs; without an answer within
+  // keepalive_timeout the connection is closed. Zero disables keepalive.
+  std::chrono::milliseconds keepalive_time{120000};
+  std::chrono::milliseconds keepalive_timeout{20000};
+};
+
+// A token bucket: `burst` events at once, refilled at `rate` per second.
+class RateLimit {
+ public:
+  bool take(double burst, double rate, std::chrono::steady_clock::time_point now) {
+    if (!started_) {
+      tokens_ = burst;
+      last_ = now;
+      started_ = true;
+    }
+    tokens_ = std::min(burst, tokens_ + rate * std::chrono::duration<double>(now - last_).count());
+    last_ = now;
+    if (tokens_ < 1) return false;
+    tokens_ -= 1;
+    return true;
+  }
+
+ private:
+  double tokens_ = 0;
+  std::chrono::steady_clock::time_point last_{};
+  bool started_ = false;
 };
 
 class RequestSink {
@@ -54,6 +93,7 @@ struct ConnectionStats {
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t streams = 0;
+  std::uint64_t data_out = 0;  // stream DATA bytes handed to nghttp2
 };
 
 class Connection : public std::enable_shared_from_this<Connection>, public co::ListHook {
@@ -77,8 +117,12 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   const ConnectionStats& stats() const noexcept { return stats_; }
   net::Transport& transport() noexcept { return *transport_; }
 
+  // Why the connection was closed by the server ("" if it was not, or closed normally).
+  const std::string& close_reason() const noexcept { return close_reason_; }
+
   // Used by Stream.
   nghttp2_session* session() noexcept { return session_; }
+  void note_data_sent(std::size_t n) noexcept { stats_.data_out += n; }
   void want_write() noexcept { writer_wakeup_.notify(); }
   bool alive() const noexcept { return session_ != nullptr && !dead_; }
 
@@ -93,7 +137,23 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
     Connection& c_;
   };
 
+  class Periodic final : public co::TimerWheel::Entry {
+   public:
+    using Fn = void (Connection::*)();
+    Periodic(Connection& c, Fn f) : c_(c), f_(f) {}
+
+   private:
+    void on_expire() override { (c_.*f_)(); }
+    Connection& c_;
+    Fn f_;
+  };
+
   asio::awaitable<void> read_loop();
+  void on_keepalive();
+  void on_stall_check();
+  void calm_down(const char* what);
+  // Some stream has DATA queued that nghttp2 has not taken (waiting for the peer's window).
+  bool streams_waiting() const noexcept;
   asio::awaitable<void> write_loop();
   bool reject_non_h2(std::span<const std::uint8_t> data);
   void on_deadline();
@@ -117,6 +177,14 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   co::Wakeup writer_done_wakeup_;
   co::IntrusiveList<Stream> streams_;
   Deadline deadline_{*this};
+  Periodic keepalive_{*this, &Connection::on_keepalive};
+  Periodic stall_check_{*this, &Connection::on_stall_check};
+  RateLimit resets_, control_frames_;
+  std::chrono::steady_clock::time_point last_recv_{};
+  bool ping_outstanding_ = false;
+  bool calm_down_ = false;
+  std::uint64_t stall_bytes_out_ = 0, stall_data_out_ = 0;
+  std::string close_reason_;
   std::size_t open_streams_ = 0;
   ConnectionStats stats_;
   std::string out_;
