@@ -30,9 +30,15 @@ int rank(api::ResourceType type) {
   }
 }
 
+const api::ContainerSpec* container_of(const api::Task& task) {
+  return task.spec().has_container() ? &task.spec().container() : nullptr;
+}
+
+}  // namespace
+
 // SwarmKit's TasksEqualStable: every field but `status` and `meta` equal, and a set empty
 // submessage differs from an absent one (Go's deep equality), which EQUAL comparison keeps.
-bool stably_equal(const api::Task& a, const api::Task& b) {
+bool tasks_stably_equal(const api::Task& a, const api::Task& b) {
   static const auto* const status = api::Task::descriptor()->FindFieldByName("status");
   static const auto* const meta = api::Task::descriptor()->FindFieldByName("meta");
   google::protobuf::util::MessageDifferencer differencer;
@@ -40,12 +46,6 @@ bool stably_equal(const api::Task& a, const api::Task& b) {
   differencer.IgnoreField(meta);
   return differencer.Compare(a, b);
 }
-
-const api::ContainerSpec* container_of(const api::Task& task) {
-  return task.spec().has_container() ? &task.spec().container() : nullptr;
-}
-
-}  // namespace
 
 bool AssignmentSet::Key::operator<(const Key& o) const {
   return std::forward_as_tuple(rank(type), id) < std::forward_as_tuple(rank(o.type), o.id);
@@ -62,7 +62,7 @@ bool AssignmentSet::add_or_update_task(const store::ReadTx& tx, const store::Ptr
   if (known != tasks_.end()) {
     // ASSIGNED and below are set by the manager, so such a task is re-sent even unchanged; above
     // it, a change of status alone comes from the agent itself and is not echoed back.
-    if (state > api::ASSIGNED && stably_equal(*known->second, *task)) {
+    if (state > api::ASSIGNED && tasks_stably_equal(*known->second, *task)) {
       known->second = task;
       if (state > api::RUNNING) return release_task_dependencies(*task);
       return false;

@@ -103,29 +103,6 @@ struct Counter {
   ~Counter() { --n; }
 };
 
-// Tasks are "stably equal" when they differ at most in status and meta (spec §8.2, §14).
-bool stably_equal(const api::Task& a, const api::Task& b) {
-  api::Task x = a, y = b;
-  x.clear_status();
-  x.clear_meta();
-  y.clear_status();
-  y.clear_meta();
-  std::string sx, sy;
-  {
-    google::protobuf::io::StringOutputStream ox(&sx);
-    google::protobuf::io::CodedOutputStream cx(&ox);
-    cx.SetSerializationDeterministic(true);
-    x.SerializeToCodedStream(&cx);
-  }
-  {
-    google::protobuf::io::StringOutputStream oy(&sy);
-    google::protobuf::io::CodedOutputStream cy(&oy);
-    cy.SetSerializationDeterministic(true);
-    y.SerializeToCodedStream(&cy);
-  }
-  return sx == sy;
-}
-
 }  // namespace
 
 // ---- records ---------------------------------------------------------------------------------
@@ -1097,7 +1074,7 @@ asio::awaitable<Status> Dispatcher::tasks(grpc::ServerContext& ctx, const api::T
         } else {
           auto it = known.find(t.id());
           if (e.kind == store::EventKind::update && it != known.end() &&
-              stably_equal(*it->second, t) && t.status().state() > api::ASSIGNED) {
+              tasks_stably_equal(*it->second, t) && t.status().state() > api::ASSIGNED) {
             counts = false;
           }
           known[t.id()] = e.ptr<api::Task>();

@@ -25,6 +25,10 @@ namespace api = ::docker::swarmkit::v1;
 // The state of one Assignments stream for one node (spec §8.2, §8.3): which tasks, secrets,
 // configs and volumes the node has been told about, who uses which dependency, and the changes
 // accumulated since the last message.
+// Tasks that differ at most in `status` and `meta` (spec §8.2, §14): such an update is not a
+// change worth sending.
+bool tasks_stably_equal(const api::Task& a, const api::Task& b);
+
 class AssignmentSet {
  public:
   explicit AssignmentSet(std::string node_id);
