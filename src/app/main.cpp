@@ -148,6 +148,9 @@ int main(int argc, char** argv) {
                  "refuse sessions from nodes without a node object (SwarmKit's \"node not "
                  "found\"); by default an authorized caller's node object is created",
                  opt.dispatcher.require_known_nodes);
+  flags.add("node-down-period", "DURATION", "24h",
+            "a node down this long has its assigned and running tasks marked ORPHANED",
+            duration_setter(opt.dispatcher.node_down_period, false));
   flags.add("watch-buffer", "N", std::to_string(opt.dispatcher.watch_buffer),
             "events one stream may have waiting; past it the stream ends with UNAVAILABLE and "
             "the agent resynchronises",

@@ -129,9 +129,10 @@ struct Dispatcher::DownNode final : co::TimerWheel::Entry {
 
  private:
   void on_expire() override {
+    Dispatcher& dispatcher = d;  // *this is destroyed by the erase
     std::string id = node_id;
-    d.down_.erase(id);  // destroys *this
-    d.orphan_tasks(id);
+    dispatcher.down_.erase(id);
+    dispatcher.orphan_tasks(id);
   }
 };
 

@@ -583,6 +583,62 @@ TEST(DispatcherSessionTest, HeartbeatExpiryMarksNodeDownAndEndsSession) {
   EXPECT_EQ(st.error_message(), "node not registered");
 }
 
+TEST(DispatcherSessionTest, TasksOfANodeDownForTheNodeDownPeriodAreOrphaned) {
+  TestServer server(options_with([](auto& o) {
+    o.dispatcher.heartbeat_period = 100ms;
+    o.dispatcher.heartbeat_epsilon = 0ns;
+    o.dispatcher.node_down_period = 300ms;
+  }));
+  Agent agent(server);
+  auto r = register_node(agent, as_node("node-o"));
+  ASSERT_TRUE(r.ok) << r.status.error_message();
+  write(server, [](store::WriteTx& tx) {
+    for (auto [id, state] : {std::pair{"t-assigned", api::ASSIGNED},
+                             {"t-running", api::RUNNING},
+                             {"t-pending", api::PENDING},
+                             {"t-complete", api::COMPLETE}}) {
+      if (auto st = tx.create(task_object(id, "node-o", state)); !st.is_ok()) return st;
+    }
+    return tx.create(task_object("t-elsewhere", "node-z", api::RUNNING));
+  });
+  // No heartbeats: DOWN after 3 periods, then orphaned after the node-down period.
+  api::SessionMessage down;
+  ASSERT_TRUE(r.stream->read(down));
+  EXPECT_EQ(down.node().status().state(), api::NodeStatus::DOWN);
+  ASSERT_TRUE(server.eventually([&] {
+    auto t =
+        server.server().store().view([](const store::ReadTx& tx) { return tx.task("t-running"); });
+    return t && t->status().state() == api::ORPHANED;
+  }));
+  EXPECT_EQ(stored_task(server, "t-assigned")->status().state(), api::ORPHANED);
+  EXPECT_EQ(stored_task(server, "t-pending")->status().state(), api::PENDING);
+  EXPECT_EQ(stored_task(server, "t-complete")->status().state(), api::COMPLETE);
+  EXPECT_EQ(stored_task(server, "t-elsewhere")->status().state(), api::RUNNING);
+  EXPECT_EQ(server.call([&] { return server.server().dispatcher().down_nodes(); }), 0u);
+}
+
+TEST(DispatcherSessionTest, RegisteringAgainCancelsTheOrphaning) {
+  TestServer server(options_with([](auto& o) {
+    o.dispatcher.heartbeat_period = 100ms;
+    o.dispatcher.heartbeat_epsilon = 0ns;
+    o.dispatcher.node_down_period = 1s;
+  }));
+  Agent agent(server);
+  auto r = register_node(agent, as_node("node-p"));
+  ASSERT_TRUE(r.ok) << r.status.error_message();
+  write(server,
+        [](store::WriteTx& tx) { return tx.create(task_object("t-p", "node-p", api::RUNNING)); });
+  api::SessionMessage down;
+  ASSERT_TRUE(r.stream->read(down));
+  ASSERT_EQ(down.node().status().state(), api::NodeStatus::DOWN);
+  EXPECT_EQ(server.call([&] { return server.server().dispatcher().down_nodes(); }), 1u);
+  r.stream->finish();
+  auto again = register_node(agent, as_node("node-p"));
+  ASSERT_TRUE(again.ok) << again.status.error_message();
+  EXPECT_EQ(server.call([&] { return server.server().dispatcher().down_nodes(); }), 0u);
+  EXPECT_EQ(stored_task(server, "t-p")->status().state(), api::RUNNING);
+}
+
 TEST(DispatcherSessionTest, RegularHeartbeatsKeepNodeReady) {
   TestServer server(options_with([](auto& o) {
     o.dispatcher.heartbeat_period = 100ms;
