@@ -402,20 +402,26 @@ int Connection::on_header(const nghttp2_frame* frame, const std::uint8_t* name, 
 int Connection::on_frame_recv(const nghttp2_frame* frame) {
   auto now = std::chrono::steady_clock::now();
   switch (frame->hd.type) {
+    // Over a limit: stop nghttp2 at once (CALLBACK_FAILURE) so that nothing more of the buffer is
+    // processed, and answer with a single GOAWAY ENHANCE_YOUR_CALM from the read loop.
     case NGHTTP2_RST_STREAM:
-      if (!resets_.take(settings_.reset_burst, settings_.reset_rate, now))
+      if (!resets_.take(settings_.reset_burst, settings_.reset_rate, now)) {
         calm_down("stream resets");
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+      }
       break;
     case NGHTTP2_PING:
       if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
           !control_frames_.take(settings_.control_burst, settings_.control_rate, now)) {
         calm_down("PING frames");
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
     case NGHTTP2_SETTINGS:
       if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
           !control_frames_.take(settings_.control_burst, settings_.control_rate, now)) {
         calm_down("SETTINGS frames");
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       if (!preface_seen_) {
         preface_seen_ = true;
