@@ -11,6 +11,8 @@ packages=(
   libgtest-dev libgmock-dev libgrpc++-dev protobuf-compiler-grpc nghttp2-client
   # formatting check
   clang-format
+  # fuzzing (scripts/fuzz.sh): clang 16 compiles libstdc++'s <expected>; clang 14 cannot
+  clang-16 libclang-rt-16-dev llvm-16
 )
 
 missing=()

@@ -1,7 +1,10 @@
 #include "dispatchd/app/server.hpp"
 
+#include <google/protobuf/stubs/logging.h>
+
 #include <fstream>
 #include <iterator>
+#include <mutex>
 
 #include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
@@ -28,15 +31,33 @@ std::expected<std::shared_ptr<net::TlsContext>, std::string> prepare_tls(Options
   return *ctx;
 }
 
+namespace {
+// protobuf reports bad input (e.g. a non-UTF-8 string field in a request) on stderr itself; a
+// client must not be able to flood the log, so those lines become debug lines of ours.
+void route_protobuf_logs() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    google::protobuf::SetLogHandler(
+        [](google::protobuf::LogLevel level, const char*, int, const std::string& message) {
+          if (level >= google::protobuf::LOGLEVEL_FATAL) {
+            log::error("protobuf: {}", message);
+          } else {
+            log::debug("protobuf: {}", message);
+          }
+        });
+  });
+}
+}  // namespace
+
 Server::Server(asio::io_context& io, Options options)
-    : io_(io),
-      options_(std::move(options)),
+    : options_(std::move(options)),
       wheel_(io),
       grpc_(wheel_, options_.grpc),
       store_(options_.dispatcher.cluster_id),
       dispatcher_(wheel_, store_, options_.dispatcher),
       acceptor_(io),
       connections_scope_(io.get_executor()) {
+  route_protobuf_logs();
   health_.add_to(grpc_);
   health_.set_status("docker.swarmkit.v1.Dispatcher", grpc::HealthService::serving);
   dispatcher_.add_to(grpc_);

@@ -53,6 +53,25 @@ std::string host_of(const std::string& addr) {
   return addr.substr(0, colon);
 }
 
+// Identity strings end up in proto3 `string` fields, which must be UTF-8.
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = c < 0x80           ? 1
+                    : (c >> 5) == 0x6  ? 2
+                    : (c >> 4) == 0xe  ? 3
+                    : (c >> 3) == 0x1e ? 4
+                                       : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (std::size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
 bool has_role(const std::vector<std::string>& roles, const std::string& role) {
   return std::find(roles.begin(), roles.end(), role) != roles.end();
 }
@@ -601,10 +620,19 @@ std::expected<Identity, Status> Dispatcher::authorize(const grpc::ServerContext&
     peer.org = std::string(ctx.metadata("node-org").value_or(org));
   }
 
+  auto utf8 = [](const Identity& who) {
+    return valid_utf8(who.node_id) && valid_utf8(who.org) &&
+           std::all_of(who.roles.begin(), who.roles.end(),
+                       [](const std::string& r) { return valid_utf8(r); });
+  };
   auto check = [&](const Identity& who,
                    const std::vector<std::string>& roles) -> std::optional<Status> {
     if (!has_cert) {
       return Status(StatusCode::permission_denied, "no client certificates in request");
+    }
+    if (!utf8(who)) {
+      return Status(StatusCode::permission_denied,
+                    "Permission denied: node identity is not valid UTF-8");
     }
     bool role_ok = std::any_of(roles.begin(), roles.end(),
                                [&](const std::string& r) { return has_role(who.roles, r); });
@@ -641,7 +669,7 @@ std::expected<Identity, Status> Dispatcher::authorize(const grpc::ServerContext&
       if (!ou.empty()) fwd.roles.emplace_back(ou);
     }
     fwd.remote_addr = std::string(ctx.metadata("remote_addr").value_or(""));
-    if (fwd.node_id.empty() || fwd.org.empty() || fwd.roles.empty()) {
+    if (fwd.node_id.empty() || fwd.org.empty() || fwd.roles.empty() || !utf8(fwd)) {
       return std::unexpected(Status(StatusCode::permission_denied,
                                     "Permission denied: missing information in forwarded request"));
     }

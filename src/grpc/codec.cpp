@@ -37,7 +37,9 @@ MessageDecoder::Result MessageDecoder::feed(std::span<const std::uint8_t>& data)
       }
       have_payload_ = true;
       payload_.clear();
-      payload_.reserve(length_);
+      // Reserve what has a chance of arriving soon, not what the prefix announces: a peer could
+      // announce 4 MiB on every stream and send nothing more.
+      payload_.reserve(std::min<std::size_t>(length_, 64 * 1024));
     }
     std::size_t n = std::min<std::size_t>(length_ - payload_.size(), data.size());
     payload_.append(reinterpret_cast<const char*>(data.data()), n);

@@ -152,6 +152,18 @@ TEST_F(RawH2Test, OversizedPrefixIsRejectedBeforeThePayloadArrives) {
   EXPECT_EQ(r.grpc_status(), 8);
 }
 
+TEST_F(RawH2Test, NonUtf8NodeIdentityIsRefused) {
+  // Node IDs travel in proto3 string fields: they must be UTF-8 (found by connection_fuzz).
+  RawClient c(server_.port());
+  c.start();
+  auto id = c.grpc_call("/docker.swarmkit.v1.Dispatcher/Session", grpc_frame(""),
+                        {{"node-id", "node-\xff"}});
+  const auto& r = c.wait(id);
+  EXPECT_EQ(r.grpc_status(), 7);
+  EXPECT_NE(r.grpc_message().find("not valid UTF-8"), std::string::npos) << r.grpc_message();
+  EXPECT_EQ(server_.call([&] { return server_.server().dispatcher().registered_nodes(); }), 0u);
+}
+
 TEST_F(RawH2Test, WrongContentTypeIs415) {
   RawClient c(server_.port());
   c.start();

@@ -68,7 +68,6 @@ class Server {
   asio::awaitable<void> serve_tls(std::unique_ptr<net::TlsTransport> t);
   struct Handshake;
 
-  asio::io_context& io_;
   Options options_;
   co::TimerWheel wheel_;
   grpc::Server grpc_;
