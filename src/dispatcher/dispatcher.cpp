@@ -471,7 +471,10 @@ void Dispatcher::flush() {
   pending_tasks_.clear();
   pending_nodes_.clear();
   pending_volumes_.clear();
-  auto now = google::protobuf::util::TimeUtil::GetCurrentTime();
+  auto now = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
 
   // At most batch_max_items changes per store transaction.
   std::vector<std::function<void(store::WriteTx&)>> work;
@@ -854,8 +857,11 @@ asio::awaitable<Status> Dispatcher::session(grpc::ServerContext& ctx,
       bool manager = has_role(id->roles, kManagerRole);
       n.mutable_spec()->set_desired_role(manager ? api::MANAGER : api::WORKER);
       n.set_role(manager ? api::MANAGER : api::WORKER);
+      // As SwarmKit's CA leaves it after issuing the node's certificate.
+      n.mutable_spec()->mutable_annotations();
       n.mutable_certificate()->set_cn(node_id);
       n.mutable_certificate()->set_role(manager ? api::MANAGER : api::WORKER);
+      n.mutable_certificate()->mutable_status()->set_state(api::IssuanceStatus::ISSUED);
       n.mutable_status()->set_state(api::NodeStatus::UNKNOWN);
       auto st = store_.update([&](store::WriteTx& tx) {
         if (tx.node(node_id)) return Status::ok();

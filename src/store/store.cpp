@@ -235,7 +235,10 @@ Store::Store(std::string cluster_id) {
 void Store::stamp(api::Meta* meta, bool create) {
   ++index_;
   meta->mutable_version()->set_index(index_);
-  auto now = google::protobuf::util::TimeUtil::GetCurrentTime();
+  auto now = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count());
   if (create) *meta->mutable_created_at() = now;
   *meta->mutable_updated_at() = now;
 }
