@@ -698,6 +698,18 @@ std::expected<Identity, Status> Dispatcher::authorize(const grpc::ServerContext&
   return peer;
 }
 
+std::expected<Identity, Status> Dispatcher::admit(const grpc::ServerContext& ctx,
+                                                  const std::string& session_id,
+                                                  NodeRecord** record) {
+  if (!running_) return std::unexpected(stopped_status());
+  auto id = authorize(ctx);
+  if (!id) return id;
+  auto r = check_session(id->node_id, session_id);
+  if (!r) return std::unexpected(r.error());
+  if (record) *record = *r;
+  return id;
+}
+
 // ---- RPCs ------------------------------------------------------------------------------------
 
 namespace {
@@ -736,14 +748,12 @@ void Dispatcher::add_to(grpc::Server& server) {
       "/docker.swarmkit.v1.Dispatcher/Heartbeat",
       [this](grpc::ServerContext& ctx, const api::HeartbeatRequest& req)
           -> asio::awaitable<std::expected<api::HeartbeatResponse, Status>> {
-        if (!running_) co_return std::unexpected(stopped_status());
-        auto id = authorize(ctx);
+        NodeRecord* rec = nullptr;
+        auto id = admit(ctx, req.session_id(), &rec);
         if (!id) co_return std::unexpected(id.error());
-        auto rec = check_session(id->node_id, req.session_id());
-        if (!rec) co_return std::unexpected(rec.error());
         auto period = choose_period();
         wheel_.arm_after(
-            **rec, std::chrono::duration_cast<Clock::duration>(period * config_.grace_multiplier));
+            *rec, std::chrono::duration_cast<Clock::duration>(period * config_.grace_multiplier));
         api::HeartbeatResponse resp;
         resp.mutable_period()->set_seconds(period.count() / 1000000000);
         resp.mutable_period()->set_nanos(static_cast<std::int32_t>(period.count() % 1000000000));
@@ -754,11 +764,8 @@ void Dispatcher::add_to(grpc::Server& server) {
       "/docker.swarmkit.v1.Dispatcher/UpdateTaskStatus",
       [this](grpc::ServerContext& ctx, const api::UpdateTaskStatusRequest& req)
           -> asio::awaitable<std::expected<api::UpdateTaskStatusResponse, Status>> {
-        if (!running_) co_return std::unexpected(stopped_status());
-        auto id = authorize(ctx);
+        auto id = admit(ctx, req.session_id());
         if (!id) co_return std::unexpected(id.error());
-        auto rec = check_session(id->node_id, req.session_id());
-        if (!rec) co_return std::unexpected(rec.error());
         std::vector<const api::UpdateTaskStatusRequest::TaskStatusUpdate*> valid;
         bool denied = store_.view([&](const store::ReadTx& tx) {
           for (const auto& u : req.updates()) {
@@ -792,11 +799,8 @@ void Dispatcher::add_to(grpc::Server& server) {
       "/docker.swarmkit.v1.Dispatcher/UpdateVolumeStatus",
       [this](grpc::ServerContext& ctx, const api::UpdateVolumeStatusRequest& req)
           -> asio::awaitable<std::expected<api::UpdateVolumeStatusResponse, Status>> {
-        if (!running_) co_return std::unexpected(stopped_status());
-        auto id = authorize(ctx);
+        auto id = admit(ctx, req.session_id());
         if (!id) co_return std::unexpected(id.error());
-        auto rec = check_session(id->node_id, req.session_id());
-        if (!rec) co_return std::unexpected(rec.error());
         std::uint64_t gen = flushed_generation_;
         for (const auto& u : req.updates()) {
           if (u.unpublished()) gen = queue_volume_unpublish(u.id(), id->node_id);
@@ -958,11 +962,9 @@ asio::awaitable<Status> Dispatcher::session(grpc::ServerContext& ctx,
 asio::awaitable<Status> Dispatcher::assignments(grpc::ServerContext& ctx,
                                                 const api::AssignmentsRequest& req,
                                                 grpc::Writer<api::AssignmentsMessage>& writer) {
-  if (!running_) co_return stopped_status();
-  auto id = authorize(ctx);
+  auto id = admit(ctx, req.session_id());
   if (!id) co_return id.error();
   const std::string node_id = id->node_id;
-  if (auto r = check_session(node_id, req.session_id()); !r) co_return r.error();
 
   co::Wakeup wakeup;
   co::Queue<store::Event> task_events(wakeup, config_.watch_buffer);
@@ -988,12 +990,7 @@ asio::awaitable<Status> Dispatcher::assignments(grpc::ServerContext& ctx,
   Counter open(open_streams_);
   co::Event::Listener cancelled(ctx.cancelled(), wakeup);
   co::Event::Listener stopped(stopped_, wakeup);
-  BatchTimer timer(wakeup);
-  struct Disarm {
-    co::TimerWheel& w;
-    BatchTimer& t;
-    ~Disarm() { w.disarm(t); }
-  } disarm{wheel_, timer};
+  BatchTimer timer(wakeup);  // an armed entry disarms itself when destroyed
 
   api::AssignmentsMessage msg;
   msg.set_type(api::AssignmentsMessage::COMPLETE);
@@ -1057,11 +1054,9 @@ asio::awaitable<Status> Dispatcher::assignments(grpc::ServerContext& ctx,
 
 asio::awaitable<Status> Dispatcher::tasks(grpc::ServerContext& ctx, const api::TasksRequest& req,
                                           grpc::Writer<api::TasksMessage>& writer) {
-  if (!running_) co_return stopped_status();
-  auto id = authorize(ctx);
+  auto id = admit(ctx, req.session_id());
   if (!id) co_return id.error();
   const std::string node_id = id->node_id;
-  if (auto r = check_session(node_id, req.session_id()); !r) co_return r.error();
 
   co::Wakeup wakeup;
   co::Queue<store::Event> events(wakeup, config_.watch_buffer);
@@ -1076,12 +1071,7 @@ asio::awaitable<Status> Dispatcher::tasks(grpc::ServerContext& ctx, const api::T
   Counter open(open_streams_);
   co::Event::Listener cancelled(ctx.cancelled(), wakeup);
   co::Event::Listener stopped(stopped_, wakeup);
-  BatchTimer timer(wakeup);
-  struct Disarm {
-    co::TimerWheel& w;
-    BatchTimer& t;
-    ~Disarm() { w.disarm(t); }
-  } disarm{wheel_, timer};
+  BatchTimer timer(wakeup);  // an armed entry disarms itself when destroyed
 
   for (;;) {
     if (stopped.ready()) co_return canceled_status();

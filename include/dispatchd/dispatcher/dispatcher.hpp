@@ -103,6 +103,10 @@ class Dispatcher {
 
   // Authorization (spec §9.2, §9.3).
   std::expected<Identity, grpc::Status> authorize(const grpc::ServerContext& ctx) const;
+  // What every call but Session does first: running, authorized, and the node's current session.
+  std::expected<Identity, grpc::Status> admit(const grpc::ServerContext& ctx,
+                                              const std::string& session_id,
+                                              NodeRecord** record = nullptr);
 
   // Registered nodes (spec §3).
   std::expected<NodeRecord*, grpc::Status> check_session(const std::string& node_id,
