@@ -10,30 +10,16 @@
 #include <exception>
 #include <memory>
 
+#include "coroutine_runner.hpp"
+
 namespace dispatchd::co {
 namespace {
 
 using namespace std::chrono_literals;
 
-// What a spawned coroutine did: whether it finished and how.
-struct Outcome {
-  bool done = false;
-  std::exception_ptr error;
-};
-
-auto record(Outcome& o) {
-  return [&o](std::exception_ptr e) {
-    o.done = true;
-    o.error = e;
-  };
-}
-
-// Runs io until it has no work left. A coroutine still parked keeps work alive, so a stopped
-// io_context proves every coroutine finished.
-void run_to_completion(asio::io_context& io) {
-  io.run_for(10s);
-  EXPECT_TRUE(io.stopped()) << "io_context still had work: a coroutine never finished";
-}
+using testing::Outcome;
+using testing::record;
+using testing::run_to_completion;
 
 // Parks twice on `w`, counting each resumption; the second park shows whether a later,
 // unexpected notify arrives.

@@ -22,27 +22,18 @@
 
 // Queue<T> is the canonical select source and has no test file of its own; its tests live here.
 
+#include "coroutine_runner.hpp"
+
 namespace dispatchd::co {
 namespace {
 
 using namespace std::chrono_literals;
 
-struct Outcome {
-  bool done = false;
-  std::exception_ptr error;
-};
+using testing::Outcome;
+using testing::record;
 
-auto record(Outcome& o) {
-  return [&o](std::exception_ptr e) {
-    o.done = true;
-    o.error = e;
-  };
-}
-
-// A parked coroutine keeps work alive, so a stopped io_context proves every coroutine finished.
 void run_to_completion(asio::io_context& io) {
-  io.run_for(30s);
-  EXPECT_TRUE(io.stopped()) << "io_context still had work: a coroutine never finished";
+  testing::run_to_completion(io, 30s);
 }
 
 std::vector<int> iota(int from, int to) {

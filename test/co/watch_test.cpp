@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "coroutine_runner.hpp"
 #include "dispatchd/co/select.hpp"
 
 namespace dispatchd::co {
@@ -21,23 +22,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct Outcome {
-  bool done = false;
-  std::exception_ptr error;
-};
-
-auto record(Outcome& o) {
-  return [&o](std::exception_ptr e) {
-    o.done = true;
-    o.error = e;
-  };
-}
-
-// A parked coroutine keeps work alive, so a stopped io_context proves every coroutine finished.
-void run_to_completion(asio::io_context& io) {
-  io.run_for(10s);
-  EXPECT_TRUE(io.stopped()) << "io_context still had work: a coroutine never finished";
-}
+using testing::Outcome;
+using testing::record;
+using testing::run_to_completion;
 
 std::vector<int> drain(Watch<int>::Subscription& s) {
   std::vector<int> out;
