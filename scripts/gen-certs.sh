@@ -6,7 +6,8 @@
 #   scripts/gen-certs.sh [--out DIR] [--org ORG] [--nodes N] [--manager-id ID] [--test-variants]
 #
 # Writes DIR/ca.pem, DIR/server.{pem,key} (CN = --manager-id, SANs swarm-manager, swarm-ca,
-# localhost, 127.0.0.1), DIR/node-<i>.{pem,key} for i in 1..N (workers). --test-variants adds
+# localhost, 127.0.0.1), DIR/node-<i>.{pem,key} for i in 1..N (workers), DIR/ctl.{pem,key} (the
+# operator's certificate for dispatchctl: OU swarm-manager, CN dispatchctl). --test-variants adds
 # wrong-org, wrong-role, manager, untrusted (other CA), self-signed and expired certificates.
 # Defaults: --out certs, --org dispatchd, --nodes 2, --manager-id manager-1. Keys are ECDSA P-256.
 set -euo pipefail
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --manager-id) manager_id=$2; shift 2 ;;
     --manager-id=*) manager_id=${1#*=}; shift ;;
     --test-variants) variants=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "gen-certs.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,6 +64,7 @@ issue() {
 [ -f ca.pem ] || self_signed_ca ca "dispatchd test root CA ($org)"
 issue server "$manager_id" swarm-manager "$org" ca server
 for i in $(seq 1 "$nodes"); do issue "node-$i" "node-$i" swarm-worker "$org" ca; done
+issue ctl dispatchctl swarm-manager "$org" ca
 
 if [ "$variants" = 1 ]; then
   issue manager node-m1 swarm-manager "$org" ca
