@@ -55,12 +55,15 @@ Server::Server(asio::io_context& io, Options options)
       grpc_(wheel_, options_.grpc),
       store_(options_.dispatcher.cluster_id),
       dispatcher_(wheel_, store_, options_.dispatcher),
+      control_(store_, dispatcher_),
       acceptor_(io),
       connections_scope_(io.get_executor()) {
   route_protobuf_logs();
   health_.add_to(grpc_);
   health_.set_status("docker.swarmkit.v1.Dispatcher", grpc::HealthService::serving);
   dispatcher_.add_to(grpc_);
+  health_.set_status(control::kServiceName, grpc::HealthService::serving);
+  control_.add_to(grpc_);
 }
 
 // A TLS handshake in progress: closed by its deadline or by stop(). (Its list hook and its

@@ -20,9 +20,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const std::string kWorkerRole = "swarm-worker";
-const std::string kManagerRole = "swarm-manager";
-
 Status stopped_status() {
   return Status(StatusCode::aborted, "dispatcher is stopped");
 }
@@ -132,7 +129,9 @@ struct Dispatcher::NodeRecord final : co::TimerWheel::Entry {
   std::string node_id;
   std::string session_id;  // empty for nodes pre-loaded as UNKNOWN
   Clock::time_point registered_at{};
+  Clock::time_point last_heartbeat{};
   int attempts = 0;
+  std::uint32_t streams = 0;  // open Session streams of this registration
   bool unknown = false;
   std::shared_ptr<co::Event> disconnect = std::make_shared<co::Event>();
   std::shared_ptr<co::Event> superseded = std::make_shared<co::Event>();
@@ -339,6 +338,7 @@ Dispatcher::NodeRecord& Dispatcher::add_record(const std::string& node_id) {
   }
   if (fresh->registered_at == Clock::time_point{}) fresh->registered_at = Clock::now();
   fresh->session_id = new_session_id();
+  fresh->last_heartbeat = Clock::now();
   wheel_.arm_after(*fresh, std::chrono::duration_cast<Clock::duration>(choose_period() *
                                                                        config_.grace_multiplier));
   NodeRecord& r = *fresh;
@@ -594,7 +594,26 @@ void Dispatcher::on_node_removed(const std::string& node_id) {
 // ---- authorization (spec §9) -----------------------------------------------------------------
 
 std::expected<Identity, Status> Dispatcher::authorize(const grpc::ServerContext& ctx) const {
-  static const std::vector<std::string> authorized = {kWorkerRole, kManagerRole};
+  static const std::vector<std::string> agents = {kWorkerRole, kManagerRole};
+  return authorize(ctx, agents, true);
+}
+
+std::optional<SessionView> Dispatcher::session_view(const std::string& node_id) const {
+  auto it = records_.find(node_id);
+  if (it == records_.end()) return std::nullopt;
+  const NodeRecord& r = *it->second;
+  SessionView v;
+  v.session_id = r.session_id;
+  v.registered_at = r.registered_at;
+  v.last_heartbeat = r.last_heartbeat;
+  v.deadline = r.deadline();
+  v.streaming = r.streams > 0;
+  return v;
+}
+
+std::expected<Identity, Status> Dispatcher::authorize(const grpc::ServerContext& ctx,
+                                                      const std::vector<std::string>& authorized,
+                                                      bool allow_forwarded) const {
   auto org = config_.cluster_id;
   auto blacklisted = [&](const std::string& cn) {
     auto c = store_.view([](const store::ReadTx& tx) { return tx.cluster(); });
@@ -659,7 +678,7 @@ std::expected<Identity, Status> Dispatcher::authorize(const grpc::ServerContext&
   };
 
   auto forwarded = ctx.metadata_all("forwarded_cert");
-  if (forwarded.size() == 1 && forwarded[0] == "true") {
+  if (allow_forwarded && forwarded.size() == 1 && forwarded[0] == "true") {
     if (auto err = check(peer, {kManagerRole})) {
       return std::unexpected(
           Status(StatusCode::permission_denied,
@@ -752,6 +771,7 @@ void Dispatcher::add_to(grpc::Server& server) {
         auto id = admit(ctx, req.session_id(), &rec);
         if (!id) co_return std::unexpected(id.error());
         auto period = choose_period();
+        rec->last_heartbeat = Clock::now();
         wheel_.arm_after(
             *rec, std::chrono::duration_cast<Clock::duration>(period * config_.grace_multiplier));
         api::HeartbeatResponse resp;
@@ -888,6 +908,18 @@ asio::awaitable<Status> Dispatcher::session(grpc::ServerContext& ctx,
 
   auto rec = check_session(node_id, session_id);
   if (!rec) co_return rec.error();
+  // The registration counts its open streams for operators (Control.GetNode).
+  ++(*rec)->streams;
+  struct StreamMark {
+    Dispatcher& d;
+    const std::string& node_id;
+    const std::string& session_id;
+    ~StreamMark() {
+      auto it = d.records_.find(node_id);
+      if (it != d.records_.end() && it->second->session_id == session_id && it->second->streams)
+        --it->second->streams;
+    }
+  } stream_mark{*this, node_id, session_id};
   const std::shared_ptr<co::Event> disconnect_event = (*rec)->disconnect;
   const std::shared_ptr<co::Event> superseded_event = (*rec)->superseded;
   co::Watch<ClusterSnapshot>::Subscription cluster_updates(cluster_updates_, wakeup);

@@ -10,6 +10,7 @@
 #include "dispatchd/co/intrusive_list.hpp"
 #include "dispatchd/co/scope.hpp"
 #include "dispatchd/co/timer_wheel.hpp"
+#include "dispatchd/control/control.hpp"
 #include "dispatchd/dispatcher/dispatcher.hpp"
 #include "dispatchd/grpc/health.hpp"
 #include "dispatchd/grpc/server.hpp"
@@ -74,6 +75,7 @@ class Server {
   grpc::HealthService health_;
   store::Store store_;
   dispatcher::Dispatcher dispatcher_;
+  control::ControlService control_;
   net::Acceptor acceptor_;
   co::Scope connections_scope_;
   co::IntrusiveList<h2::Connection> connections_;

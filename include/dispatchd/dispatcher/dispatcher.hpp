@@ -39,6 +39,18 @@ struct ClusterSnapshot {
   std::shared_ptr<const std::string> encoded;  // fields 3, 4 and 5, serialized
 };
 
+// What the dispatcher knows of a registered node's agent (operators' view).
+struct SessionView {
+  std::string session_id;
+  std::chrono::steady_clock::time_point registered_at;
+  std::chrono::steady_clock::time_point last_heartbeat;  // the registration before the first
+  std::chrono::steady_clock::time_point deadline;        // DOWN without a heartbeat by then
+  bool streaming = false;                                // a Session stream is open
+};
+
+inline const std::string kWorkerRole = "swarm-worker";
+inline const std::string kManagerRole = "swarm-manager";
+
 struct DispatcherStats {
   std::uint64_t flushes = 0;
   std::uint64_t flushed_task_updates = 0;
@@ -67,6 +79,13 @@ class Dispatcher {
   // Raises the node's Disconnect signal (spec §0.6): its Session sends a final message, marks
   // the node DISCONNECTED and ends with ABORTED. False if the node has no registration.
   bool disconnect_node(const std::string& node_id);
+
+  // The caller's identity (spec §9.2, §9.3) if it holds one of `roles`; forwarded identities
+  // (forwarded_cert metadata from a manager) only where `allow_forwarded`.
+  std::expected<Identity, grpc::Status> authorize(const grpc::ServerContext& ctx,
+                                                  const std::vector<std::string>& roles,
+                                                  bool allow_forwarded) const;
+  std::optional<SessionView> session_view(const std::string& node_id) const;
 
   void set_manager_addr(std::string addr);
   const Config& config() const noexcept { return config_; }
@@ -101,7 +120,7 @@ class Dispatcher {
   asio::awaitable<grpc::Status> tasks(grpc::ServerContext& ctx, const api::TasksRequest& req,
                                       grpc::Writer<api::TasksMessage>& writer);
 
-  // Authorization (spec §9.2, §9.3).
+  // Authorization (spec §9.2, §9.3): workers and managers, forwarding allowed.
   std::expected<Identity, grpc::Status> authorize(const grpc::ServerContext& ctx) const;
   // What every call but Session does first: running, authorized, and the node's current session.
   std::expected<Identity, grpc::Status> admit(const grpc::ServerContext& ctx,

@@ -1,0 +1,299 @@
+// The operator API (proto/control.proto), judged over the wire by the real gRPC C++ client: each
+// change must reach the agents' own streams, as an orchestrator's change does in SwarmKit.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "control.grpc.pb.h"
+#include "dispatcher.grpc.pb.h"
+#include "support/test_server.hpp"
+
+namespace {
+
+namespace api = docker::swarmkit::v1;
+namespace pb = dispatchd::control::v1;
+using dispatchd::test::TestServer;
+using namespace std::chrono_literals;
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+
+const Metadata kOperator = {{"node-id", "ops-1"}, {"node-role", "swarm-manager"}};
+
+Metadata as_node(const std::string& id) {
+  return {{"node-id", id}};
+}
+
+std::unique_ptr<grpc::ClientContext> context(const Metadata& md) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  for (const auto& [k, v] : md)
+    ctx->AddMetadata(k, v);
+  ctx->set_deadline(std::chrono::system_clock::now() + 20s);
+  return ctx;
+}
+
+class ControlTest : public ::testing::Test {
+ protected:
+  ControlTest()
+      : channel_(grpc::CreateChannel(server_.address(), grpc::InsecureChannelCredentials())),
+        control_(pb::Control::NewStub(channel_)),
+        dispatcher_(api::Dispatcher::NewStub(channel_)) {}
+
+  template <class Req, class Resp>
+  grpc::Status call(grpc::Status (pb::Control::Stub::*m)(grpc::ClientContext*, const Req&, Resp*),
+                    const Req& req, Resp* resp, const Metadata& md = kOperator) {
+    auto ctx = context(md);
+    return ((*control_).*m)(ctx.get(), req, resp);
+  }
+
+  // An agent's open Session with its first message read.
+  struct Session {
+    std::unique_ptr<grpc::ClientContext> ctx;
+    std::unique_ptr<grpc::ClientReader<api::SessionMessage>> reader;
+    api::SessionMessage first;
+  };
+  std::unique_ptr<Session> open_session(const std::string& node_id) {
+    auto s = std::make_unique<Session>();
+    s->ctx = context(as_node(node_id));
+    s->reader = dispatcher_->Session(s->ctx.get(), api::SessionRequest{});
+    EXPECT_TRUE(s->reader->Read(&s->first));
+    return s;
+  }
+
+  pb::NodeSummary node_summary(const std::string& id) {
+    pb::GetNodeRequest req;
+    req.set_node_id(id);
+    pb::GetNodeResponse resp;
+    auto st = call(&pb::Control::Stub::GetNode, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp.summary();
+  }
+
+  TestServer server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<pb::Control::Stub> control_;
+  std::unique_ptr<api::Dispatcher::Stub> dispatcher_;
+};
+
+TEST_F(ControlTest, WorkersAndAnonymousCallersAreRefused) {
+  pb::ListNodesResponse resp;
+  auto st = call(&pb::Control::Stub::ListNodes, pb::ListNodesRequest{}, &resp, as_node("node-w"));
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_EQ(st.error_message(),
+            "Permission denied: unauthorized peer role: rpc error: code = PermissionDenied desc = "
+            "Permission denied: remote certificate not part of OUs: [swarm-manager]");
+  st = call(&pb::Control::Stub::ListNodes, pb::ListNodesRequest{}, &resp, Metadata{});
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  // A manager may not act for someone else through forwarding metadata.
+  Metadata forwarded = kOperator;
+  forwarded.emplace_back("forwarded_cert", "true");
+  forwarded.emplace_back("forwarded_cert_cn", "node-w");
+  forwarded.emplace_back("forwarded_cert_ou", "swarm-worker");
+  forwarded.emplace_back("forwarded_cert_org", "dispatchd");
+  st = call(&pb::Control::Stub::ListNodes, pb::ListNodesRequest{}, &resp, forwarded);
+  EXPECT_TRUE(st.ok()) << st.error_message();  // judged as the manager itself, not the worker
+}
+
+TEST_F(ControlTest, ListNodesShowsSessionsAndFilters) {
+  auto a = open_session("node-a");
+  auto b = open_session("node-b");
+  pb::ListNodesResponse resp;
+  ASSERT_TRUE(call(&pb::Control::Stub::ListNodes, pb::ListNodesRequest{}, &resp).ok());
+  ASSERT_EQ(resp.nodes_size(), 2);
+  EXPECT_EQ(resp.nodes(0).id(), "node-a");
+  EXPECT_EQ(resp.nodes(1).id(), "node-b");
+  EXPECT_EQ(resp.nodes(0).state(), api::NodeStatus::READY);
+  EXPECT_EQ(resp.nodes(0).addr(), "127.0.0.1");
+  EXPECT_EQ(resp.nodes(0).session().session_id(), a->first.session_id());
+  EXPECT_TRUE(resp.nodes(0).session().streaming());
+  EXPECT_GT(resp.nodes(0).session().heartbeat_deadline().seconds(),
+            resp.nodes(0).session().last_heartbeat().seconds());
+
+  pb::ListNodesRequest only_down;
+  only_down.add_states(api::NodeStatus::DOWN);
+  ASSERT_TRUE(call(&pb::Control::Stub::ListNodes, only_down, &resp).ok());
+  EXPECT_EQ(resp.nodes_size(), 0);
+
+  // When the stream goes, the registration stays but is no longer streaming.
+  a->ctx->TryCancel();
+  a->reader->Finish();
+  ASSERT_TRUE(server_.eventually([&] {
+    auto v = server_.server().dispatcher().session_view("node-a");
+    return v && !v->streaming;
+  }));
+  EXPECT_FALSE(node_summary("node-a").session().streaming());
+}
+
+TEST_F(ControlTest, DrainReachesTheNodesSession) {
+  auto s = open_session("node-a");
+  pb::UpdateNodeRequest req;
+  req.set_node_id("node-a");
+  req.set_availability(api::NodeSpec::DRAIN);
+  pb::UpdateNodeResponse resp;
+  auto st = call(&pb::Control::Stub::UpdateNode, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.node().spec().availability(), api::NodeSpec::DRAIN);
+
+  api::SessionMessage m;
+  ASSERT_TRUE(s->reader->Read(&m));
+  EXPECT_EQ(m.node().spec().availability(), api::NodeSpec::DRAIN);
+  EXPECT_EQ(node_summary("node-a").availability(), api::NodeSpec::DRAIN);
+}
+
+TEST_F(ControlTest, UpdateNodeRefusesUnknownNodesAndValues) {
+  pb::UpdateNodeRequest req;
+  req.set_node_id("nobody");
+  req.set_availability(api::NodeSpec::PAUSE);
+  pb::UpdateNodeResponse resp;
+  auto st = call(&pb::Control::Stub::UpdateNode, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(st.error_message(), "node nobody not found");
+
+  auto s = open_session("node-a");
+  req.set_node_id("node-a");
+  req.set_availability(static_cast<api::NodeSpec::Availability>(7));
+  st = call(&pb::Control::Stub::UpdateNode, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ControlTest, RemovingALiveNodeNeedsForceAndDisconnectsIt) {
+  auto s = open_session("node-a");
+  pb::RemoveNodeRequest req;
+  req.set_node_id("node-a");
+  pb::RemoveNodeResponse resp;
+  auto st = call(&pb::Control::Stub::RemoveNode, req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  req.set_force(true);
+  st = call(&pb::Control::Stub::RemoveNode, req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  // The session is told to go: a final message, then ABORTED.
+  api::SessionMessage m;
+  ASSERT_TRUE(s->reader->Read(&m));
+  EXPECT_FALSE(s->reader->Read(&m));
+  st = s->reader->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_EQ(st.error_message(), "node must disconnect");
+
+  // It cannot come back by opening another session.
+  auto ctx = context(as_node("node-a"));
+  auto again = dispatcher_->Session(ctx.get(), api::SessionRequest{});
+  EXPECT_FALSE(again->Read(&m));
+  st = again->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_NE(st.error_message().find("node-a was removed from swarm"), std::string::npos)
+      << st.error_message();
+
+  pb::GetNodeRequest get;
+  get.set_node_id("node-a");
+  pb::GetNodeResponse got;
+  EXPECT_EQ(call(&pb::Control::Stub::GetNode, get, &got).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(ControlTest, TheManagerCannotRemoveItself) {
+  pb::RemoveNodeRequest req;
+  req.set_node_id("manager-1");
+  req.set_force(true);
+  pb::RemoveNodeResponse resp;
+  EXPECT_EQ(call(&pb::Control::Stub::RemoveNode, req, &resp).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+}
+
+TEST_F(ControlTest, CreatedTasksReachTheOpenAssignmentsStreamAndRemovalsToo) {
+  auto s = open_session("node-a");
+  auto actx = context(as_node("node-a"));
+  api::AssignmentsRequest areq;
+  areq.set_session_id(s->first.session_id());
+  auto assignments = dispatcher_->Assignments(actx.get(), areq);
+  api::AssignmentsMessage m;
+  ASSERT_TRUE(assignments->Read(&m));
+  EXPECT_EQ(m.type(), api::AssignmentsMessage::COMPLETE);
+  EXPECT_EQ(m.changes_size(), 0);
+
+  pb::CreateTaskRequest create;
+  create.mutable_task()->set_node_id("node-a");
+  create.mutable_task()->set_service_id("svc-1");
+  pb::CreateTaskResponse created;
+  auto st = call(&pb::Control::Stub::CreateTask, create, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  const std::string task_id = created.task().id();
+  EXPECT_EQ(task_id.size(), 25u);
+  EXPECT_EQ(created.task().status().state(), api::ASSIGNED);
+  EXPECT_EQ(created.task().desired_state(), api::RUNNING);
+
+  ASSERT_TRUE(assignments->Read(&m));
+  EXPECT_EQ(m.type(), api::AssignmentsMessage::INCREMENTAL);
+  ASSERT_EQ(m.changes_size(), 1);
+  EXPECT_EQ(m.changes(0).action(), api::AssignmentChange::UPDATE);
+  EXPECT_EQ(m.changes(0).assignment().task().id(), task_id);
+
+  pb::ListTasksRequest list;
+  list.set_node_id("node-a");
+  pb::ListTasksResponse tasks;
+  ASSERT_TRUE(call(&pb::Control::Stub::ListTasks, list, &tasks).ok());
+  ASSERT_EQ(tasks.tasks_size(), 1);
+  EXPECT_EQ(tasks.tasks(0).id(), task_id);
+  EXPECT_EQ(node_summary("node-a").tasks(), 1u);
+
+  pb::RemoveTaskRequest rm;
+  rm.set_task_id(task_id);
+  pb::RemoveTaskResponse removed;
+  ASSERT_TRUE(call(&pb::Control::Stub::RemoveTask, rm, &removed).ok());
+  ASSERT_TRUE(assignments->Read(&m));
+  ASSERT_EQ(m.changes_size(), 1);
+  EXPECT_EQ(m.changes(0).action(), api::AssignmentChange::REMOVE);
+  EXPECT_EQ(call(&pb::Control::Stub::RemoveTask, rm, &removed).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  create.mutable_task()->set_node_id("nobody");
+  EXPECT_EQ(call(&pb::Control::Stub::CreateTask, create, &created).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  create.mutable_task()->set_node_id("node-a");
+  create.mutable_task()->set_id("fixed-id");
+  EXPECT_TRUE(call(&pb::Control::Stub::CreateTask, create, &created).ok());
+  EXPECT_EQ(call(&pb::Control::Stub::CreateTask, create, &created).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  actx->TryCancel();
+}
+
+TEST_F(ControlTest, ManagerListAndKeysReachEverySession) {
+  auto s = open_session("node-a");
+  pb::SetManagersRequest set;
+  auto* m1 = set.add_managers();
+  m1->mutable_peer()->set_node_id("manager-2");
+  m1->mutable_peer()->set_addr("10.0.0.2:4242");
+  m1->set_weight(10);
+  pb::SetManagersResponse done;
+  ASSERT_TRUE(call(&pb::Control::Stub::SetManagers, set, &done).ok());
+  api::SessionMessage m;
+  ASSERT_TRUE(s->reader->Read(&m));
+  ASSERT_EQ(m.managers_size(), 1);
+  EXPECT_EQ(m.managers(0).peer().addr(), "10.0.0.2:4242");
+  pb::GetManagersResponse managers;
+  ASSERT_TRUE(call(&pb::Control::Stub::GetManagers, pb::GetManagersRequest{}, &managers).ok());
+  ASSERT_EQ(managers.managers_size(), 1);
+
+  EXPECT_EQ(call(&pb::Control::Stub::SetManagers, pb::SetManagersRequest{}, &done).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  pb::SetNetworkKeysRequest keys;
+  auto* k = keys.add_keys();
+  k->set_subsystem("networking:gossip");
+  k->set_key("0123456789abcdef");
+  k->set_lamport_time(3);
+  pb::SetNetworkKeysResponse keys_done;
+  ASSERT_TRUE(call(&pb::Control::Stub::SetNetworkKeys, keys, &keys_done).ok());
+  ASSERT_TRUE(s->reader->Read(&m));
+  ASSERT_EQ(m.network_bootstrap_keys_size(), 1);
+  EXPECT_EQ(m.network_bootstrap_keys(0).lamport_time(), 3u);
+  pb::GetNetworkKeysResponse got;
+  ASSERT_TRUE(call(&pb::Control::Stub::GetNetworkKeys, pb::GetNetworkKeysRequest{}, &got).ok());
+  EXPECT_EQ(got.keys_size(), 1);
+  s->ctx->TryCancel();
+}
+
+}  // namespace
