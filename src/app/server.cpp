@@ -57,13 +57,24 @@ Server::Server(asio::io_context& io, Options options)
       dispatcher_(wheel_, store_, options_.dispatcher),
       control_(store_, dispatcher_),
       acceptor_(io),
-      connections_scope_(io.get_executor()) {
+      connections_scope_(io.get_executor()),
+      admin_(io, admin::HttpOptions{.listen = options_.admin_listen}),
+      admin_scope_(io.get_executor()) {
   route_protobuf_logs();
   health_.add_to(grpc_);
   health_.set_status("docker.swarmkit.v1.Dispatcher", grpc::HealthService::serving);
   dispatcher_.add_to(grpc_);
   health_.set_status(control::kServiceName, grpc::HealthService::serving);
   control_.add_to(grpc_);
+  admin_.route("/metrics", [this](const admin::Request&) {
+    return admin::Response{.content_type = "text/plain; version=0.0.4; charset=utf-8",
+                           .body = render_metrics()};
+  });
+  admin_.route("/healthz", [](const admin::Request&) { return admin::Response{.body = "ok\n"}; });
+  admin_.route("/readyz", [this](const admin::Request&) {
+    if (ready()) return admin::Response{.body = "ready\n"};
+    return admin::Response{.status = 503, .body = stopping_ ? "draining\n" : "starting\n"};
+  });
 }
 
 // A TLS handshake in progress: closed by its deadline or by stop(). (Its list hook and its
@@ -90,14 +101,25 @@ Server::~Server() = default;
 std::expected<asio::ip::tcp::endpoint, std::string> Server::listen() {
   auto ep = net::resolve_listen_address(options_.listen);
   if (!ep) return ep;
-  return acceptor_.listen(*ep);
+  auto bound = acceptor_.listen(*ep);
+  if (!bound) return bound;
+  if (!options_.admin_listen.empty()) {
+    auto admin = admin_.listen();
+    if (!admin) return std::unexpected(admin.error());
+    admin_endpoint_ = *admin;
+  }
+  return bound;
 }
 
 asio::awaitable<void> Server::run() {
   if (!stopping_) dispatcher_.start();
+  running_ = true;
+  if (admin_endpoint_) admin_scope_.spawn(admin_.run());
   co_await acceptor_.run([this](asio::ip::tcp::socket socket) {
     if (stopping_) return;
+    ++stats_.accepted;
     if (connection_count_ + handshake_count_ >= options_.max_connections) {
+      ++stats_.refused;
       log::warn("refusing connection: {} connections open (--max-connections)", connection_count_);
       std::error_code ec;
       socket.close(ec);
@@ -113,6 +135,9 @@ asio::awaitable<void> Server::run() {
     connections_scope_.spawn(serve_connection(std::move(c)));
   });
   co_await connections_scope_.join();
+  // The admin endpoint answers (/readyz: 503) until the last connection has drained.
+  admin_.stop();
+  co_await admin_scope_.join();
 }
 
 asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
@@ -130,9 +155,11 @@ asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
   }
   if (ec || stopping_) {
     if (timed_out) {
+      ++stats_.tls_handshake_timeouts;
       log::info("{}: closing connection: TLS handshake not finished within {} ms", t->peer(),
                 options_.tls_handshake_timeout.count());
     } else if (!stopping_) {
+      ++stats_.tls_handshake_failures;
       log::info("{}: TLS handshake failed: {}", t->peer(),
                 t->handshake_error().empty() ? ec.message() : t->handshake_error());
     }
@@ -151,6 +178,10 @@ asio::awaitable<void> Server::serve_connection(std::shared_ptr<h2::Connection> c
   co_await c->run();
   --connection_count_;
   c->unlink();
+  ++stats_.closed_connections;
+  stats_.closed_bytes_in += c->stats().bytes_in;
+  stats_.closed_bytes_out += c->stats().bytes_out;
+  stats_.closed_streams += c->stats().streams;
   log::debug("{}: connection closed ({} bytes in, {} bytes out, {} streams)", c->peer(),
              c->stats().bytes_in, c->stats().bytes_out, c->stats().streams);
 }

@@ -40,8 +40,9 @@ Status Server::unmarshal_error() {
   return Status(StatusCode::internal, "grpc: error unmarshalling request: invalid protobuf");
 }
 
-void Server::add_method(std::string path, Invoker invoke) {
+void Server::add_method(std::string path, const char* type, Invoker invoke) {
   MethodStats* st = &stats_[path];
+  st->type = type;
   methods_[std::move(path)] = Method{std::move(invoke), st};
 }
 
@@ -85,6 +86,7 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
 
   MethodStats* stats = &unknown_stats_;
   Status result;
+  const auto started = std::chrono::steady_clock::now();
   auto it = methods_.find(s.path());
   if (it == methods_.end()) {
     std::string_view service, method;
@@ -140,6 +142,7 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
   }
   call->finish(result);
   ++stats->by_code[static_cast<std::size_t>(result.code())];
+  if (stats != &unknown_stats_) stats->latency.observe(std::chrono::steady_clock::now() - started);
 }
 
 }  // namespace dispatchd::grpc

@@ -7,6 +7,7 @@
 #include <expected>
 #include <string>
 
+#include "dispatchd/admin/http_server.hpp"
 #include "dispatchd/co/intrusive_list.hpp"
 #include "dispatchd/co/scope.hpp"
 #include "dispatchd/co/timer_wheel.hpp"
@@ -23,6 +24,8 @@ namespace dispatchd::app {
 
 struct Options {
   std::string listen = "127.0.0.1:4242";
+  // Operators' HTTP endpoint (/metrics, /healthz, /readyz); empty: none.
+  std::string admin_listen = "127.0.0.1:9242";
   bool insecure = false;
   // TLS (the default): the server's certificate, key and the CA bundle for client certificates.
   net::TlsFiles tls;
@@ -38,6 +41,19 @@ struct Options {
 // §0.9). Reads files: call it at start-up or off the io thread.
 std::expected<std::shared_ptr<net::TlsContext>, std::string> prepare_tls(Options& options);
 
+// Counters of the server's own (Prometheus /metrics).
+struct ServerStats {
+  std::uint64_t accepted = 0;
+  std::uint64_t refused = 0;  // over --max-connections
+  std::uint64_t tls_handshake_failures = 0;
+  std::uint64_t tls_handshake_timeouts = 0;
+  std::uint64_t closed_connections = 0;
+  // Bytes of connections already closed (live ones are summed when asked).
+  std::uint64_t closed_bytes_in = 0;
+  std::uint64_t closed_bytes_out = 0;
+  std::uint64_t closed_streams = 0;
+};
+
 class Server {
  public:
   Server(asio::io_context& io, Options options);
@@ -45,8 +61,11 @@ class Server {
   Server& operator=(const Server&) = delete;
   ~Server();
 
-  // Binds the listening socket; returns the bound address (port 0 picks a free one).
+  // Binds the listening socket (and the admin endpoint's); returns the bound agent address
+  // (port 0 picks a free one).
   std::expected<asio::ip::tcp::endpoint, std::string> listen();
+  // The admin endpoint's bound address, when there is one.
+  std::optional<asio::ip::tcp::endpoint> admin_endpoint() const { return admin_endpoint_; }
   // Serves until stop() and everything has drained.
   asio::awaitable<void> run();
   // Replaces the TLS context for new connections (SIGHUP reload); live ones keep theirs.
@@ -63,6 +82,11 @@ class Server {
   co::TimerWheel& wheel() noexcept { return wheel_; }
   std::size_t connection_count() const noexcept { return connection_count_; }
   std::size_t handshake_count() const noexcept { return handshake_count_; }
+  const ServerStats& stats() const noexcept { return stats_; }
+  // Serving and not draining (/readyz).
+  bool ready() const noexcept { return running_ && !stopping_ && dispatcher_.running(); }
+  // The Prometheus text exposition of everything above (/metrics).
+  std::string render_metrics() const;
 
  private:
   asio::awaitable<void> serve_connection(std::shared_ptr<h2::Connection> c);
@@ -83,6 +107,11 @@ class Server {
   std::shared_ptr<net::TlsContext> tls_;
   co::IntrusiveList<Handshake> handshakes_;
   std::size_t handshake_count_ = 0;
+  ServerStats stats_;
+  admin::HttpServer admin_;
+  std::optional<asio::ip::tcp::endpoint> admin_endpoint_;
+  co::Scope admin_scope_;
+  bool running_ = false;
   bool stopping_ = false;
 };
 

@@ -86,6 +86,14 @@ class IntrusiveList {
       h = next;
     }
   }
+  template <class F>
+  void for_each(F&& f) const {
+    const ListHook* h = head_.next_;
+    while (h != &head_) {
+      f(*static_cast<const T*>(h));
+      h = h->next_;
+    }
+  }
 
   std::size_t size() const noexcept {
     std::size_t n = 0;

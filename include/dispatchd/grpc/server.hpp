@@ -19,6 +19,7 @@
 #include "dispatchd/grpc/server_call.hpp"
 #include "dispatchd/grpc/status.hpp"
 #include "dispatchd/h2/connection.hpp"
+#include "dispatchd/metrics.hpp"
 
 namespace dispatchd::grpc {
 
@@ -47,6 +48,8 @@ class Writer {
 struct MethodStats {
   std::array<std::uint64_t, 17> by_code{};
   std::uint64_t started = 0;
+  const char* type = "unary";  // grpc-prometheus' grpc_type: unary, server_stream, bidi_stream
+  metrics::Histogram latency;  // from the request headers to the status
 };
 
 class Server : public h2::RequestSink {
@@ -59,7 +62,7 @@ class Server : public h2::RequestSink {
 
   template <class Req, class Resp, class F>
   void add_unary(std::string path, F handler) {
-    add_method(std::move(path),
+    add_method(std::move(path), "unary",
                [h = std::move(handler)](ServerCall& call) -> asio::awaitable<Status> {
                  auto bytes = co_await call.read_request();
                  if (!bytes) co_return bytes.error();
@@ -74,7 +77,7 @@ class Server : public h2::RequestSink {
 
   template <class Req, class Resp, class F>
   void add_server_streaming(std::string path, F handler) {
-    add_method(std::move(path),
+    add_method(std::move(path), "server_stream",
                [h = std::move(handler)](ServerCall& call) -> asio::awaitable<Status> {
                  auto bytes = co_await call.read_request();
                  if (!bytes) co_return bytes.error();
@@ -100,7 +103,7 @@ class Server : public h2::RequestSink {
     MethodStats* stats;
   };
   static Status unmarshal_error();
-  void add_method(std::string path, Invoker invoke);
+  void add_method(std::string path, const char* type, Invoker invoke);
   asio::awaitable<void> serve(std::unique_ptr<ServerCall> call);
 
   co::TimerWheel& wheel_;
