@@ -7,8 +7,10 @@ packages=(
   # build
   build-essential cmake ninja-build pkg-config
   libasio-dev libnghttp2-dev libssl-dev libprotobuf-dev protobuf-compiler libfmt-dev openssl
-  # tests: googletest, the real gRPC C++ client, h2load
-  libgtest-dev libgmock-dev libgrpc++-dev protobuf-compiler-grpc nghttp2-client
+  # dispatchctl (and the tests' peers): the gRPC C++ client
+  libgrpc++-dev protobuf-compiler-grpc
+  # tests: googletest, h2load
+  libgtest-dev libgmock-dev nghttp2-client
   # formatting check
   clang-format
   # fuzzing (scripts/fuzz.sh): clang 16 compiles libstdc++'s <expected>; clang 14 cannot

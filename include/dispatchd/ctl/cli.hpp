@@ -1,0 +1,23 @@
+#pragma once
+// dispatchctl: the operator CLI of dispatchd's Control service (and the gRPC health check).
+// run() is the whole program but for the process: it returns the exit status (0 success,
+// 1 an RPC or I/O error, 2 a usage error) and leaves the output in `out` and `err`.
+
+#include <span>
+#include <string>
+
+#include "dispatchd/ctl/args.hpp"
+
+namespace dispatchd::ctl {
+
+// The client's receive limit: one ListNodes response for a large cluster is one message.
+inline constexpr int kMaxReceiveMessageSize = 64 * 1024 * 1024;
+
+int run(std::span<const std::string> args, const Getenv& getenv, std::string& out,
+        std::string& err);
+
+// "PERMISSION_DENIED" for grpc::StatusCode::PERMISSION_DENIED (as grpc-go and the spec name
+// them), "CODE(n)" for a number outside the table.
+std::string status_code_name(int code);
+
+}  // namespace dispatchd::ctl
