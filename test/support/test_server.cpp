@@ -11,6 +11,7 @@ namespace dispatchd::test {
 app::Options TestServer::default_options() {
   app::Options o;
   o.listen = "127.0.0.1:0";
+  o.admin_listen = "127.0.0.1:0";  // a free port: tests run in parallel
   o.insecure = true;
   o.h2.drain_timeout = std::chrono::seconds(2);
   return o;
