@@ -53,6 +53,7 @@ Server::Server(asio::io_context& io, Options options)
     : options_(std::move(options)),
       wheel_(io),
       grpc_(wheel_, options_.grpc),
+      reflection_({"docker.swarmkit.v1.Dispatcher", "grpc.health.v1.Health"}),
       store_(options_.dispatcher.cluster_id),
       dispatcher_(wheel_, store_, options_.dispatcher),
       acceptor_(io),
@@ -61,6 +62,7 @@ Server::Server(asio::io_context& io, Options options)
   health_.add_to(grpc_);
   health_.set_status("docker.swarmkit.v1.Dispatcher", grpc::HealthService::serving);
   dispatcher_.add_to(grpc_);
+  reflection_.add_to(grpc_);
 }
 
 // A TLS handshake in progress: closed by its deadline or by stop(). (Its list hook and its
