@@ -53,6 +53,8 @@ Server::Server(asio::io_context& io, Options options)
     : options_(std::move(options)),
       wheel_(io),
       grpc_(wheel_, options_.grpc),
+      reflection_(
+          {"docker.swarmkit.v1.Dispatcher", "grpc.health.v1.Health", control::kServiceName}),
       store_(options_.dispatcher.cluster_id),
       dispatcher_(wheel_, store_, options_.dispatcher),
       control_(store_, dispatcher_),
@@ -64,6 +66,7 @@ Server::Server(asio::io_context& io, Options options)
   health_.add_to(grpc_);
   health_.set_status("docker.swarmkit.v1.Dispatcher", grpc::HealthService::serving);
   dispatcher_.add_to(grpc_);
+  reflection_.add_to(grpc_);
   health_.set_status(control::kServiceName, grpc::HealthService::serving);
   control_.add_to(grpc_);
   admin_.route("/metrics", [this](const admin::Request&) {

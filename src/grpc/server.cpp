@@ -36,7 +36,7 @@ bool split_path(std::string_view path, std::string_view& service, std::string_vi
 
 Server::Server(co::TimerWheel& wheel, ServerOptions options) : wheel_(wheel), options_(options) {}
 
-Status Server::unmarshal_error() {
+Status unmarshal_error() {
   return Status(StatusCode::internal, "grpc: error unmarshalling request: invalid protobuf");
 }
 
@@ -135,6 +135,8 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
       }
       if (call->deadline_exceeded()) {
         result = Status(StatusCode::deadline_exceeded, "context deadline exceeded");
+      } else if (const Status* overflow = call->overflow_status()) {
+        result = *overflow;
       } else if (call->is_cancelled() && s.closed()) {
         result = Status(StatusCode::cancelled, "context canceled");
       }

@@ -82,13 +82,23 @@ void ServerCall::on_deadline() {
 
 void ServerCall::on_data(std::span<const std::uint8_t> data) {
   while (!data.empty()) {
-    if (have_request_ || !error_.is_ok()) return;  // only one request message is read
+    if (single_message_ || !error_.is_ok()) return;
     switch (decoder_.feed(data)) {
       case MessageDecoder::Result::need_more:
         break;
       case MessageDecoder::Result::message:
-        request_ = decoder_.take();
-        have_request_ = true;
+        if (messages_.size() - next_message_ >= kMaxUnreadMessages) {
+          // The peer is this far ahead of the handler: end the call rather than buffer more.
+          // Cancelling wakes a handler that waits on something else (a write, an event).
+          error_ = Status(StatusCode::resource_exhausted,
+                          "grpc: more than " + std::to_string(kMaxUnreadMessages) +
+                              " request messages received and not yet read");
+          overflowed_ = true;
+          cancelled_.set();
+          wakeup_.notify();
+          return;
+        }
+        messages_.push_back(decoder_.take());
         wakeup_.notify();
         break;
       case MessageDecoder::Result::error:
@@ -109,10 +119,27 @@ void ServerCall::on_close(std::uint32_t) {
   wakeup_.notify();
 }
 
+std::string ServerCall::take_unread() {
+  std::string m = std::move(messages_[next_message_++]);
+  if (next_message_ == messages_.size()) {
+    messages_.clear();  // keeps the capacity: a streaming call reuses it for the next batch
+    next_message_ = 0;
+  }
+  return m;
+}
+
 asio::awaitable<std::expected<std::string, Status>> ServerCall::read_request() {
   for (;;) {
+    // A message that arrived before an error (or before a flood of extra messages) is the
+    // request: what follows it is not read.
+    if (has_unread()) {
+      std::string m = take_unread();
+      single_message_ = true;
+      std::vector<std::string>().swap(messages_);  // long-lived calls keep no buffer
+      next_message_ = 0;
+      co_return m;
+    }
     if (!error_.is_ok()) co_return std::unexpected(error_);
-    if (have_request_) co_return std::move(request_);
     if (cancelled_.is_set()) {
       co_return std::unexpected(Status(StatusCode::cancelled, "context canceled"));
     }
@@ -121,6 +148,26 @@ asio::awaitable<std::expected<std::string, Status>> ServerCall::read_request() {
           decoder_.mid_message()
               ? Status(StatusCode::internal, "grpc: request message truncated at end of stream")
               : Status(StatusCode::internal, "grpc: request stream ended without a message"));
+    }
+    co_await wakeup_.async_park();
+  }
+}
+
+asio::awaitable<std::expected<std::optional<std::string>, Status>> ServerCall::read_message() {
+  for (;;) {
+    if (overflowed_) co_return std::unexpected(error_);
+    // Cancellation wins over buffered messages: the handler should stop, not drain them.
+    if (cancelled_.is_set()) {
+      co_return std::unexpected(Status(StatusCode::cancelled, "context canceled"));
+    }
+    if (has_unread()) co_return take_unread();
+    if (!error_.is_ok()) co_return std::unexpected(error_);
+    if (end_stream_) {
+      if (decoder_.mid_message()) {
+        co_return std::unexpected(
+            Status(StatusCode::internal, "grpc: request message truncated at end of stream"));
+      }
+      co_return std::nullopt;
     }
     co_await wakeup_.async_park();
   }

@@ -81,6 +81,75 @@ void add_test_service(grpc::Server& server, TestServiceState& st) {
         if (ctx.deadline_exceeded()) ++st.hang_deadline_exceeded;
         co_return Status(StatusCode::cancelled, "context canceled");
       });
+
+  server.add_bidi_streaming<pb::EchoRequest, pb::EchoReply>(
+      "/dispatchd.test.TestService/EchoStream",
+      [&st](grpc::ServerContext&, grpc::Reader<pb::EchoRequest>& reader,
+            grpc::Writer<pb::EchoReply>& writer) -> asio::awaitable<Status> {
+        for (;;) {
+          st.echo_stream_reading = true;
+          auto req = co_await reader.read();
+          st.echo_stream_reading = false;
+          if (!req || !*req) {
+            st.echo_stream_read_end = req ? StatusCode::ok : req.error().code();
+            ++st.echo_stream_ended;
+            co_return req ? Status::ok() : req.error();
+          }
+          ++st.echo_stream_received;
+          pb::EchoReply r;
+          r.set_payload((*req)->payload());
+          if (!co_await writer.write(r)) {
+            ++st.echo_stream_write_failed;
+            co_return Status(StatusCode::cancelled, "write failed");
+          }
+        }
+      });
+
+  server.add_client_streaming<pb::EchoRequest, pb::EchoReply>(
+      "/dispatchd.test.TestService/Concat",
+      [&st](grpc::ServerContext&, grpc::Reader<pb::EchoRequest>& reader)
+          -> asio::awaitable<std::expected<pb::EchoReply, Status>> {
+        pb::EchoReply r;
+        for (;;) {
+          auto req = co_await reader.read();
+          if (!req || !*req) {
+            st.echo_stream_read_end = req ? StatusCode::ok : req.error().code();
+            ++st.echo_stream_ended;
+            if (!req) co_return std::unexpected(req.error());
+            co_return r;
+          }
+          ++st.echo_stream_received;
+          r.mutable_payload()->append((*req)->payload());
+        }
+      });
+
+  server.add_client_streaming<pb::Empty, pb::EchoReply>(
+      "/dispatchd.test.TestService/Stall",
+      [&st](grpc::ServerContext& ctx, grpc::Reader<pb::Empty>& reader)
+          -> asio::awaitable<std::expected<pb::EchoReply, Status>> {
+        ++st.stall_started;
+        {
+          co::Wakeup wakeup;
+          co::Event::Listener released(st.stall_release, wakeup);
+          co::Event::Listener cancelled(ctx.cancelled(), wakeup);
+          while (!released.ready() && !cancelled.ready())
+            co_await wakeup.async_park();
+        }
+        st.stall_read = 0;
+        for (;;) {
+          auto req = co_await reader.read();
+          if (!req || !*req) {
+            st.stall_read_end = req ? StatusCode::ok : req.error().code();
+            st.stall_ended = true;
+            if (!req) co_return std::unexpected(req.error());
+            break;
+          }
+          ++st.stall_read;
+        }
+        pb::EchoReply r;
+        r.set_payload(std::to_string(st.stall_read));
+        co_return r;
+      });
 }
 
 }  // namespace dispatchd::test

@@ -1,6 +1,6 @@
 #pragma once
-// The whole server: listener, HTTP/2 connections, the gRPC router with the Dispatcher and the
-// health service, and the order in which they stop.
+// The whole server: listener, HTTP/2 connections, the gRPC router with the Dispatcher, the
+// health and reflection services, and the order in which they stop.
 
 #include <asio/io_context.hpp>
 #include <chrono>
@@ -14,6 +14,7 @@
 #include "dispatchd/control/control.hpp"
 #include "dispatchd/dispatcher/dispatcher.hpp"
 #include "dispatchd/grpc/health.hpp"
+#include "dispatchd/grpc/reflection.hpp"
 #include "dispatchd/grpc/server.hpp"
 #include "dispatchd/h2/connection.hpp"
 #include "dispatchd/net/acceptor.hpp"
@@ -77,6 +78,8 @@ class Server {
 
   grpc::Server& grpc() noexcept { return grpc_; }
   grpc::HealthService& health() noexcept { return health_; }
+  // A service added to grpc() shows in reflection once named here (add_service).
+  grpc::ReflectionService& reflection() noexcept { return reflection_; }
   dispatcher::Dispatcher& dispatcher() noexcept { return dispatcher_; }
   store::Store& store() noexcept { return store_; }
   co::TimerWheel& wheel() noexcept { return wheel_; }
@@ -97,6 +100,7 @@ class Server {
   co::TimerWheel wheel_;
   grpc::Server grpc_;
   grpc::HealthService health_;
+  grpc::ReflectionService reflection_;
   store::Store store_;
   dispatcher::Dispatcher dispatcher_;
   control::ControlService control_;

@@ -2,14 +2,17 @@
 // Server: our gRPC layer over h2. Routes by :path, validates the request, arms grpc-timeout,
 // and runs a handler adapter in the stream's coroutine.
 //
-// Unary handler:     awaitable<std::expected<Resp, Status>>(ServerContext&, const Req&)
-// Streaming handler: awaitable<Status>(ServerContext&, const Req&, Writer<Resp>&)
+// Unary handler:            awaitable<std::expected<Resp, Status>>(ServerContext&, const Req&)
+// Server-streaming handler: awaitable<Status>(ServerContext&, const Req&, Writer<Resp>&)
+// Client-streaming handler: awaitable<std::expected<Resp, Status>>(ServerContext&, Reader<Req>&)
+// Bidi-streaming handler:   awaitable<Status>(ServerContext&, Reader<Req>&, Writer<Resp>&)
 
 #include <array>
 #include <expected>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -25,6 +28,27 @@ namespace dispatchd::grpc {
 
 struct ServerOptions {
   std::size_t max_receive_message_size = kDefaultMaxMessageSize;
+};
+
+// What a request that is not valid protobuf ends the call with (grpc-go's words).
+Status unmarshal_error();
+
+template <class Req>
+class Reader {
+ public:
+  explicit Reader(ServerCall& call) : call_(call) {}
+  // The next request; nullopt once the client has half-closed. Errors end the call: return them.
+  asio::awaitable<std::expected<std::optional<Req>, Status>> read() {
+    auto bytes = co_await call_.read_message();
+    if (!bytes) co_return std::unexpected(bytes.error());
+    if (!*bytes) co_return std::optional<Req>();
+    std::optional<Req> req(std::in_place);
+    if (!req->ParseFromString(**bytes)) co_return std::unexpected(unmarshal_error());
+    co_return req;
+  }
+
+ private:
+  ServerCall& call_;
 };
 
 template <class Resp>
@@ -88,6 +112,28 @@ class Server : public h2::RequestSink {
                });
   }
 
+  template <class Req, class Resp, class F>
+  void add_client_streaming(std::string path, F handler) {
+    add_method(std::move(path), "client_stream",
+               [h = std::move(handler)](ServerCall& call) -> asio::awaitable<Status> {
+                 Reader<Req> reader(call);
+                 std::expected<Resp, Status> r = co_await h(call.context(), reader);
+                 if (!r) co_return r.error();
+                 call.send(h2::Segment::own(encode_message(*r)));
+                 co_return Status::ok();
+               });
+  }
+
+  template <class Req, class Resp, class F>
+  void add_bidi_streaming(std::string path, F handler) {
+    add_method(std::move(path), "bidi_stream",
+               [h = std::move(handler)](ServerCall& call) -> asio::awaitable<Status> {
+                 Reader<Req> reader(call);
+                 Writer<Resp> writer(call);
+                 co_return co_await h(call.context(), reader, writer);
+               });
+  }
+
   // h2::RequestSink
   asio::awaitable<void> on_request(h2::StreamRef stream) override;
 
@@ -102,7 +148,6 @@ class Server : public h2::RequestSink {
     Invoker invoke;
     MethodStats* stats;
   };
-  static Status unmarshal_error();
   void add_method(std::string path, const char* type, Invoker invoke);
   asio::awaitable<void> serve(std::unique_ptr<ServerCall> call);
 

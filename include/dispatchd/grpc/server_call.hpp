@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <expected>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "dispatchd/co/intrusive_list.hpp"
 #include "dispatchd/co/timer_wheel.hpp"
@@ -27,8 +29,22 @@ class ServerCall final : public ServerContext, public co::ListHook, private h2::
   // Arms the deadline (grpc-timeout).
   void set_timeout(std::chrono::nanoseconds d);
 
-  // The single request message of a unary or server-streaming call.
+  // Decoded request messages the handler has not read yet, at most; one more fails the call with
+  // RESOURCE_EXHAUSTED. (nghttp2 returns flow-control window as DATA arrives, so the bound is
+  // what keeps a peer that outpaces its handler from growing our memory.)
+  static constexpr std::size_t kMaxUnreadMessages = 32;
+
+  // The single request message of a unary or server-streaming call. Any later DATA is ignored.
   asio::awaitable<std::expected<std::string, Status>> read_request();
+
+  // The next message of a client- or bidi-streaming call; nullopt once the client has half-closed
+  // on a message boundary. Errors: CANCELLED once the call is cancelled (client reset, deadline,
+  // shutdown), INTERNAL for a message cut by END_STREAM or malformed framing, RESOURCE_EXHAUSTED
+  // after kMaxUnreadMessages. Reads and writes of one call come from one coroutine at a time.
+  asio::awaitable<std::expected<std::optional<std::string>, Status>> read_message();
+
+  // Set when the call overran kMaxUnreadMessages: the status the call must end with.
+  const Status* overflow_status() const noexcept { return overflowed_ ? &error_ : nullptr; }
 
   // Sends one framed message (prefix included) and waits until nghttp2 has taken all of it,
   // which happens only as fast as the peer's flow-control window allows: a writer never runs
@@ -66,11 +82,17 @@ class ServerCall final : public ServerContext, public co::ListHook, private h2::
 
   co::TimerWheel& wheel_;
   DeadlineEntry deadline_entry_{*this};
+  bool has_unread() const noexcept { return next_message_ < messages_.size(); }
+  std::string take_unread();
+
   MessageDecoder decoder_;
   co::Wakeup wakeup_;
-  std::string request_;
+  // Decoded, not yet read; empty (no allocation) for most calls, which read one message.
+  std::vector<std::string> messages_;
   Status error_;
-  bool have_request_ = false;
+  std::uint32_t next_message_ = 0;  // index of the first unread entry of messages_
+  bool single_message_ = false;     // read_request took its message: ignore further DATA
+  bool overflowed_ = false;
   bool end_stream_ = false;
   bool finished_ = false;
 };
