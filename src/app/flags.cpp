@@ -1,6 +1,7 @@
 #include "dispatchd/app/flags.hpp"
 
 #include <algorithm>
+#include <cctype>
 
 namespace dispatchd::app {
 
@@ -66,6 +67,41 @@ std::optional<std::string> Flags::parse(int argc, const char* const* argv, bool&
       }
     }
     if (auto err = f->set(*value)) return "invalid value for --" + f->name + ": " + *err;
+  }
+  return std::nullopt;
+}
+
+std::string Flags::env_name(std::string_view prefix, std::string_view flag) {
+  std::string out(prefix);
+  out += '_';
+  for (char c : flag)
+    out += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::optional<std::string> Flags::parse_env(const char* const* envp, std::string_view prefix,
+                                            std::vector<std::string>& unknown) {
+  std::string want = std::string(prefix) + "_";
+  for (; envp && *envp; ++envp) {
+    std::string_view entry = *envp;
+    if (!entry.starts_with(want)) continue;
+    auto eq = entry.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string_view name = entry.substr(0, eq), value = entry.substr(eq + 1);
+    const Flag* f = nullptr;
+    for (const auto& candidate : flags_) {
+      if (env_name(prefix, candidate.name) == name) {
+        f = &candidate;
+        break;
+      }
+    }
+    if (!f) {
+      unknown.emplace_back(name);
+      continue;
+    }
+    if (auto err = f->set(value)) {
+      return "invalid value for " + std::string(name) + " (--" + f->name + "): " + *err;
+    }
   }
   return std::nullopt;
 }

@@ -1,5 +1,7 @@
 // dispatchd: the agent-facing Dispatcher of a SwarmKit-compatible cluster manager.
 
+#include <unistd.h>
+
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
@@ -16,6 +18,7 @@
 #include "dispatchd/app/duration.hpp"
 #include "dispatchd/app/flags.hpp"
 #include "dispatchd/app/server.hpp"
+#include "dispatchd/app/state.hpp"
 #include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
 
@@ -105,6 +108,15 @@ int main(int argc, char** argv) {
                  "node-role and node-org metadata. Nothing is authenticated: tests and benchmarks "
                  "only",
                  opt.insecure);
+  flags.add("admin-listen", "HOST:PORT", opt.admin_listen,
+            "HTTP endpoint for operators: /metrics (Prometheus), /healthz, /readyz; empty "
+            "disables it",
+            string_setter(opt.admin_listen, true));
+  std::string state_dir;
+  flags.add("state-dir", "DIR", "",
+            "keep the store (nodes, tasks, acknowledged status updates) in DIR across graceful "
+            "restarts; empty: in memory only",
+            string_setter(state_dir, true));
   flags.add("tls-cert", "FILE", "",
             "server certificate chain (PEM); its CN is this manager's node ID and its O the "
             "cluster organisation",
@@ -195,6 +207,11 @@ int main(int argc, char** argv) {
             });
 
   bool help = false;
+  std::vector<std::string> unknown_env;
+  if (auto err = flags.parse_env(environ, "DISPATCHD", unknown_env)) {
+    std::fprintf(stderr, "dispatchd: %s\n", err->c_str());
+    return 2;
+  }
   if (auto err = flags.parse(argc, argv, help)) {
     std::fprintf(stderr, "dispatchd: %s\n", err->c_str());
     return 2;
@@ -202,8 +219,11 @@ int main(int argc, char** argv) {
   if (help) {
     std::fputs(flags
                    .usage("dispatchd",
-                          "Serves docker.swarmkit.v1.Dispatcher (and grpc.health.v1.Health) to "
-                          "SwarmKit agents over HTTP/2 gRPC.")
+                          "Serves docker.swarmkit.v1.Dispatcher to SwarmKit agents over HTTP/2 "
+                          "gRPC, with grpc.health.v1.Health, server reflection and the "
+                          "dispatchd.control.v1.Control operator API (see dispatchctl).\n\n"
+                          "Every flag can also be set from the environment: --foo-bar from "
+                          "DISPATCHD_FOO_BAR. Flags on the command line win.")
                    .c_str(),
                stdout);
     return 0;
@@ -212,6 +232,42 @@ int main(int argc, char** argv) {
   log::parse_level(log_level, level);
   log::set_level(level);
   log::set_format(log_format == "json" ? log::Format::json : log::Format::text);
+
+  // Values that are fine alone but not together.
+  auto refuse = [](const std::string& msg) {
+    std::fprintf(stderr, "dispatchd: %s\n", msg.c_str());
+    return 2;
+  };
+  if (opt.dispatcher.heartbeat_epsilon >= opt.dispatcher.heartbeat_period) {
+    return refuse("--heartbeat-epsilon (" + app::format_duration(opt.dispatcher.heartbeat_epsilon) +
+                  ") must be smaller than --heartbeat-period (" +
+                  app::format_duration(opt.dispatcher.heartbeat_period) + ")");
+  }
+  if (!opt.admin_listen.empty() && opt.admin_listen == opt.listen) {
+    return refuse("--admin-listen and --listen are both " + opt.listen +
+                  ": the admin endpoint needs its own port");
+  }
+  if (opt.insecure && (!opt.tls.cert.empty() || !opt.tls.key.empty() || !opt.tls.ca.empty())) {
+    return refuse(
+        "--insecure turns TLS off but --tls-cert/--tls-key/--tls-ca were given: choose one");
+  }
+  if (opt.h2.keepalive_time.count() > 0 && opt.h2.keepalive_timeout >= opt.h2.keepalive_time) {
+    return refuse("--keepalive-timeout must be shorter than --keepalive-time");
+  }
+  for (const auto& name : unknown_env) {
+    log::warn("ignoring environment variable {}: no such flag (see --help)", name);
+  }
+
+  std::optional<app::StateDir> statedir;
+  std::optional<dispatchd::state::v1::StoreSnapshot> saved;
+  if (!state_dir.empty()) {
+    auto dir = app::StateDir::open(state_dir);
+    if (!dir) return refuse(dir.error());
+    auto loaded = dir->load();
+    if (!loaded) return refuse(loaded.error());
+    saved = std::move(*loaded);
+    statedir.emplace(std::move(*dir));
+  }
 
   std::shared_ptr<net::TlsContext> tls;
   if (!opt.insecure) {
@@ -226,6 +282,16 @@ int main(int argc, char** argv) {
   asio::io_context io(1);
   app::Server server(io, opt);
   if (tls) server.set_tls(tls);
+  if (saved) {
+    auto st = server.store().restore(*saved);
+    if (!st.is_ok()) {
+      return refuse("state directory " + statedir->path() + ": " + st.message() +
+                    " (move store.pb away to start empty)");
+    }
+    log::info("state restored from {}: {} nodes, {} tasks, index {}", statedir->file(),
+              saved->nodes_size(), saved->tasks_size(), saved->index());
+    saved.reset();
+  }
   auto bound = server.listen();
   if (!bound) {
     log::error("{}", bound.error());
@@ -242,6 +308,10 @@ int main(int argc, char** argv) {
   log::info("dispatchd listening on {} ({}, node {}, cluster {}, advertised as {})",
             net::endpoint_string(*bound), opt.insecure ? "h2c plaintext" : "mutual TLS",
             opt.dispatcher.manager_node_id, opt.dispatcher.cluster_id, addr);
+  if (auto admin = server.admin_endpoint()) {
+    log::info("admin endpoint on http://{} (/metrics, /healthz, /readyz)",
+              net::endpoint_string(*admin));
+  }
 
   // SIGHUP reloads the certificate and key; the files are read off the io thread and the new
   // context is handed back to it. Live connections keep the context they started with.
@@ -294,6 +364,19 @@ int main(int argc, char** argv) {
   });
   io.run();
   if (reloader.joinable()) reloader.join();
+  int rc = done ? 0 : 1;
+  if (statedir) {
+    // The io thread has ended: every acknowledged status update is in the store.
+    auto snap = server.store().snapshot();
+    auto bytes = statedir->save(snap);
+    if (!bytes) {
+      log::error("state NOT saved to {}: {}", statedir->file(), bytes.error());
+      rc = 1;
+    } else {
+      log::info("state saved to {}: {} nodes, {} tasks, {} bytes", statedir->file(),
+                snap.nodes_size(), snap.tasks_size(), *bytes);
+    }
+  }
   log::info("dispatchd stopped");
-  return done ? 0 : 1;
+  return rc;
 }

@@ -196,7 +196,9 @@ void Dispatcher::start() {
   running_ = true;
   store_.update([&](store::WriteTx& tx) {
     // The `default` cluster carries the configured period and the CA bundle (spec §0.9).
-    bool needs_root = !config_.root_ca_pem.empty() && tx.cluster()->root_ca().ca_cert().empty();
+    // (A cluster restored from the state directory takes the CA bundle of this start.)
+    bool needs_root =
+        !config_.root_ca_pem.empty() && tx.cluster()->root_ca().ca_cert() != config_.root_ca_pem;
     bool needs_period = !tx.cluster()->spec().dispatcher().has_heartbeat_period();
     if (needs_root || needs_period) {
       api::Cluster c = *tx.cluster();
@@ -208,6 +210,17 @@ void Dispatcher::start() {
       }
       tx.update(std::move(c));
     }
+    // A restored list names this manager at the address it had then.
+    store::ManagerList managers = tx.managers();
+    bool moved = false;
+    for (auto& m : managers) {
+      if (m.peer().node_id() == config_.manager_node_id && !config_.manager_addr.empty() &&
+          m.peer().addr() != config_.manager_addr) {
+        m.mutable_peer()->set_addr(config_.manager_addr);
+        moved = true;
+      }
+    }
+    if (moved) tx.set_managers(std::move(managers));
     if (tx.managers().empty()) {
       api::WeightedPeer self;
       self.mutable_peer()->set_node_id(config_.manager_node_id);

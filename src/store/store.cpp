@@ -2,6 +2,9 @@
 
 #include <google/protobuf/util/time_util.h>
 
+#include <algorithm>
+#include <type_traits>
+
 namespace dispatchd::store {
 
 using grpc::Status;
@@ -230,6 +233,71 @@ Store::Store(std::string cluster_id) {
   stamp(c.mutable_meta(), true);
   cluster_ = std::make_shared<const api::Cluster>(std::move(c));
   managers_ = std::make_shared<const ManagerList>();
+}
+
+dispatchd::state::v1::StoreSnapshot Store::snapshot() const {
+  dispatchd::state::v1::StoreSnapshot s;
+  s.set_format(1);
+  s.set_index(index_);
+  *s.mutable_cluster() = *cluster_;
+  for (const auto& m : *managers_)
+    *s.add_managers() = m;
+  for (const auto& [id, n] : nodes_)
+    *s.add_nodes() = *n;
+  for (const auto& [id, t] : tasks_)
+    *s.add_tasks() = *t;
+  for (const auto& [id, x] : secrets_)
+    *s.add_secrets() = *x;
+  for (const auto& [id, x] : configs_)
+    *s.add_configs() = *x;
+  for (const auto& [id, x] : volumes_)
+    *s.add_volumes() = *x;
+  return s;
+}
+
+Status Store::restore(const dispatchd::state::v1::StoreSnapshot& s) {
+  if (in_tx_) return Status(StatusCode::failed_precondition, "restore inside a transaction");
+  if (s.format() != 1) {
+    return Status(StatusCode::invalid_argument,
+                  "unknown state format " + std::to_string(s.format()) + " (this build reads 1)");
+  }
+  for (const auto& list : watchers_) {
+    if (!list.all.empty() || !list.by_key.empty()) {
+      return Status(StatusCode::failed_precondition, "restore while the store is watched");
+    }
+  }
+  if (s.has_cluster() && s.cluster().id() != cluster_->id()) {
+    return Status(StatusCode::failed_precondition, "the state belongs to cluster \"" +
+                                                       s.cluster().id() + "\", this server is \"" +
+                                                       cluster_->id() + "\"");
+  }
+  auto load = [](auto& table, const auto& items, const char* kind) -> Status {
+    table.clear();
+    for (const auto& x : items) {
+      if (x.id().empty())
+        return Status(StatusCode::invalid_argument, std::string(kind) + " without an ID");
+      using T = std::decay_t<decltype(x)>;
+      if (!table.emplace(x.id(), std::make_shared<const T>(x)).second) {
+        return Status(StatusCode::invalid_argument, std::string(kind) + " " + x.id() + " twice");
+      }
+    }
+    return Status::ok();
+  };
+  Status st;
+  if (st = load(nodes_, s.nodes(), "node"); !st.is_ok()) return st;
+  if (st = load(tasks_, s.tasks(), "task"); !st.is_ok()) return st;
+  if (st = load(secrets_, s.secrets(), "secret"); !st.is_ok()) return st;
+  if (st = load(configs_, s.configs(), "config"); !st.is_ok()) return st;
+  if (st = load(volumes_, s.volumes(), "volume"); !st.is_ok()) return st;
+  tasks_by_node_.clear();
+  for (const auto& [id, t] : tasks_)
+    index_task(nullptr, t.get());
+  if (s.has_cluster()) {
+    cluster_ = std::make_shared<const api::Cluster>(s.cluster());
+  }
+  managers_ = std::make_shared<const ManagerList>(s.managers().begin(), s.managers().end());
+  index_ = std::max(index_, s.index());
+  return Status::ok();
 }
 
 void Store::stamp(api::Meta* meta, bool create) {

@@ -256,5 +256,48 @@ TEST_F(FlagsTest, UsageNamesProgramAndSummary) {
   EXPECT_NE(usage.find("Serves the Dispatcher."), std::string::npos) << usage;
 }
 
+TEST_F(FlagsTest, EnvironmentSetsFlagsWithThePrefixAndDashesAsUnderscores) {
+  const char* env[] = {"DISPATCHD_LISTEN=10.0.0.1:4242",
+                       "DISPATCHD_HEARTBEAT_PERIOD=2s",
+                       "DISPATCHD_INSECURE=true",
+                       "PATH=/bin",
+                       "OTHER_LISTEN=x",
+                       nullptr};
+  std::vector<std::string> unknown;
+  EXPECT_EQ(flags_.parse_env(env, "DISPATCHD", unknown), std::nullopt);
+  EXPECT_EQ(listen_, "10.0.0.1:4242");
+  EXPECT_EQ(period_, 2s);
+  EXPECT_TRUE(insecure_);
+  EXPECT_TRUE(unknown.empty());
+}
+
+TEST_F(FlagsTest, CommandLineWinsOverEnvironment) {
+  const char* env[] = {"DISPATCHD_LISTEN=10.0.0.1:4242", "DISPATCHD_MAX_CONNECTIONS=7", nullptr};
+  std::vector<std::string> unknown;
+  ASSERT_EQ(flags_.parse_env(env, "DISPATCHD", unknown), std::nullopt);
+  ASSERT_EQ(parse({"--listen", "127.0.0.1:1"}), std::nullopt);
+  EXPECT_EQ(listen_, "127.0.0.1:1");
+  EXPECT_EQ(max_connections_, 7u);
+}
+
+TEST_F(FlagsTest, BadEnvironmentValueNamesTheVariableAndTheFlag) {
+  const char* env[] = {"DISPATCHD_HEARTBEAT_PERIOD=soon", nullptr};
+  std::vector<std::string> unknown;
+  auto err = flags_.parse_env(env, "DISPATCHD", unknown);
+  ASSERT_TRUE(err);
+  EXPECT_NE(err->find("DISPATCHD_HEARTBEAT_PERIOD"), std::string::npos) << *err;
+  EXPECT_NE(err->find("--heartbeat-period"), std::string::npos) << *err;
+}
+
+TEST_F(FlagsTest, UnknownPrefixedVariablesAreReported) {
+  const char* env[] = {"DISPATCHD_LISTNE=1.2.3.4:1", "DISPATCHD_LISTEN=1.2.3.4:2", nullptr};
+  std::vector<std::string> unknown;
+  EXPECT_EQ(flags_.parse_env(env, "DISPATCHD", unknown), std::nullopt);
+  EXPECT_EQ(unknown, std::vector<std::string>{"DISPATCHD_LISTNE"});
+  EXPECT_EQ(listen_, "1.2.3.4:2");
+  EXPECT_EQ(Flags::env_name("DISPATCHD", "tls-handshake-timeout"),
+            "DISPATCHD_TLS_HANDSHAKE_TIMEOUT");
+}
+
 }  // namespace
 }  // namespace dispatchd::app

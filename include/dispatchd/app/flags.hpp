@@ -22,6 +22,14 @@ class Flags {
 
   // Parses argv[1..]; returns an error message on failure. `help` is set when --help/-h appears.
   std::optional<std::string> parse(int argc, const char* const* argv, bool& help);
+  // Reads every flag from the environment first: --foo-bar from PREFIX_FOO_BAR (e.g.
+  // DISPATCHD_FOO_BAR), so that flags parsed afterwards win. `envp` is a null-terminated
+  // "NAME=value" array (environ). Variables with the prefix that name no flag are returned in
+  // `unknown` (a typo must not pass silently).
+  std::optional<std::string> parse_env(const char* const* envp, std::string_view prefix,
+                                       std::vector<std::string>& unknown);
+  // PREFIX_FOO_BAR for flag foo-bar.
+  static std::string env_name(std::string_view prefix, std::string_view flag);
   std::string usage(std::string_view program, std::string_view summary) const;
 
  private:

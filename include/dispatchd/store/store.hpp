@@ -23,6 +23,7 @@
 #include "dispatchd/co/intrusive_list.hpp"
 #include "dispatchd/grpc/status.hpp"
 #include "objects.pb.h"
+#include "state.pb.h"
 
 namespace dispatchd::store {
 
@@ -151,6 +152,12 @@ class Store {
   void watch(Watcher& w, Filter f);
   void unwatch(Watcher& w) noexcept { w.unlink(); }
   std::size_t watcher_count() const noexcept;
+
+  // Everything, for the state directory (objects are shared, so this copies each one once).
+  dispatchd::state::v1::StoreSnapshot snapshot() const;
+  // Replaces the contents with a snapshot, without events: only before anything watches or
+  // writes (start-up). Objects keep their meta; the index continues from the snapshot's.
+  grpc::Status restore(const dispatchd::state::v1::StoreSnapshot& s);
 
   std::uint64_t commits() const noexcept { return commits_; }
   std::uint64_t index() const noexcept { return index_; }

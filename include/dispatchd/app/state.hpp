@@ -1,0 +1,39 @@
+#pragma once
+// The state directory (--state-dir): the store is written there when the server stops
+// gracefully and read back at start, so that nodes, tasks and every acknowledged status update
+// survive a restart. Blocking file I/O: call these before the io thread runs or after it ended.
+
+#include <expected>
+#include <optional>
+#include <string>
+
+#include "state.pb.h"
+
+namespace dispatchd::app {
+
+class StateDir {
+ public:
+  // Creates the directory if needed, checks that it is writable and locks it (one server per
+  // directory).
+  static std::expected<StateDir, std::string> open(const std::string& dir);
+  StateDir(StateDir&& o) noexcept;
+  StateDir& operator=(StateDir&&) = delete;
+  StateDir(const StateDir&) = delete;
+  ~StateDir();
+
+  // The snapshot written by the last graceful stop, or nullopt for a fresh directory.
+  std::expected<std::optional<state::v1::StoreSnapshot>, std::string> load() const;
+  // Replaces the snapshot atomically (write, fsync, rename, fsync the directory). Returns the
+  // bytes written.
+  std::expected<std::size_t, std::string> save(const state::v1::StoreSnapshot& s) const;
+
+  const std::string& path() const noexcept { return dir_; }
+  std::string file() const { return dir_ + "/store.pb"; }
+
+ private:
+  StateDir(std::string dir, int lock_fd) : dir_(std::move(dir)), lock_fd_(lock_fd) {}
+  std::string dir_;
+  int lock_fd_ = -1;
+};
+
+}  // namespace dispatchd::app
