@@ -1,0 +1,229 @@
+// The real dispatchd binary, stopped with SIGTERM while agents report task status: every update
+// the server acknowledged is in the store it restarts from, every Session is sent away with the
+// manager list, and the process exits 0.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "control.grpc.pb.h"
+#include "dispatcher.grpc.pb.h"
+#include "support/child_process.hpp"
+
+namespace {
+
+namespace api = docker::swarmkit::v1;
+namespace pb = dispatchd::control::v1;
+using dispatchd::test::ChildProcess;
+using namespace std::chrono_literals;
+
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/dispatchd-state-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
+
+struct Running {
+  std::unique_ptr<ChildProcess> process;
+  std::string address;
+};
+
+Running start_server(const std::string& state_dir) {
+  Running r;
+  r.process = std::make_unique<ChildProcess>(std::vector<std::string>{
+      DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0", "--admin-listen=", "--state-dir",
+      state_dir, "--drain-timeout", "10s"});
+  auto line = r.process->wait_for_line("dispatchd listening on ", 30s);
+  if (!line) return r;
+  auto at = line->find("listening on ") + 13;
+  r.address = line->substr(at, line->find(' ', at) - at);
+  return r;
+}
+
+std::unique_ptr<grpc::ClientContext> as(const std::string& node_id, const std::string& role = {}) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->AddMetadata("node-id", node_id);
+  if (!role.empty()) ctx->AddMetadata("node-role", role);
+  ctx->set_deadline(std::chrono::system_clock::now() + 30s);
+  return ctx;
+}
+
+std::string task_id(int i) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "t-%03d", i);
+  return buf;
+}
+
+TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
+  TempDir dir;
+  auto first = start_server(dir.path);
+  ASSERT_FALSE(first.address.empty()) << first.process->output();
+
+  auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
+  auto dispatcher = api::Dispatcher::NewStub(channel);
+  auto control = pb::Control::NewStub(channel);
+
+  auto sctx = as("node-a");
+  auto session = dispatcher->Session(sctx.get(), api::SessionRequest{});
+  api::SessionMessage first_message;
+  ASSERT_TRUE(session->Read(&first_message));
+  const std::string session_id = first_message.session_id();
+
+  constexpr int kTasks = 2000;
+  for (int i = 0; i < kTasks; ++i) {
+    pb::CreateTaskRequest req;
+    req.mutable_task()->set_id(task_id(i));
+    req.mutable_task()->set_node_id("node-a");
+    pb::CreateTaskResponse resp;
+    auto ctx = as("ops", "swarm-manager");
+    ASSERT_TRUE(control->CreateTask(ctx.get(), req, &resp).ok());
+  }
+
+  // Four agents' worth of reporters, each on its own connection, one update per call. SIGTERM
+  // arrives while they are still reporting.
+  std::mutex mu;
+  std::set<std::string> acknowledged;
+  std::atomic<int> acks{0};
+  std::vector<std::thread> reporters;
+  for (int w = 0; w < 4; ++w) {
+    reporters.emplace_back([&, w] {
+      grpc::ChannelArguments args;
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      auto ch = grpc::CreateCustomChannel(first.address, grpc::InsecureChannelCredentials(), args);
+      auto stub = api::Dispatcher::NewStub(ch);
+      for (int i = w; i < kTasks; i += 4) {
+        api::UpdateTaskStatusRequest req;
+        req.set_session_id(session_id);
+        auto* u = req.add_updates();
+        u->set_task_id(task_id(i));
+        u->mutable_status()->set_state(api::RUNNING);
+        u->mutable_status()->set_message("reported " + task_id(i));
+        api::UpdateTaskStatusResponse resp;
+        auto ctx = as("node-a");
+        if (!stub->UpdateTaskStatus(ctx.get(), req, &resp).ok()) return;
+        std::lock_guard lock(mu);
+        acknowledged.insert(task_id(i));
+        ++acks;
+      }
+    });
+  }
+  // Not a sleep: wait until some updates are acknowledged (bounded), then stop mid-stream.
+  auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (acks.load() < 40 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::yield();
+  ASSERT_GE(acks.load(), 40);
+  first.process->signal(SIGTERM);
+
+  // The Session is sent away: its last message carries the manager list, then ABORTED.
+  api::SessionMessage m, last;
+  bool got_final = false;
+  while (session->Read(&m)) {
+    last = m;
+    got_final = true;
+  }
+  auto st = session->Finish();
+  EXPECT_TRUE(got_final);
+  EXPECT_GT(last.managers_size(), 0);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
+  EXPECT_EQ(st.error_message(), "node must disconnect");
+
+  for (auto& t : reporters)
+    t.join();
+  auto status = first.process->wait(30s);
+  ASSERT_TRUE(status.has_value()) << first.process->output();
+  EXPECT_EQ(*status, 0) << first.process->output();
+  EXPECT_NE(first.process->output().find("state saved to"), std::string::npos)
+      << first.process->output();
+  EXPECT_NE(first.process->output().find("reason=dispatcher-stopped"), std::string::npos)
+      << first.process->output();
+  std::size_t acked = acknowledged.size();
+  EXPECT_LT(acked, static_cast<std::size_t>(kTasks)) << "the stop came after every update";
+
+  // A new server on the same state directory has every acknowledged update.
+  auto second = start_server(dir.path);
+  ASSERT_FALSE(second.address.empty()) << second.process->output();
+  auto channel2 = grpc::CreateChannel(second.address, grpc::InsecureChannelCredentials());
+  auto control2 = pb::Control::NewStub(channel2);
+  pb::ListTasksRequest list;
+  list.set_node_id("node-a");
+  pb::ListTasksResponse tasks;
+  auto lctx = as("ops", "swarm-manager");
+  ASSERT_TRUE(control2->ListTasks(lctx.get(), list, &tasks).ok());
+  ASSERT_EQ(tasks.tasks_size(), kTasks);
+  std::size_t running = 0;
+  for (const auto& t : tasks.tasks()) {
+    if (acknowledged.contains(t.id())) {
+      EXPECT_EQ(t.status().state(), api::RUNNING) << t.id() << " was acknowledged but is lost";
+      EXPECT_EQ(t.status().message(), "reported " + t.id());
+    }
+    if (t.status().state() == api::RUNNING) ++running;
+  }
+  EXPECT_GE(running, acked);
+  pb::GetNodeRequest get;
+  get.set_node_id("node-a");
+  pb::GetNodeResponse node;
+  auto gctx = as("ops", "swarm-manager");
+  EXPECT_TRUE(control2->GetNode(gctx.get(), get, &node).ok());
+
+  second.process->signal(SIGTERM);
+  EXPECT_EQ(second.process->wait(30s), 0) << second.process->output();
+}
+
+TEST(GracefulStopTest, AStateFileFromAnotherClusterIsRefusedAtStart) {
+  TempDir dir;
+  auto first = start_server(dir.path);
+  ASSERT_FALSE(first.address.empty()) << first.process->output();
+  first.process->signal(SIGTERM);
+  ASSERT_EQ(first.process->wait(30s), 0) << first.process->output();
+
+  ChildProcess other({DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0",
+                      "--admin-listen=", "--state-dir", dir.path, "--cluster-id", "another-org"});
+  auto status = other.wait(30s);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(*status, 2);
+  EXPECT_NE(other.output().find("belongs to cluster \"dispatchd\""), std::string::npos)
+      << other.output();
+}
+
+TEST(GracefulStopTest, BadConfigurationIsRefusedWithTheFlagsName) {
+  struct Case {
+    std::vector<std::string> args;
+    std::vector<std::string> env;
+    std::string expect;
+  };
+  std::vector<Case> cases = {
+      {{"--heartbeat-period", "soon"}, {}, "--heartbeat-period"},
+      {{"--heartbeat-period", "1s", "--heartbeat-epsilon", "1s"}, {}, "--heartbeat-epsilon"},
+      {{"--max-connections", "0"}, {}, "--max-connections"},
+      {{"--listen", "127.0.0.1:4300", "--admin-listen", "127.0.0.1:4300"}, {}, "own port"},
+      {{"--tls-cert", "/x.pem"}, {}, "choose one"},
+      {{}, {"DISPATCHD_GRACE_MULTIPLIER=zero"}, "DISPATCHD_GRACE_MULTIPLIER"},
+      {{"--no-such-flag"}, {}, "unknown flag --no-such-flag"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> argv = {DISPATCHD_BIN, "--insecure", "--admin-listen="};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    std::vector<std::string> env = c.env;
+    env.push_back("PATH=/usr/bin:/bin");
+    ChildProcess p(argv, env);
+    auto status = p.wait(30s);
+    ASSERT_TRUE(status.has_value()) << c.expect;
+    EXPECT_EQ(*status, 2) << c.expect << "\n" << p.output();
+    EXPECT_NE(p.output().find(c.expect), std::string::npos) << p.output();
+  }
+}
+
+}  // namespace
