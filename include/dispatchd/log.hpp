@@ -17,6 +17,10 @@ void set_format(Format f);
 Level level();
 bool parse_level(std::string_view s, Level& out);
 void write(Level l, std::string_view msg);
+// One line as write() prints it. JSON: {"ts","level","msg"} plus one field per logfmt-style
+// `key=value` word of the message (session lines: node, session, peer, reason, duration). Text:
+// the message as is, control characters escaped.
+std::string format_line(Level l, Format f, std::string_view ts, std::string_view msg);
 
 template <class... Args>
 void emit(Level l, fmt::format_string<Args...> fmt, Args&&... args) {
