@@ -393,7 +393,9 @@ void Dispatcher::mark_node_not_ready(const std::string& node_id, api::NodeStatus
   }
   bool exists = store_.view([&](const store::ReadTx& tx) { return tx.node(node_id) != nullptr; });
   if (!exists) {
-    log::warn("could not find node {} while trying to add to down nodes store", node_id);
+    // Removed (e.g. by an operator): nothing to mark, but the registration goes.
+    log::debug("node {} is gone from the store: dropping its registration", node_id);
+    delete_record(node_id);
     return;
   }
   add_down_node(node_id);

@@ -178,6 +178,10 @@ TEST_F(ControlTest, RemovingALiveNodeNeedsForceAndDisconnectsIt) {
   st = s->reader->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED);
   EXPECT_EQ(st.error_message(), "node must disconnect");
+  // Its registration is gone too (nothing left to heartbeat against or to count).
+  EXPECT_TRUE(server_.eventually(
+      [&] { return !server_.server().dispatcher().session_view("node-a").has_value(); }));
+  EXPECT_EQ(server_.call([&] { return server_.server().dispatcher().registered_nodes(); }), 0u);
 
   // It cannot come back by opening another session.
   auto ctx = context(as_node("node-a"));
