@@ -174,28 +174,9 @@ free_port() {
 port=$(free_port)
 admin_port=$(free_port "$port")
 
-# Which features this dispatchd has: the admin endpoint and DISPATCHD_* configuration landed
-# after the image did; test what exists, and say what is skipped.
-help=$(in_ctr dispatchd --help)
-has_flag() { grep -q -- "--$1\b" <<<"$help"; }
+# The image's own configuration (DISPATCHD_* variables), with only the ports moved to free
+# loopback ones, as `docker run -e` would.
 run_env=(-e "DISPATCHD_LISTEN=127.0.0.1:$port" -e "DISPATCHD_ADMIN_LISTEN=127.0.0.1:$admin_port")
-run_args=()
-if ! grep -q "DISPATCHD_" <<<"$help"; then
-  # This dispatchd does not document DISPATCHD_* variables: hand it the image's settings as
-  # flags (the ones it has).
-  echo "NOTE: dispatchd --help does not mention DISPATCHD_* variables; passing them as flags"
-  while IFS='=' read -r k v; do
-    f=$(echo "${k#DISPATCHD_}" | tr 'A-Z_' 'a-z-')
-    case "$k" in
-      DISPATCHD_LISTEN) v=127.0.0.1:$port ;;
-      DISPATCHD_ADMIN_LISTEN) v=127.0.0.1:$admin_port ;;
-    esac
-    if has_flag "$f"; then run_args+=("--$f" "$v"); else echo "  (no --$f yet)"; fi
-  done < <(podman image inspect "$image" --format '{{range .Config.Env}}{{println .}}{{end}}' |
-    grep '^DISPATCHD_')
-fi
-has_admin=0
-has_flag admin-listen && has_admin=1
 
 server_log=$tmp/server.log
 # set -m: the container gets a process group of its own (buildah run, its chroot runtime and
@@ -203,28 +184,20 @@ server_log=$tmp/server.log
 set -m
 buildah run --isolation=chroot --network=host --user "$user" \
   -v "$tmp/certs:/etc/dispatchd/certs:ro" "${run_env[@]}" "$ctr" -- \
-  "$(echo "$entrypoint" | tr -d '[]"')" "${run_args[@]}" >"$server_log" 2>&1 &
+  "$(echo "$entrypoint" | tr -d '[]"')" >"$server_log" 2>&1 &
 server_pid=$!
 set +m
 echo "buildah run (pid $server_pid): dispatchd on 127.0.0.1:$port, admin 127.0.0.1:$admin_port"
 
 # --------------------------------------------------------------------------------------------
-has_ctl=0
-in_ctr sh -c "command -v '${hc[0]}'" >/dev/null && has_ctl=1
-if [ "$has_ctl" = 1 ]; then
-  health_words=("${hc[@]}")
-  # The HEALTHCHECK names the default port 4242; this server listens on $port.
-  health_words=("${health_words[@]/127.0.0.1:4242/127.0.0.1:$port}")
-  health_cmd() {
-    buildah run --isolation=chroot --network=host --user "$user" \
-      -v "$tmp/certs:/etc/dispatchd/certs:ro" "$ctr" -- "${health_words[@]}"
-  }
-  phase "wait until healthy (the image's HEALTHCHECK, at most ${ready_timeout}s)"
-else
-  echo "SKIP: ${hc[0]} is not in the image yet; readiness and (a) use agent_smoke's health check"
-  health_cmd() { "$smoke" --addr "127.0.0.1:$port" --certs "$tmp/certs" --health-only; }
-  phase "wait until healthy (agent_smoke --health-only, at most ${ready_timeout}s)"
-fi
+in_ctr sh -c "command -v '${hc[0]}'" >/dev/null || fail "the HEALTHCHECK's ${hc[0]} is not in the image"
+# The HEALTHCHECK names the default port 4242; this server listens on $port.
+health_words=("${hc[@]/127.0.0.1:4242/127.0.0.1:$port}")
+health_cmd() {
+  buildah run --isolation=chroot --network=host --user "$user" \
+    -v "$tmp/certs:/etc/dispatchd/certs:ro" "$ctr" -- "${health_words[@]}"
+}
+phase "wait until healthy (the image's HEALTHCHECK, at most ${ready_timeout}s)"
 deadline=$(($(date +%s) + ready_timeout))
 until health_cmd >"$tmp/health.out" 2>&1; do
   kill -0 "$server_pid" 2>/dev/null || fail "the server exited during start-up"
@@ -236,27 +209,19 @@ echo "healthy"
 
 # --------------------------------------------------------------------------------------------
 phase "smoke tests"
-if [ "$has_ctl" = 1 ]; then
-  health_cmd || fail "(a) the image's HEALTHCHECK (${health_words[*]}) failed"
-  echo "ok (a) HEALTHCHECK: ${health_words[*]}"
-else
-  echo "SKIP (a) HEALTHCHECK: ${hc[0]} is not in the image yet"
-fi
+health_cmd || fail "(a) the image's HEALTHCHECK (${health_words[*]}) failed"
+echo "ok (a) HEALTHCHECK: ${health_words[*]}"
 "$smoke" --addr "127.0.0.1:$port" --certs "$tmp/certs" --node node-1 ||
   fail "(b)/(c) agent_smoke against the container failed"
 echo "ok (b) grpc++ agent: Session, Heartbeat; (c) Health/Check from outside"
-if [ "$has_admin" = 1 ]; then
-  admin=http://127.0.0.1:$admin_port
-  metrics=$(curl -sf --max-time 10 "$admin/metrics") || fail "(d) GET $admin/metrics failed"
-  grep -q '^dispatchd_' <<<"$metrics" || fail "(d) /metrics has no dispatchd_ lines"
-  for p in healthz readyz; do
-    code=$(curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$admin/$p")
-    [ "$code" = 200 ] || fail "(d) GET $admin/$p answered $code, want 200"
-  done
-  echo "ok (d) admin: /metrics ($(grep -c '^dispatchd_' <<<"$metrics") dispatchd_ lines), /healthz, /readyz"
-else
-  echo "SKIP (d) admin endpoint: this dispatchd has no --admin-listen yet"
-fi
+admin=http://127.0.0.1:$admin_port
+metrics=$(curl -sf --max-time 10 "$admin/metrics") || fail "(d) GET $admin/metrics failed"
+grep -q '^dispatchd_' <<<"$metrics" || fail "(d) /metrics has no dispatchd_ lines"
+for p in healthz readyz; do
+  code=$(curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$admin/$p")
+  [ "$code" = 200 ] || fail "(d) GET $admin/$p answered $code, want 200"
+done
+echo "ok (d) admin: /metrics ($(grep -c '^dispatchd_' <<<"$metrics") dispatchd_ lines), /healthz, /readyz"
 # The server process itself (a descendant of buildah run; chroot isolation keeps host ids).
 server_proc=""
 for st in /proc/[0-9]*/stat; do
