@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package dispatchd's build and tests need. Idempotent and
 # non-interactive; run as root (or through sudo).
+#
+#   scripts/install-deps.sh [--build-only]
+#
+# --build-only installs just what `scripts/build.sh --no-tests` needs (the Dockerfile's build
+# stage): no googletest, h2load, clang-format or clang 16.
 set -euo pipefail
+
+build_only=0
+for a in "$@"; do
+  case "$a" in
+    --build-only) build_only=1 ;;
+    *) echo "install-deps.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   # build
@@ -9,13 +22,17 @@ packages=(
   libasio-dev libnghttp2-dev libssl-dev libprotobuf-dev protobuf-compiler libfmt-dev openssl
   # dispatchctl (and the tests' peers): the gRPC C++ client
   libgrpc++-dev protobuf-compiler-grpc
-  # tests: googletest, h2load
-  libgtest-dev libgmock-dev nghttp2-client
-  # formatting check
-  clang-format
-  # fuzzing (scripts/fuzz.sh): clang 16 compiles libstdc++'s <expected>; clang 14 cannot
-  clang-16 libclang-rt-16-dev llvm-16
 )
+if [ "$build_only" = 0 ]; then
+  packages+=(
+    # tests: googletest, h2load
+    libgtest-dev libgmock-dev nghttp2-client
+    # formatting check
+    clang-format
+    # fuzzing (scripts/fuzz.sh): clang 16 compiles libstdc++'s <expected>; clang 14 cannot
+    clang-16 libclang-rt-16-dev llvm-16
+  )
+fi
 
 missing=()
 for p in "${packages[@]}"; do
