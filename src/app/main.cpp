@@ -280,6 +280,10 @@ int main(int argc, char** argv) {
   }
 
   asio::io_context io(1);
+  // Signal handlers go in before the listening line is logged: a SIGTERM from a supervisor that
+  // saw the server start must stop it gracefully, never kill it (asio queues the signal until
+  // the wait below is armed).
+  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
   app::Server server(io, opt);
   if (tls) server.set_tls(tls);
   if (saved) {
@@ -317,7 +321,6 @@ int main(int argc, char** argv) {
   // context is handed back to it. Live connections keep the context they started with.
   std::thread reloader;
   bool reloading = false;
-  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
   std::function<void(std::error_code, int)> on_signal = [&](std::error_code ec, int sig) {
     if (ec) return;
     if (sig == SIGHUP) {
