@@ -196,13 +196,10 @@ std::expected<pb::RemoveNodeResponse, Status> ControlService::remove_node(
   auto st = store_.update([&](store::WriteTx& tx) {
     auto n = tx.node(r.node_id());
     if (!n) return node_not_found(r.node_id());
-    bool down = n->status().state() != api::NodeStatus::READY &&
-                !dispatcher_.session_view(r.node_id()).has_value();
-    if (!down && !r.force()) {
-      return Status(
-          StatusCode::failed_precondition,
-          "node " + r.node_id() +
-              " is not down and can't be removed (remove it with force to disconnect it)");
+    // SwarmKit's rule and words: only a READY node needs force.
+    if (n->status().state() == api::NodeStatus::READY && !r.force()) {
+      return Status(StatusCode::failed_precondition,
+                    "node " + r.node_id() + " is not down and can't be removed");
     }
     // As SwarmKit does, the node's certificate is refused from now on: a removed node must not
     // come back by opening another session.

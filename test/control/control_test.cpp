@@ -167,6 +167,7 @@ TEST_F(ControlTest, RemovingALiveNodeNeedsForceAndDisconnectsIt) {
   pb::RemoveNodeResponse resp;
   auto st = call(&pb::Control::Stub::RemoveNode, req, &resp);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(st.error_message(), "node node-a is not down and can't be removed");
 
   req.set_force(true);
   st = call(&pb::Control::Stub::RemoveNode, req, &resp);
