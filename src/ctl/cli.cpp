@@ -5,12 +5,14 @@
 
 #include <array>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
+#include <type_traits>
 
 #include "control.grpc.pb.h"
 #include "dispatchd/ctl/format.hpp"
@@ -147,17 +149,35 @@ T enum_flag(const ParsedArgs& a, std::string_view flag, const google::protobuf::
   return static_cast<T>(*v);
 }
 
-int do_update(Context& c, const cv1::UpdateNodeRequest& req) {
-  cv1::UpdateNodeResponse resp;
+using Stub = cv1::Control::Stub;
+template <class Req, class Resp>
+using Method = grpc::Status (Stub::*)(grpc::ClientContext*, const Req&, Resp*);
+
+// Calls one Control method with a fresh client context (deadline, identity metadata).
+template <class Req, class Resp>
+grpc::Status invoke(Context& c, Method<Req, Resp> method, const Req& req, Resp& resp) {
   auto ctx = c.call();
-  auto st = c.control()->UpdateNode(ctx.get(), req, &resp);
+  return (c.control().get()->*method)(ctx.get(), req, &resp);
+}
+
+// The shape of nearly every command: call the method; on an error print it and exit 1; else
+// print the response as JSON with --json, otherwise the text human(resp) returns (nothing
+// without human), and exit 0.
+template <class Req, class Resp, class F = std::nullptr_t>
+int unary(Context& c, Method<Req, Resp> method, const Req& req, F human = nullptr) {
+  Resp resp;
+  auto st = invoke(c, method, req, resp);
   if (!st.ok()) return c.fail(st);
   if (c.opt.json) {
     c.json(resp);
-  } else {
-    c.out += req.node_id() + "\n";
+  } else if constexpr (!std::is_null_pointer_v<F>) {
+    c.out += human(resp);
   }
   return 0;
+}
+
+int do_update(Context& c, const cv1::UpdateNodeRequest& req) {
+  return unary(c, &Stub::UpdateNode, req, [&](const auto&) { return req.node_id() + "\n"; });
 }
 
 int availability_shortcut(Context& c, const ParsedArgs& a, api::NodeSpec::Availability av) {
@@ -219,8 +239,7 @@ std::vector<Command> make_commands() {
          for (const auto& v : a.all("role"))
            req.add_roles(enum_flag<api::NodeRole>(a, "role", role_d, v));
          cv1::ListNodesResponse resp;
-         auto ctx = c.call();
-         auto st = c.control()->ListNodes(ctx.get(), req, &resp);
+         auto st = invoke(c, &Stub::ListNodes, req, resp);
          if (!st.ok()) return c.fail(st);
          if (a.flag("quiet")) {
            for (const auto& n : resp.nodes())
@@ -242,16 +261,9 @@ std::vector<Command> make_commands() {
                   [](Context& c, const ParsedArgs& a) {
                     cv1::GetNodeRequest req;
                     req.set_node_id(a.positionals[0]);
-                    cv1::GetNodeResponse resp;
-                    auto ctx = c.call();
-                    auto st = c.control()->GetNode(ctx.get(), req, &resp);
-                    if (!st.ok()) return c.fail(st);
-                    if (c.opt.json) {
-                      c.json(resp);
-                    } else {
-                      c.out += format_node_details(resp, Clock::now());
-                    }
-                    return 0;
+                    return unary(c, &Stub::GetNode, req, [](const auto& resp) {
+                      return format_node_details(resp, Clock::now());
+                    });
                   }});
 
   cmds.push_back({"node update",
@@ -314,16 +326,8 @@ std::vector<Command> make_commands() {
                     cv1::RemoveNodeRequest req;
                     req.set_node_id(a.positionals[0]);
                     req.set_force(a.flag("force"));
-                    cv1::RemoveNodeResponse resp;
-                    auto ctx = c.call();
-                    auto st = c.control()->RemoveNode(ctx.get(), req, &resp);
-                    if (!st.ok()) return c.fail(st);
-                    if (c.opt.json) {
-                      c.json(resp);
-                    } else {
-                      c.out += req.node_id() + "\n";
-                    }
-                    return 0;
+                    return unary(c, &Stub::RemoveNode, req,
+                                 [&](const auto&) { return req.node_id() + "\n"; });
                   }});
 
   cmds.push_back({"task create",
@@ -348,16 +352,8 @@ std::vector<Command> make_commands() {
                         a, "desired-state", task_d, a.last("desired-state").value_or("running")));
                     t->mutable_status()->set_state(enum_flag<api::TaskState>(
                         a, "state", task_d, a.last("state").value_or("assigned")));
-                    cv1::CreateTaskResponse resp;
-                    auto ctx = c.call();
-                    auto st = c.control()->CreateTask(ctx.get(), req, &resp);
-                    if (!st.ok()) return c.fail(st);
-                    if (c.opt.json) {
-                      c.json(resp);
-                    } else {
-                      c.out += resp.task().id() + "\n";
-                    }
-                    return 0;
+                    return unary(c, &Stub::CreateTask, req,
+                                 [](const auto& resp) { return resp.task().id() + "\n"; });
                   }});
 
   cmds.push_back({"task ls",
@@ -369,31 +365,15 @@ std::vector<Command> make_commands() {
                   [](Context& c, const ParsedArgs& a) {
                     cv1::ListTasksRequest req;
                     req.set_node_id(a.last("node").value_or(""));
-                    cv1::ListTasksResponse resp;
-                    auto ctx = c.call();
-                    auto st = c.control()->ListTasks(ctx.get(), req, &resp);
-                    if (!st.ok()) return c.fail(st);
-                    if (c.opt.json) {
-                      c.json(resp);
-                    } else {
-                      c.out += format_task_table(resp);
-                    }
-                    return 0;
+                    return unary(c, &Stub::ListTasks, req,
+                                 [](const auto& resp) { return format_task_table(resp); });
                   }});
 
   cmds.push_back({"task rm", "ID", "remove a task", {}, 1, 1, [](Context& c, const ParsedArgs& a) {
                     cv1::RemoveTaskRequest req;
                     req.set_task_id(a.positionals[0]);
-                    cv1::RemoveTaskResponse resp;
-                    auto ctx = c.call();
-                    auto st = c.control()->RemoveTask(ctx.get(), req, &resp);
-                    if (!st.ok()) return c.fail(st);
-                    if (c.opt.json) {
-                      c.json(resp);
-                    } else {
-                      c.out += req.task_id() + "\n";
-                    }
-                    return 0;
+                    return unary(c, &Stub::RemoveTask, req,
+                                 [&](const auto&) { return req.task_id() + "\n"; });
                   }});
 
   cmds.push_back({"managers ls",
@@ -403,16 +383,8 @@ std::vector<Command> make_commands() {
                   0,
                   0,
                   [](Context& c, const ParsedArgs&) {
-                    cv1::GetManagersResponse resp;
-                    auto ctx = c.call();
-                    auto st = c.control()->GetManagers(ctx.get(), {}, &resp);
-                    if (!st.ok()) return c.fail(st);
-                    if (c.opt.json) {
-                      c.json(resp);
-                    } else {
-                      c.out += format_manager_table(resp);
-                    }
-                    return 0;
+                    return unary(c, &Stub::GetManagers, cv1::GetManagersRequest{},
+                                 [](const auto& resp) { return format_manager_table(resp); });
                   }});
   cmds.push_back(
       {"managers set",
@@ -428,12 +400,7 @@ std::vector<Command> make_commands() {
            if (!m) throw UsageError("invalid manager " + m.error());
            *req.add_managers() = std::move(*m);
          }
-         cv1::SetManagersResponse resp;
-         auto ctx = c.call();
-         auto st = c.control()->SetManagers(ctx.get(), req, &resp);
-         if (!st.ok()) return c.fail(st);
-         if (c.opt.json) c.json(resp);
-         return 0;
+         return unary(c, &Stub::SetManagers, req);
        }});
 
   cmds.push_back({"keys ls",
@@ -443,16 +410,8 @@ std::vector<Command> make_commands() {
                   0,
                   0,
                   [](Context& c, const ParsedArgs&) {
-                    cv1::GetNetworkKeysResponse resp;
-                    auto ctx = c.call();
-                    auto st = c.control()->GetNetworkKeys(ctx.get(), {}, &resp);
-                    if (!st.ok()) return c.fail(st);
-                    if (c.opt.json) {
-                      c.json(resp);
-                    } else {
-                      c.out += format_key_table(resp);
-                    }
-                    return 0;
+                    return unary(c, &Stub::GetNetworkKeys, cv1::GetNetworkKeysRequest{},
+                                 [](const auto& resp) { return format_key_table(resp); });
                   }});
   cmds.push_back({"keys set",
                   "SUBSYSTEM:BASE64KEY:LAMPORT...",
@@ -467,12 +426,7 @@ std::vector<Command> make_commands() {
                       if (!k) throw UsageError("invalid key " + k.error());
                       *req.add_keys() = std::move(*k);
                     }
-                    cv1::SetNetworkKeysResponse resp;
-                    auto ctx = c.call();
-                    auto st = c.control()->SetNetworkKeys(ctx.get(), req, &resp);
-                    if (!st.ok()) return c.fail(st);
-                    if (c.opt.json) c.json(resp);
-                    return 0;
+                    return unary(c, &Stub::SetNetworkKeys, req);
                   }});
   return cmds;
 }

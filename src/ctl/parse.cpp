@@ -14,6 +14,17 @@ char lower(char c) {
   return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
+// The whole of text as a decimal T (from_chars: no sign for an unsigned T, no '+', no spaces).
+template <class T>
+std::expected<T, std::string> parse_whole(std::string_view text) {
+  T n = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+  if (text.empty() || ec != std::errc() || p != text.data() + text.size()) {
+    return std::unexpected("\"" + std::string(text) + "\" is not a whole number");
+  }
+  return n;
+}
+
 }  // namespace
 
 std::expected<int, std::string> parse_enum(const google::protobuf::EnumDescriptor* d,
@@ -55,21 +66,11 @@ std::expected<bool, std::string> parse_bool(std::string_view v) {
 }
 
 std::expected<std::uint64_t, std::string> parse_uint64(std::string_view text) {
-  std::uint64_t n = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-  if (text.empty() || ec != std::errc() || p != text.data() + text.size()) {
-    return std::unexpected("\"" + std::string(text) + "\" is not a whole number");
-  }
-  return n;
+  return parse_whole<std::uint64_t>(text);
 }
 
 std::expected<std::int64_t, std::string> parse_int64(std::string_view text) {
-  std::int64_t n = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-  if (text.empty() || ec != std::errc() || p != text.data() + text.size()) {
-    return std::unexpected("\"" + std::string(text) + "\" is not a whole number");
-  }
-  return n;
+  return parse_whole<std::int64_t>(text);
 }
 
 std::expected<docker::swarmkit::v1::WeightedPeer, std::string> parse_manager(
