@@ -6,6 +6,7 @@
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
 #include <asio/signal_set.hpp>
+#include <asio/steady_timer.hpp>
 #include <charconv>
 #include <csignal>
 #include <cstdio>
@@ -117,6 +118,11 @@ int main(int argc, char** argv) {
             "keep the store (nodes, tasks, acknowledged status updates) in DIR across graceful "
             "restarts; empty: in memory only",
             string_setter(state_dir, true));
+  std::chrono::milliseconds state_sync_interval{30000};
+  flags.add("state-sync-interval", "DURATION", "30s",
+            "with --state-dir, also write the store this often while running (off the serving "
+            "thread; only when it changed), bounding what a crash loses; 0: only on stop",
+            duration_setter(state_sync_interval, true));
   flags.add("tls-cert", "FILE", "",
             "server certificate chain (PEM); its CN is this manager's node ID and its O the "
             "cluster organisation",
@@ -353,10 +359,30 @@ int main(int argc, char** argv) {
     server.stop();
   };
   signals.async_wait(on_signal);
+  // Periodic state sync: the io thread only captures (pointer copies); the writer thread does
+  // the rest.
+  std::optional<app::StateSyncer> syncer;
+  asio::steady_timer sync_timer(io);
+  std::uint64_t synced_index = server.store().index();
+  std::function<void(std::error_code)> on_sync_timer = [&](std::error_code ec) {
+    if (ec) return;
+    if (server.store().index() != synced_index) {
+      synced_index = server.store().index();
+      syncer->submit(server.store().capture());
+    }
+    sync_timer.expires_after(state_sync_interval);
+    sync_timer.async_wait(on_sync_timer);
+  };
+  if (statedir && state_sync_interval.count() > 0) {
+    syncer.emplace(*statedir);
+    sync_timer.expires_after(state_sync_interval);
+    sync_timer.async_wait(on_sync_timer);
+  }
   bool done = false;
   asio::co_spawn(io, server.run(), [&](std::exception_ptr e) {
     done = true;
     signals.cancel();
+    sync_timer.cancel();
     if (e) {
       try {
         std::rethrow_exception(e);
@@ -368,6 +394,7 @@ int main(int argc, char** argv) {
   io.run();
   if (reloader.joinable()) reloader.join();
   int rc = done ? 0 : 1;
+  if (syncer) syncer->stop();  // never two writers at once
   if (statedir) {
     // The io thread has ended: every acknowledged status update is in the store.
     auto snap = server.store().snapshot();

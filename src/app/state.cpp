@@ -9,6 +9,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "dispatchd/log.hpp"
+
 namespace dispatchd::app {
 
 namespace {
@@ -113,6 +115,58 @@ std::expected<std::size_t, std::string> StateDir::save(const state::v1::StoreSna
     ::close(dfd);
   }
   return data.size();
+}
+
+StateSyncer::StateSyncer(const StateDir& dir) : dir_(dir), thread_([this] { run(); }) {}
+
+StateSyncer::~StateSyncer() {
+  stop();
+}
+
+void StateSyncer::submit(store::Capture c) {
+  std::lock_guard lock(mu_);
+  if (stopping_) return;
+  pending_ = std::move(c);
+  cv_.notify_one();
+}
+
+void StateSyncer::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    pending_.reset();
+    cv_.notify_one();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+std::uint64_t StateSyncer::writes() const {
+  std::lock_guard lock(mu_);
+  return writes_;
+}
+
+void StateSyncer::run() {
+  for (;;) {
+    store::Capture c;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || pending_.has_value(); });
+      if (stopping_) return;
+      c = std::move(*pending_);
+      pending_.reset();
+    }
+    auto snap = c.to_snapshot();
+    c = {};  // the objects the store has replaced since go now, off the io thread
+    auto bytes = dir_.save(snap);
+    if (!bytes) {
+      log::warn("state sync to {} failed: {}", dir_.file(), bytes.error());
+      continue;
+    }
+    log::debug("state synced to {}: index {}, {} nodes, {} tasks, {} bytes", dir_.file(),
+               snap.index(), snap.nodes_size(), snap.tasks_size(), *bytes);
+    std::lock_guard lock(mu_);
+    ++writes_;
+  }
 }
 
 }  // namespace dispatchd::app

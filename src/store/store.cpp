@@ -235,22 +235,42 @@ Store::Store(std::string cluster_id) {
   managers_ = std::make_shared<const ManagerList>();
 }
 
-dispatchd::state::v1::StoreSnapshot Store::snapshot() const {
+Capture Store::capture() const {
+  Capture c;
+  c.index = index_;
+  c.cluster = cluster_;
+  c.managers = managers_;
+  auto take = [](const auto& table, auto& out) {
+    out.reserve(table.size());
+    for (const auto& [id, p] : table)
+      out.push_back(p);
+  };
+  take(nodes_, c.nodes);
+  take(tasks_, c.tasks);
+  take(secrets_, c.secrets);
+  take(configs_, c.configs);
+  take(volumes_, c.volumes);
+  return c;
+}
+
+dispatchd::state::v1::StoreSnapshot Capture::to_snapshot() const {
   dispatchd::state::v1::StoreSnapshot s;
   s.set_format(1);
-  s.set_index(index_);
-  *s.mutable_cluster() = *cluster_;
-  for (const auto& m : *managers_)
-    *s.add_managers() = m;
-  for (const auto& [id, n] : nodes_)
-    *s.add_nodes() = *n;
-  for (const auto& [id, t] : tasks_)
-    *s.add_tasks() = *t;
-  for (const auto& [id, x] : secrets_)
+  s.set_index(index);
+  if (cluster) *s.mutable_cluster() = *cluster;
+  if (managers) {
+    for (const auto& m : *managers)
+      *s.add_managers() = m;
+  }
+  for (const auto& x : nodes)
+    *s.add_nodes() = *x;
+  for (const auto& x : tasks)
+    *s.add_tasks() = *x;
+  for (const auto& x : secrets)
     *s.add_secrets() = *x;
-  for (const auto& [id, x] : configs_)
+  for (const auto& x : configs)
     *s.add_configs() = *x;
-  for (const auto& [id, x] : volumes_)
+  for (const auto& x : volumes)
     *s.add_volumes() = *x;
   return s;
 }

@@ -182,6 +182,50 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   EXPECT_EQ(second.process->wait(30s), 0) << second.process->output();
 }
 
+TEST(GracefulStopTest, AKilledServerRestartsFromItsLastPeriodicSync) {
+  TempDir dir;
+  Running first;
+  first.process = std::make_unique<ChildProcess>(std::vector<std::string>{
+      DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0", "--admin-listen=", "--state-dir",
+      dir.path, "--state-sync-interval", "50ms", "--log-level", "debug"});
+  auto line = first.process->wait_for_line("dispatchd listening on ", 30s);
+  ASSERT_TRUE(line) << first.process->output();
+  auto at = line->find("listening on ") + 13;
+  first.address = line->substr(at, line->find(' ', at) - at);
+
+  auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
+  auto dispatcher = api::Dispatcher::NewStub(channel);
+  auto control = pb::Control::NewStub(channel);
+  auto sctx = as("node-a");
+  auto session = dispatcher->Session(sctx.get(), api::SessionRequest{});
+  api::SessionMessage m;
+  ASSERT_TRUE(session->Read(&m));
+  for (int i = 0; i < 10; ++i) {
+    pb::CreateTaskRequest req;
+    req.mutable_task()->set_id(task_id(i));
+    req.mutable_task()->set_node_id("node-a");
+    pb::CreateTaskResponse resp;
+    auto ctx = as("ops", "swarm-manager");
+    ASSERT_TRUE(control->CreateTask(ctx.get(), req, &resp).ok());
+  }
+  // The writer thread reports each sync; wait for one that has every task, then crash.
+  ASSERT_TRUE(first.process->wait_for_line(", 10 tasks,", 30s)) << first.process->output();
+  first.process->signal(SIGKILL);
+  ASSERT_EQ(first.process->wait(30s), 128 + SIGKILL);
+
+  auto second = start_server(dir.path);
+  ASSERT_FALSE(second.address.empty()) << second.process->output();
+  auto control2 =
+      pb::Control::NewStub(grpc::CreateChannel(second.address, grpc::InsecureChannelCredentials()));
+  pb::ListTasksRequest list;
+  pb::ListTasksResponse tasks;
+  auto lctx = as("ops", "swarm-manager");
+  ASSERT_TRUE(control2->ListTasks(lctx.get(), list, &tasks).ok());
+  EXPECT_EQ(tasks.tasks_size(), 10);
+  second.process->signal(SIGTERM);
+  EXPECT_EQ(second.process->wait(30s), 0) << second.process->output();
+}
+
 TEST(GracefulStopTest, AStateFileFromAnotherClusterIsRefusedAtStart) {
   TempDir dir;
   auto first = start_server(dir.path);

@@ -3,10 +3,15 @@
 // gracefully and read back at start, so that nodes, tasks and every acknowledged status update
 // survive a restart. Blocking file I/O: call these before the io thread runs or after it ended.
 
+#include <condition_variable>
+#include <cstdint>
 #include <expected>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
+#include "dispatchd/store/store.hpp"
 #include "state.pb.h"
 
 namespace dispatchd::app {
@@ -34,6 +39,33 @@ class StateDir {
   StateDir(std::string dir, int lock_fd) : dir_(std::move(dir)), lock_fd_(lock_fd) {}
   std::string dir_;
   int lock_fd_ = -1;
+};
+
+// Periodic snapshots (--state-sync-interval) without blocking the io thread: the io thread hands
+// over a store::Capture (pointer copies); a thread of its own builds the snapshot and writes it.
+// While a write runs, a newer capture replaces any that waits (only the newest matters).
+class StateSyncer {
+ public:
+  explicit StateSyncer(const StateDir& dir);
+  StateSyncer(const StateSyncer&) = delete;
+  StateSyncer& operator=(const StateSyncer&) = delete;
+  ~StateSyncer();  // stop()
+
+  void submit(store::Capture c);
+  // Waits for a write in progress, drops a waiting capture, ends the thread. Call before the
+  // final save so that the two never write at once.
+  void stop();
+  std::uint64_t writes() const;
+
+ private:
+  void run();
+  const StateDir& dir_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<store::Capture> pending_;
+  bool stopping_ = false;
+  std::uint64_t writes_ = 0;
+  std::thread thread_;
 };
 
 }  // namespace dispatchd::app

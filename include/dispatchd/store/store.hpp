@@ -133,6 +133,22 @@ class WriteTx : public ReadTx {
   Store& w_;
 };
 
+// Every object of the store at one index, by reference: taking one costs a pointer copy per
+// object; the objects are immutable, so another thread may turn it into a snapshot while the
+// store goes on changing.
+struct Capture {
+  std::uint64_t index = 0;
+  Ptr<api::Cluster> cluster;
+  std::shared_ptr<const ManagerList> managers;
+  std::vector<Ptr<api::Node>> nodes;
+  std::vector<Ptr<api::Task>> tasks;
+  std::vector<Ptr<api::Secret>> secrets;
+  std::vector<Ptr<api::Config>> configs;
+  std::vector<Ptr<api::Volume>> volumes;
+
+  dispatchd::state::v1::StoreSnapshot to_snapshot() const;
+};
+
 class Store {
  public:
   // The `default` cluster's ID is the cluster organisation.
@@ -154,7 +170,8 @@ class Store {
   std::size_t watcher_count() const noexcept;
 
   // Everything, for the state directory (objects are shared, so this copies each one once).
-  dispatchd::state::v1::StoreSnapshot snapshot() const;
+  dispatchd::state::v1::StoreSnapshot snapshot() const { return capture().to_snapshot(); }
+  Capture capture() const;
   // Replaces the contents with a snapshot, without events: only before anything watches or
   // writes (start-up). Objects keep their meta; the index continues from the snapshot's.
   grpc::Status restore(const dispatchd::state::v1::StoreSnapshot& s);
