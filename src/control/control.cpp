@@ -111,7 +111,7 @@ pb::NodeSummary ControlService::summarize(const store::ReadTx& tx, const api::No
     set_steady(si->mutable_heartbeat_deadline(), v->deadline);
     si->set_streaming(v->streaming);
   }
-  s.set_tasks(tx.tasks_of_node(n.id()).size());
+  s.set_tasks(tx.task_count_of_node(n.id()));
   return s;
 }
 

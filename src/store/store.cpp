@@ -148,6 +148,13 @@ std::vector<Ptr<api::Config>> ReadTx::configs() const {
   return all(s_.configs_);
 }
 
+std::size_t ReadTx::task_count() const noexcept {
+  return s_.tasks_.size();
+}
+std::size_t ReadTx::task_count_of_node(std::string_view node_id) const {
+  auto it = s_.tasks_by_node_.find(std::string(node_id));
+  return it == s_.tasks_by_node_.end() ? 0 : it->second.size();
+}
 std::vector<Ptr<api::Task>> ReadTx::tasks_of_node(std::string_view node_id) const {
   std::vector<Ptr<api::Task>> out;
   auto it = s_.tasks_by_node_.find(std::string(node_id));

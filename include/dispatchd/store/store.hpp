@@ -96,6 +96,9 @@ class ReadTx {
   std::vector<Ptr<api::Node>> nodes() const;
   std::vector<Ptr<api::Task>> tasks() const;
   std::vector<Ptr<api::Task>> tasks_of_node(std::string_view node_id) const;
+  // Counts, from the tables and the node index, without collecting the objects.
+  std::size_t task_count() const noexcept;
+  std::size_t task_count_of_node(std::string_view node_id) const;
   std::vector<Ptr<api::Volume>> volumes() const;
   std::vector<Ptr<api::Secret>> secrets() const;
   std::vector<Ptr<api::Config>> configs() const;
