@@ -15,6 +15,7 @@
 
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
+#include "support/grpc_client.hpp"
 #include "support/test_server.hpp"
 
 namespace {
@@ -77,11 +78,7 @@ std::optional<double> sample(const std::string& text, const std::string& series)
 }
 
 std::unique_ptr<grpc::ClientContext> as(const std::string& node_id, const std::string& role = {}) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->AddMetadata("node-id", node_id);
-  if (!role.empty()) ctx->AddMetadata("node-role", role);
-  ctx->set_deadline(std::chrono::system_clock::now() + 20s);
-  return ctx;
+  return dispatchd::test::client_context(dispatchd::test::as_node(node_id, role), 20s);
 }
 
 TEST(AdminEndpointTest, MetricsCountWhatAgentsAndOperatorsDo) {

@@ -19,6 +19,7 @@
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
 #include "support/child_process.hpp"
+#include "support/grpc_client.hpp"
 
 namespace {
 
@@ -41,11 +42,13 @@ struct Running {
   std::string address;
 };
 
-Running start_server(const std::string& state_dir) {
+Running start_server(const std::string& state_dir, const std::vector<std::string>& extra = {}) {
   Running r;
-  r.process = std::make_unique<ChildProcess>(std::vector<std::string>{
-      DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0", "--admin-listen=", "--state-dir",
-      state_dir, "--drain-timeout", "10s"});
+  std::vector<std::string> argv = {DISPATCHD_BIN, "--insecure",      "--listen",
+                                   "127.0.0.1:0", "--admin-listen=", "--state-dir",
+                                   state_dir,     "--drain-timeout", "10s"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  r.process = std::make_unique<ChildProcess>(argv);
   auto line = r.process->wait_for_line("dispatchd listening on ", 30s);
   if (!line) return r;
   auto at = line->find("listening on ") + 13;
@@ -54,17 +57,28 @@ Running start_server(const std::string& state_dir) {
 }
 
 std::unique_ptr<grpc::ClientContext> as(const std::string& node_id, const std::string& role = {}) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->AddMetadata("node-id", node_id);
-  if (!role.empty()) ctx->AddMetadata("node-role", role);
-  ctx->set_deadline(std::chrono::system_clock::now() + 30s);
-  return ctx;
+  return dispatchd::test::client_context(dispatchd::test::as_node(node_id, role), 30s);
 }
 
 std::string task_id(int i) {
   char buf[16];
   std::snprintf(buf, sizeof buf, "t-%03d", i);
   return buf;
+}
+
+// Tasks t-000 … for `node_id`, through the operator API as dispatchctl would create them.
+::testing::AssertionResult create_tasks(pb::Control::Stub& control, const std::string& node_id,
+                                        int n) {
+  for (int i = 0; i < n; ++i) {
+    pb::CreateTaskRequest req;
+    req.mutable_task()->set_id(task_id(i));
+    req.mutable_task()->set_node_id(node_id);
+    pb::CreateTaskResponse resp;
+    auto ctx = as("ops", "swarm-manager");
+    auto st = control.CreateTask(ctx.get(), req, &resp);
+    if (!st.ok()) return ::testing::AssertionFailure() << task_id(i) << ": " << st.error_message();
+  }
+  return ::testing::AssertionSuccess();
 }
 
 TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
@@ -83,14 +97,7 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   const std::string session_id = first_message.session_id();
 
   constexpr int kTasks = 2000;
-  for (int i = 0; i < kTasks; ++i) {
-    pb::CreateTaskRequest req;
-    req.mutable_task()->set_id(task_id(i));
-    req.mutable_task()->set_node_id("node-a");
-    pb::CreateTaskResponse resp;
-    auto ctx = as("ops", "swarm-manager");
-    ASSERT_TRUE(control->CreateTask(ctx.get(), req, &resp).ok());
-  }
+  ASSERT_TRUE(create_tasks(*control, "node-a", kTasks));
 
   // Four agents' worth of reporters, each on its own connection, one update per call. SIGTERM
   // arrives while they are still reporting.
@@ -184,14 +191,8 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
 
 TEST(GracefulStopTest, AKilledServerRestartsFromItsLastPeriodicSync) {
   TempDir dir;
-  Running first;
-  first.process = std::make_unique<ChildProcess>(std::vector<std::string>{
-      DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0", "--admin-listen=", "--state-dir",
-      dir.path, "--state-sync-interval", "50ms", "--log-level", "debug"});
-  auto line = first.process->wait_for_line("dispatchd listening on ", 30s);
-  ASSERT_TRUE(line) << first.process->output();
-  auto at = line->find("listening on ") + 13;
-  first.address = line->substr(at, line->find(' ', at) - at);
+  auto first = start_server(dir.path, {"--state-sync-interval", "50ms", "--log-level", "debug"});
+  ASSERT_FALSE(first.address.empty()) << first.process->output();
 
   auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
   auto dispatcher = api::Dispatcher::NewStub(channel);
@@ -200,14 +201,7 @@ TEST(GracefulStopTest, AKilledServerRestartsFromItsLastPeriodicSync) {
   auto session = dispatcher->Session(sctx.get(), api::SessionRequest{});
   api::SessionMessage m;
   ASSERT_TRUE(session->Read(&m));
-  for (int i = 0; i < 10; ++i) {
-    pb::CreateTaskRequest req;
-    req.mutable_task()->set_id(task_id(i));
-    req.mutable_task()->set_node_id("node-a");
-    pb::CreateTaskResponse resp;
-    auto ctx = as("ops", "swarm-manager");
-    ASSERT_TRUE(control->CreateTask(ctx.get(), req, &resp).ok());
-  }
+  ASSERT_TRUE(create_tasks(*control, "node-a", 10));
   // The writer thread reports each sync; wait for one that has every task, then crash.
   ASSERT_TRUE(first.process->wait_for_line(", 10 tasks,", 30s)) << first.process->output();
   first.process->signal(SIGKILL);

@@ -12,6 +12,7 @@
 
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
+#include "support/grpc_client.hpp"
 #include "support/test_server.hpp"
 
 namespace {
@@ -20,20 +21,13 @@ namespace api = docker::swarmkit::v1;
 namespace pb = dispatchd::control::v1;
 using dispatchd::test::TestServer;
 using namespace std::chrono_literals;
-using Metadata = std::vector<std::pair<std::string, std::string>>;
+using dispatchd::test::as_node;
+using dispatchd::test::Metadata;
 
 const Metadata kOperator = {{"node-id", "ops-1"}, {"node-role", "swarm-manager"}};
 
-Metadata as_node(const std::string& id) {
-  return {{"node-id", id}};
-}
-
 std::unique_ptr<grpc::ClientContext> context(const Metadata& md) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  for (const auto& [k, v] : md)
-    ctx->AddMetadata(k, v);
-  ctx->set_deadline(std::chrono::system_clock::now() + 20s);
-  return ctx;
+  return dispatchd::test::client_context(md);
 }
 
 class ControlTest : public ::testing::Test {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "dispatcher.grpc.pb.h"
+#include "support/grpc_client.hpp"
 #include "support/test_server.hpp"
 
 namespace {
@@ -32,7 +33,8 @@ namespace store = dispatchd::store;
 using dispatchd::test::TestServer;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-using Metadata = std::vector<std::pair<std::string, std::string>>;
+using dispatchd::test::as_node;
+using dispatchd::test::Metadata;
 
 constexpr auto kCallTimeout = 20s;
 
@@ -43,12 +45,6 @@ const char kNoCertificate[] =
     "client certificates in request";
 
 // ---- identities (insecure mode: the metadata stands in for the certificate) ------------------
-
-Metadata as_node(const std::string& node_id, const std::string& role = {}) {
-  Metadata md{{"node-id", node_id}};
-  if (!role.empty()) md.emplace_back("node-role", role);
-  return md;
-}
 
 // A call forwarded (spec §9.2) by peer "manager-2" with role `forwarder_role`, on behalf of a
 // caller with the given certificate fields (empty ones are left out).
@@ -65,11 +61,7 @@ Metadata forwarded(const std::string& forwarder_role, const std::string& cn,
 }
 
 std::unique_ptr<grpc::ClientContext> context(const Metadata& md) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  for (const auto& [k, v] : md)
-    ctx->AddMetadata(k, v);
-  ctx->set_deadline(std::chrono::system_clock::now() + kCallTimeout);
-  return ctx;
+  return dispatchd::test::client_context(md, kCallTimeout);
 }
 
 // ---- the client ------------------------------------------------------------------------------
