@@ -63,6 +63,10 @@ std::string Server::render_metrics() const {
          "Connections refused because --max-connections were open.", d(stats_.refused));
   scalar("dispatchd_connections_closed_total", "counter", "HTTP/2 connections closed.",
          d(stats_.closed_connections));
+  scalar("dispatchd_connections_calmed_total", "counter",
+         "Connections closed with GOAWAY ENHANCE_YOUR_CALM: floods of stream resets, PINGs or "
+         "SETTINGS, or ACKs left unread.",
+         d(stats_.calmed_connections));
   w.family("dispatchd_tls_handshake_failures_total", "counter",
            "TLS handshakes that failed or timed out.");
   w.sample("dispatchd_tls_handshake_failures_total", {{"reason", "error"}},
@@ -75,6 +79,9 @@ std::string Server::render_metrics() const {
          d(stats_.closed_bytes_out + live_out));
   scalar("dispatchd_streams_total", "counter", "HTTP/2 streams opened by clients.",
          d(stats_.closed_streams + live_streams));
+  scalar("dispatchd_received_pings_total", "counter",
+         "PING frames received from clients (keepalive and bandwidth probes).",
+         d(pings_received()));
   scalar("dispatchd_streams", "gauge", "gRPC calls in flight (open streams).",
          d(grpc_.active_calls()));
 

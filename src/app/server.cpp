@@ -182,11 +182,19 @@ asio::awaitable<void> Server::serve_connection(std::shared_ptr<h2::Connection> c
   --connection_count_;
   c->unlink();
   ++stats_.closed_connections;
+  if (c->calmed()) ++stats_.calmed_connections;
   stats_.closed_bytes_in += c->stats().bytes_in;
   stats_.closed_bytes_out += c->stats().bytes_out;
   stats_.closed_streams += c->stats().streams;
+  stats_.closed_pings_in += c->stats().pings_in;
   log::debug("{}: connection closed ({} bytes in, {} bytes out, {} streams)", c->peer(),
              c->stats().bytes_in, c->stats().bytes_out, c->stats().streams);
+}
+
+std::uint64_t Server::pings_received() const noexcept {
+  std::uint64_t n = stats_.closed_pings_in;
+  connections_.for_each([&](const h2::Connection& c) { n += c.stats().pings_in; });
+  return n;
 }
 
 void Server::stop() {

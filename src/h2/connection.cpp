@@ -11,6 +11,8 @@ namespace dispatchd::h2 {
 namespace {
 constexpr std::size_t kReadBufferSize = 64 * 1024;
 constexpr std::size_t kWriteBatch = 64 * 1024;
+// nghttp2's own default, stated here because the flood rule relies on it.
+constexpr std::size_t kMaxOutboundAcks = 1000;
 constexpr std::string_view kClientMagic = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 // One read buffer for the whole thread: bytes are handed to nghttp2 before the next read.
@@ -70,6 +72,9 @@ Connection::Connection(std::unique_ptr<net::Transport> transport, RequestSink& s
   // Our responses repeat a handful of headers; a small encoder table is enough.
   nghttp2_option_set_max_deflate_dynamic_table_size(opt, 1024);
   nghttp2_option_set_max_continuations(opt, settings_.max_continuations);
+  // A peer that sends PINGs or SETTINGS but does not read the ACKs: at most this many queue up
+  // before nghttp2 gives up on it (FLOODED, answered with ENHANCE_YOUR_CALM).
+  nghttp2_option_set_max_outbound_ack(opt, kMaxOutboundAcks);
   // nghttp2's own rapid-reset guard is a backstop behind ours (which answers ENHANCE_YOUR_CALM).
   nghttp2_option_set_stream_reset_rate_limit(opt, settings_.reset_burst * 2ull,
                                              static_cast<std::uint64_t>(settings_.reset_rate * 2));
@@ -156,11 +161,20 @@ asio::awaitable<void> Connection::read_loop() {
         co_return;
       }
       if (rv < 0) {
-        log::info("{}: closing connection: HTTP/2 error: {}", peer(), nghttp2_strerror(rv));
+        bool flooded = rv == NGHTTP2_ERR_FLOODED;
+        if (flooded) {
+          // Over nghttp2's cap on queued PING/SETTINGS ACKs: the peer sends but does not read.
+          log::warn(
+              "{}: closing connection: {} unread PING/SETTINGS ACKs queued "
+              "(GOAWAY ENHANCE_YOUR_CALM)",
+              peer(), kMaxOutboundAcks);
+          calmed_ = true;
+        } else {
+          log::info("{}: closing connection: HTTP/2 error: {}", peer(), nghttp2_strerror(rv));
+        }
         close_reason_ = nghttp2_strerror(rv);
-        nghttp2_session_terminate_session(session_, rv == NGHTTP2_ERR_FLOODED
-                                                        ? NGHTTP2_ENHANCE_YOUR_CALM
-                                                        : NGHTTP2_PROTOCOL_ERROR);
+        nghttp2_session_terminate_session(
+            session_, flooded ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
         writer_wakeup_.notify();
         co_return;
       }
@@ -303,8 +317,21 @@ void Connection::on_deadline() {
 void Connection::calm_down(const char* what) {
   if (calm_down_) return;
   calm_down_ = true;
+  calmed_ = true;
   close_reason_ = std::string("too many ") + what;
   log::warn("{}: closing connection: too many {} (GOAWAY ENHANCE_YOUR_CALM)", peer(), what);
+}
+
+bool Connection::control_frame_allowed(std::uint64_t& mark,
+                                       std::chrono::steady_clock::time_point now) {
+  // A busy peer's PINGs and SETTINGS answer our traffic: grpc-go and grpc-core send a PING with
+  // the DATA they receive (bandwidth estimation) and SETTINGS when the estimate grows. Such a
+  // frame is free; only one that follows the peer's previous frame of its kind with no HEADERS
+  // or DATA of ours in between takes a token, as grpc-go's server counts ping strikes.
+  bool answers_our_traffic = responses_sent_ != mark;
+  mark = responses_sent_;
+  if (answers_our_traffic) return true;
+  return control_frames_.take(settings_.control_burst, settings_.control_rate, now);
 }
 
 void Connection::on_keepalive() {
@@ -411,15 +438,15 @@ int Connection::on_frame_recv(const nghttp2_frame* frame) {
       }
       break;
     case NGHTTP2_PING:
-      if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
-          !control_frames_.take(settings_.control_burst, settings_.control_rate, now)) {
+      if (frame->hd.flags & NGHTTP2_FLAG_ACK) break;
+      ++stats_.pings_in;
+      if (!control_frame_allowed(ping_mark_, now)) {
         calm_down("PING frames");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
     case NGHTTP2_SETTINGS:
-      if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) &&
-          !control_frames_.take(settings_.control_burst, settings_.control_rate, now)) {
+      if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && !control_frame_allowed(settings_mark_, now)) {
         calm_down("SETTINGS frames");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }

@@ -71,6 +71,7 @@ void Stream::submit_headers(std::span<const Header> headers) {
   prd.read_callback = on_read_data;
   if (nghttp2_submit_response(conn_->session(), id_, nv.data(), nv.size(), &prd) == 0) {
     response_started_ = true;
+    conn_->note_headers_sent();
     conn_->want_write();
   }
 }
@@ -80,6 +81,7 @@ void Stream::submit_trailers_only(std::span<const Header> headers) {
   NvList nv(headers);
   if (nghttp2_submit_response(conn_->session(), id_, nv.data(), nv.size(), nullptr) == 0) {
     response_started_ = true;
+    conn_->note_headers_sent();
     finishing_ = true;
     eof_sent_ = true;
     conn_->want_write();

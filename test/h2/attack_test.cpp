@@ -608,6 +608,104 @@ TEST_F(AttackTest, PingFloodIsAnsweredWithEnhanceYourCalm) {
   EXPECT_TRUE(memory_bounded());
 }
 
+// A busy, well-behaved client: grpc-go and grpc-core send a PING with the DATA they receive
+// (bandwidth estimation), and a SETTINGS when their estimate grows. Each such frame answers our
+// traffic, so none of them counts toward the flood limit, however many there are; the same
+// connection pinging with nothing in between is still cut off.
+TEST_F(AttackTest, BusyPeerPingingOncePerDataFrameIsNotAFlood) {
+  start();
+  const auto limits = attack_options().h2;
+  Wire w(port());
+  ASSERT_TRUE(w.send(opening()));
+  constexpr std::uint32_t kCalls = 400;  // 8 x the burst; the refill adds 10 a second
+  // settings: the opening SETTINGS counts, as it is acknowledged too.
+  std::size_t pings = 0, settings = 1, ping_acks = 0, settings_acks = 0;
+  auto pump = [&](std::uint32_t stream_id, bool& done) {
+    for (const auto& f : w.new_frames()) {
+      bool ack = f.flags & frames::kAck;
+      if (f.type == frames::kData && f.stream_id == stream_id) {
+        // What grpc-go's transport does on every DATA frame while no BDP ping is out.
+        w.send(frames::ping(pings++) + frames::settings({{frames::kInitialWindowSize, 65535}}));
+        ++settings;
+      } else if (f.type == frames::kPing && ack) {
+        ++ping_acks;
+      } else if (f.type == frames::kSettings) {
+        if (ack) {
+          ++settings_acks;
+        } else {
+          w.send(frames::settings_ack());
+        }
+      } else if (f.type == frames::kHeaders && f.stream_id == stream_id &&
+                 (f.flags & frames::kEndStream)) {
+        done = true;
+      }
+    }
+    return done;
+  };
+  for (std::uint32_t i = 0; i < kCalls; ++i) {
+    std::uint32_t id = 1 + 2 * i;
+    bool done = false;
+    ASSERT_TRUE(w.send(grpc_request(id, kCheck, health_request())));
+    ASSERT_TRUE(w.read_until([&] { return pump(id, done); })) << "call " << i << " unanswered";
+  }
+  bool unused = false;
+  ASSERT_TRUE(w.read_until([&] {
+    pump(0, unused);
+    return ping_acks == pings && settings_acks == settings;
+  })) << ping_acks
+      << " of " << pings << " PINGs and " << settings_acks << " of " << settings
+      << " SETTINGS acknowledged";
+  EXPECT_FALSE(w.closed());
+  EXPECT_TRUE(w.goaways().empty()) << "a busy client was sent GOAWAY";
+  EXPECT_GT(pings, 4u * limits.control_burst) << "too few PINGs to tell";
+  EXPECT_EQ(server().call([&] { return server().server().stats().calmed_connections; }), 0u);
+
+  // The same connection, now pinging with none of our traffic in between, is a flood.
+  std::string fifty;
+  for (int i = 0; i < 50; ++i)
+    fifty += frames::ping(7);
+  for (int i = 0; i < 100 && !w.closed(); ++i) {
+    if (!w.send(fifty)) break;
+    w.read_available();
+  }
+  EXPECT_TRUE(w.read_until_closed());
+  auto goaways = w.goaways();
+  ASSERT_FALSE(goaways.empty());
+  EXPECT_EQ(goaways.back().code, frames::kEnhanceYourCalm);
+  EXPECT_TRUE(settled());
+  EXPECT_EQ(server().call([&] { return server().server().stats().calmed_connections; }), 1u);
+  EXPECT_TRUE(served());
+}
+
+// A peer that PINGs but never reads the ACKs is bounded by nghttp2's cap on queued ACKs even
+// where the token bucket would let it go on: once the socket buffers are full, at most 1,000
+// ACKs queue before the connection is closed with ENHANCE_YOUR_CALM.
+TEST_F(AttackTest, PingsWhoseAcksAreNeverReadAreBoundedByTheAckQueue) {
+  auto o = attack_options();
+  o.h2.control_burst = 100'000'000;  // the token bucket out of the way
+  o.h2.control_rate = 100'000'000;
+  o.h2.write_stall_timeout = 30s;  // and the stall timeout: only nghttp2's cap is left
+  start(o);
+  Wire w(port());
+  ASSERT_TRUE(w.send(opening(), Wire::Drain::no));
+  std::string batch;
+  for (int i = 0; i < 10'000; ++i)
+    batch += frames::ping(9);
+  // Far more ACKs than the socket buffers of both ends hold (17 bytes each).
+  std::size_t sent = 0;
+  for (int i = 0; i < 500; ++i) {
+    if (!w.send(batch, Wire::Drain::no, 2s)) break;
+    sent += 10'000;
+  }
+  ASSERT_TRUE(server().eventually([&] { return server().server().connection_count() == 0; }, 10s))
+      << "the peer that never reads was not closed";
+  EXPECT_EQ(server().call([&] { return server().server().stats().calmed_connections; }), 1u);
+  EXPECT_LT(sent, 5'000'000u) << "the server read every PING";
+  EXPECT_TRUE(settled());
+  EXPECT_TRUE(served());
+  EXPECT_TRUE(memory_bounded());
+}
+
 // --- 4. A flow-control window held at zero ----------------------------------------------------
 
 std::string stream_request(std::uint32_t count, std::uint32_t size) {

@@ -49,6 +49,8 @@ struct ServerStats {
   std::uint64_t tls_handshake_failures = 0;
   std::uint64_t tls_handshake_timeouts = 0;
   std::uint64_t closed_connections = 0;
+  std::uint64_t calmed_connections = 0;
+  std::uint64_t closed_pings_in = 0;  // closed with GOAWAY ENHANCE_YOUR_CALM
   // Bytes of connections already closed (live ones are summed when asked).
   std::uint64_t closed_bytes_in = 0;
   std::uint64_t closed_bytes_out = 0;
@@ -86,6 +88,8 @@ class Server {
   std::size_t connection_count() const noexcept { return connection_count_; }
   std::size_t handshake_count() const noexcept { return handshake_count_; }
   const ServerStats& stats() const noexcept { return stats_; }
+  // PING frames received from clients, on open and closed connections.
+  std::uint64_t pings_received() const noexcept;
   // Serving and not draining (/readyz).
   bool ready() const noexcept { return running_ && !stopping_ && dispatcher_.running(); }
   // The Prometheus text exposition of everything above (/metrics).

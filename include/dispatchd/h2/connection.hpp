@@ -45,7 +45,9 @@ struct Settings {
   // is closed with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
   std::uint32_t reset_burst = 1000;
   double reset_rate = 100;
-  // PING and SETTINGS frames from the peer, likewise.
+  // PING and SETTINGS frames from the peer, likewise; but a PING (SETTINGS) that follows HEADERS
+  // or DATA from us since the peer's previous PING (SETTINGS) is not counted: busy grpc-go and
+  // grpc-core clients send one with the data they receive.
   std::uint32_t control_burst = 500;
   double control_rate = 50;
   // CONTINUATION frames allowed after one HEADERS frame.
@@ -94,6 +96,7 @@ struct ConnectionStats {
   std::uint64_t bytes_out = 0;
   std::uint64_t streams = 0;
   std::uint64_t data_out = 0;  // stream DATA bytes handed to nghttp2
+  std::uint64_t pings_in = 0;  // PING frames from the peer (not ACKs)
 };
 
 class Connection : public std::enable_shared_from_this<Connection>, public co::ListHook {
@@ -119,10 +122,18 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
 
   // Why the connection was closed by the server ("" if it was not, or closed normally).
   const std::string& close_reason() const noexcept { return close_reason_; }
+  // The server closed the connection with GOAWAY ENHANCE_YOUR_CALM (a flood of resets, PINGs,
+  // SETTINGS, or unread ACKs).
+  bool calmed() const noexcept { return calmed_; }
 
   // Used by Stream.
   nghttp2_session* session() noexcept { return session_; }
-  void note_data_sent(std::size_t n) noexcept { stats_.data_out += n; }
+  void note_data_sent(std::size_t n) noexcept {
+    stats_.data_out += n;
+    if (n > 0) ++responses_sent_;
+  }
+  // A response HEADERS frame (or trailers-only response) was submitted.
+  void note_headers_sent() noexcept { ++responses_sent_; }
   void want_write() noexcept { writer_wakeup_.notify(); }
   bool alive() const noexcept { return session_ != nullptr && !dead_; }
 
@@ -152,6 +163,9 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   void on_keepalive();
   void on_stall_check();
   void calm_down(const char* what);
+  // The PING/SETTINGS flood rule; `mark` is where responses_sent_ stood at the peer's previous
+  // frame of the same kind.
+  bool control_frame_allowed(std::uint64_t& mark, std::chrono::steady_clock::time_point now);
   // Some stream has DATA queued that nghttp2 has not taken (waiting for the peer's window).
   bool streams_waiting() const noexcept;
   asio::awaitable<void> write_loop();
@@ -180,9 +194,12 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   Periodic keepalive_{*this, &Connection::on_keepalive};
   Periodic stall_check_{*this, &Connection::on_stall_check};
   RateLimit resets_, control_frames_;
+  // HEADERS and DATA frames handed to nghttp2, and its value at the peer's last PING / SETTINGS.
+  std::uint64_t responses_sent_ = 0, ping_mark_ = 0, settings_mark_ = 0;
   std::chrono::steady_clock::time_point last_recv_{};
   bool ping_outstanding_ = false;
   bool calm_down_ = false;
+  bool calmed_ = false;
   std::uint64_t stall_bytes_out_ = 0, stall_data_out_ = 0;
   std::string close_reason_;
   std::size_t open_streams_ = 0;
