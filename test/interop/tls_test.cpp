@@ -14,6 +14,8 @@
 #include <sstream>
 
 #include "dispatcher.grpc.pb.h"
+#include "support/frames.hpp"
+#include "support/raw_client.hpp"
 #include "support/test_server.hpp"
 
 namespace {
@@ -315,6 +317,49 @@ TEST_F(TlsTest, ReloadedCertificatesServeNewConnectionsWithoutDroppingLiveSessio
   EXPECT_EQ(next.managers(0).peer().node_id(), "mgr-9");
   ctx.TryCancel();
   session->Finish();
+}
+
+// Two TLS records in one TCP segment: OpenSSL returns one record per read, and the server then
+// waits for readiness with the second record already in the socket. That wait must still
+// complete (asio re-arms its edge-triggered epoll registration for each wait); were it to wait
+// for new data, the request in the second record would sit there until the client sent more.
+TEST_F(TlsTest, RecordsArrivingTogetherAreAllRead) {
+  namespace frames = dispatchd::test::frames;
+  RawTls c(server_.port(), "h2", TLS1_3_VERSION, "node-1");
+  ASSERT_TRUE(c.handshake());
+  timeval tv{5, 0};
+  ::setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  // Encrypt into memory, then send both records with one write.
+  BIO* out = BIO_new(BIO_s_mem());
+  SSL_set0_wbio(c.ssl, out);
+  std::string opening = std::string(frames::kPreface) + frames::settings();
+  std::string request =
+      frames::headers(1, frames::grpc_request_block("/grpc.health.v1.Health/Check"),
+                      frames::kEndHeaders) +
+      frames::data(1, dispatchd::test::grpc_frame(""), true);
+  ASSERT_EQ(SSL_write(c.ssl, opening.data(), static_cast<int>(opening.size())),
+            static_cast<int>(opening.size()));
+  ASSERT_EQ(SSL_write(c.ssl, request.data(), static_cast<int>(request.size())),
+            static_cast<int>(request.size()));
+  char* bytes = nullptr;
+  long n = BIO_get_mem_data(out, &bytes);
+  ASSERT_GT(n, 0);
+  ASSERT_EQ(::send(c.fd, bytes, static_cast<std::size_t>(n), MSG_NOSIGNAL), n);
+  // The answer to stream 1 arrives without the client sending anything more.
+  std::string inbox;
+  bool answered = false;
+  while (!answered) {
+    char buf[4096];
+    int r = SSL_read(c.ssl, buf, sizeof buf);
+    if (r <= 0) break;
+    inbox.append(buf, static_cast<std::size_t>(r));
+    for (const auto& f : frames::parse(inbox)) {
+      if (f.type == frames::kHeaders && f.stream_id == 1 && (f.flags & frames::kEndStream)) {
+        answered = true;
+      }
+    }
+  }
+  EXPECT_TRUE(answered) << "the second record was not read";
 }
 
 }  // namespace
