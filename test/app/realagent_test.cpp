@@ -1,0 +1,162 @@
+// SwarmKit's own worker agents (../shared/peers/realagent: SwarmKit's agent package, unmodified,
+// each agent with its own certificate and mutual-TLS connection) against the real dispatchd
+// binary, driven by the real dispatchctl: what a real node does, end to end.
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/child_process.hpp"
+#include "support/process.hpp"
+
+namespace {
+
+using dispatchd::test::ChildProcess;
+using namespace std::chrono_literals;
+
+const std::string kRealagent =
+    std::string(DISPATCHD_SOURCE_DIR) + "/../shared/peers/realagent/realagent";
+
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/dispatchd-realagent-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
+
+std::size_t count(const std::string& text, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+    ++n;
+  return n;
+}
+
+// Waits until `needle` has appeared `n` times in the child's output (bounded).
+bool wait_count(ChildProcess& p, const std::string& needle, std::size_t n,
+                std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (count(p.output(), needle) >= n) return true;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left <= 0ms) return false;
+    // Returns at the next matching line (or after a short while): a wait, not a sleep.
+    p.wait_for_line(needle, std::min<std::chrono::milliseconds>(left, 200ms));
+  }
+}
+
+class RealAgentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::access(kRealagent.c_str(), X_OK) != 0) {
+      GTEST_SKIP() << "SwarmKit's agent not found at " << kRealagent;
+    }
+    certs_ = dir_.path + "/certs";
+    std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " + certs_ +
+                      " --org myorg --nodes 2 --manager-id mgr-0 >/dev/null";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+  }
+
+  // dispatchd with mutual TLS and a state directory; `listen` 127.0.0.1:0 the first time.
+  std::unique_ptr<ChildProcess> start_server(const std::string& listen) {
+    auto p = std::make_unique<ChildProcess>(std::vector<std::string>{
+        DISPATCHD_BIN, "--listen", listen, "--admin-listen=", "--tls-cert", certs_ + "/server.pem",
+        "--tls-key", certs_ + "/server.key", "--tls-ca", certs_ + "/ca.pem", "--state-dir",
+        dir_.path + "/state", "--drain-timeout", "5s"});
+    auto line = p->wait_for_line("dispatchd listening on ", 30s);
+    if (!line) return p;
+    auto at = line->find("listening on ") + 13;
+    address_ = line->substr(at, line->find(' ', at) - at);
+    return p;
+  }
+
+  dispatchd::test::ProcessResult ctl(std::vector<std::string> args) {
+    std::vector<std::string> argv = {DISPATCHCTL_BIN,     "--addr",           address_,
+                                     "--tls-ca",          certs_ + "/ca.pem", "--tls-cert",
+                                     certs_ + "/ctl.pem", "--tls-key",        certs_ + "/ctl.key"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return dispatchd::test::run_process(argv, {}, 30s, {"DISPATCHCTL_"});
+  }
+
+  // The state the server holds for `task_id` ("" if it is not listed), from `task ls --json`.
+  std::string task_state(const std::string& task_id) {
+    auto r = ctl({"--json", "task", "ls"});
+    if (r.exit_status != 0) return "";
+    std::smatch m;
+    std::regex re("\"id\":\\s*\"" + task_id + "\"[^]*?\"state\":\\s*\"([A-Z_]+)\"");
+    if (!std::regex_search(r.out, m, re)) return "";
+    return m[1];
+  }
+
+  bool task_reaches(const std::string& task_id, const std::string& state,
+                    std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (task_state(task_id) == state) return true;
+      // Each poll is a whole dispatchctl process; no tighter loop is needed.
+      std::this_thread::sleep_for(100ms);
+    }
+    return task_state(task_id) == state;
+  }
+
+  TempDir dir_;
+  std::string certs_;
+  std::string address_;
+};
+
+TEST_F(RealAgentTest, RegistersRunsATaskFollowsADrainAndComesBackAfterARestart) {
+  auto server = start_server("127.0.0.1:0");
+  ASSERT_FALSE(address_.empty()) << server->output();
+
+  // Two of SwarmKit's agents, stdout (their events) into the pipe the test reads.
+  ChildProcess agents({"/bin/sh", "-c", "exec \"$0\" \"$@\" 1>&2", kRealagent, "--addr", address_,
+                       "--certs", certs_, "--nodes", "node-1,node-2", "--for", "150s"});
+  ASSERT_TRUE(wait_count(agents, "node-1 session-established", 1, 30s)) << agents.output();
+  ASSERT_TRUE(wait_count(agents, "node-2 session-established", 1, 30s)) << agents.output();
+
+  // A task for node-1 goes all the way to RUNNING through the agent's own executor.
+  auto created = ctl({"task", "create", "--node", "node-1", "--id", "task-real-1"});
+  ASSERT_EQ(created.exit_status, 0) << created.err;
+  EXPECT_TRUE(task_reaches("task-real-1", "RUNNING", 60s))
+      << "state " << task_state("task-real-1") << "\n"
+      << agents.output();
+
+  // A drain reaches the agent's Session as a node change.
+  auto drained = ctl({"node", "update", "--availability", "drain", "node-1"});
+  ASSERT_EQ(drained.exit_status, 0) << drained.err;
+  EXPECT_TRUE(wait_count(agents, "node-1 node-change state=READY availability=DRAIN", 1, 30s))
+      << agents.output();
+
+  // A graceful restart on the same address and state: both agents are back with a new session,
+  // the task is still RUNNING and node-1 still drained.
+  server->signal(SIGTERM);
+  auto status = server->wait(30s);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(*status, 0) << server->output();
+  auto restarted = start_server(address_);
+  ASSERT_TRUE(restarted->started());
+  auto before = std::chrono::steady_clock::now();
+  EXPECT_TRUE(wait_count(agents, "node-1 session-established", 2, 60s)) << agents.output();
+  EXPECT_TRUE(wait_count(agents, "node-2 session-established", 2, 60s)) << agents.output();
+  auto back_in = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - before);
+  std::cout << "[ info ] both agents back " << back_in.count() << " ms after the restart\n";
+  EXPECT_EQ(task_state("task-real-1"), "RUNNING");
+  auto node = ctl({"--json", "node", "inspect", "node-1"});
+  EXPECT_NE(node.out.find("DRAIN"), std::string::npos) << node.out << node.err;
+  EXPECT_EQ(count(agents.output(), "panic"), 0u) << agents.output();
+}
+
+}  // namespace
