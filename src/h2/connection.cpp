@@ -13,6 +13,8 @@ constexpr std::size_t kReadBufferSize = 64 * 1024;
 constexpr std::size_t kWriteBatch = 64 * 1024;
 // nghttp2's own default, stated here because the flood rule relies on it.
 constexpr std::size_t kMaxOutboundAcks = 1000;
+// nghttp2's reset limit, as a multiple of ours.
+constexpr std::uint64_t kResetBackstop = 10;
 constexpr std::string_view kClientMagic = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 // One read buffer for the whole thread: bytes are handed to nghttp2 before the next read.
@@ -76,8 +78,10 @@ Connection::Connection(std::unique_ptr<net::Transport> transport, RequestSink& s
   // before nghttp2 gives up on it (FLOODED, answered with ENHANCE_YOUR_CALM).
   nghttp2_option_set_max_outbound_ack(opt, kMaxOutboundAcks);
   // nghttp2's own rapid-reset guard is a backstop behind ours (which answers ENHANCE_YOUR_CALM).
-  nghttp2_option_set_stream_reset_rate_limit(opt, settings_.reset_burst * 2ull,
-                                             static_cast<std::uint64_t>(settings_.reset_rate * 2));
+  // It counts every reset, answered streams too, so it sits well above ours.
+  nghttp2_option_set_stream_reset_rate_limit(
+      opt, settings_.reset_burst * kResetBackstop,
+      static_cast<std::uint64_t>(settings_.reset_rate * kResetBackstop));
   nghttp2_session_server_new2(&session_, cbs, this, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
@@ -431,12 +435,21 @@ int Connection::on_frame_recv(const nghttp2_frame* frame) {
   switch (frame->hd.type) {
     // Over a limit: stop nghttp2 at once (CALLBACK_FAILURE) so that nothing more of the buffer is
     // processed, and answer with a single GOAWAY ENHANCE_YOUR_CALM from the read loop.
-    case NGHTTP2_RST_STREAM:
-      if (!resets_.take(settings_.reset_burst, settings_.reset_rate, now)) {
+    case NGHTTP2_RST_STREAM: {
+      // Rapid reset (CVE-2023-44487) makes the server start streams for nothing: each is reset
+      // before it is answered. A reset of a stream already answered or already closed — a client
+      // cancelling a watch, or giving up on a call at its deadline, hundreds of times a second in
+      // a busy grpc-go client — cost no more than the call itself and is not counted (nghttp2's
+      // backstop, set in the constructor, still bounds them).
+      auto* s =
+          static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
+      bool unanswered = s && !s->response_started();
+      if (unanswered && !resets_.take(settings_.reset_burst, settings_.reset_rate, now)) {
         calm_down("stream resets");
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
       break;
+    }
     case NGHTTP2_PING:
       if (frame->hd.flags & NGHTTP2_FLAG_ACK) break;
       ++stats_.pings_in;

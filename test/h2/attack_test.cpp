@@ -433,6 +433,50 @@ TEST_F(AttackTest, RapidResetIsAnsweredWithEnhanceYourCalm) {
   EXPECT_TRUE(memory_bounded());
 }
 
+// A client cancelling streams the server has already answered (a watch it no longer needs, a
+// stream past its deadline) is not a rapid reset however often it does so; resets of streams
+// not yet answered, on the same connection, still are.
+TEST_F(AttackTest, ResetsOfAnsweredStreamsAreNotRapidReset) {
+  start();
+  const auto limits = attack_options().h2;
+  const std::string kWatch = "/grpc.health.v1.Health/Watch";
+  Wire w(port());
+  ASSERT_TRUE(w.send(opening()));
+  constexpr std::uint32_t kStreams = 500;  // 5 x the burst; the refill adds 10 a second
+  for (std::uint32_t i = 0; i < kStreams; ++i) {
+    std::uint32_t id = 1 + 2 * i;
+    ASSERT_TRUE(w.send(grpc_request(id, kWatch, health_request())));
+    bool answered = false;
+    ASSERT_TRUE(w.read_until([&] {
+      for (const auto& f : w.new_frames()) {
+        if (f.type == frames::kData && f.stream_id == id) answered = true;
+      }
+      return answered;
+    })) << "watch "
+        << i << " unanswered";
+    ASSERT_TRUE(w.send(frames::rst_stream(id, frames::kCancel)));
+  }
+  EXPECT_TRUE(server().eventually([&] { return server().server().grpc().active_calls() == 0; }));
+  EXPECT_FALSE(w.closed());
+  EXPECT_TRUE(w.goaways().empty()) << "a client cancelling answered watches was sent GOAWAY";
+  EXPECT_GT(kStreams, 4 * limits.reset_burst);
+
+  // Streams reset before they are answered, on the same connection: rapid reset.
+  std::string burst;
+  const std::string block = frames::grpc_request_block(kHangStream);
+  for (std::uint32_t j = 0; j < 2 * limits.reset_burst; ++j) {
+    auto id = 1 + 2 * (kStreams + j);
+    burst += frames::headers(id, block, frames::kEndHeaders) + frames::rst_stream(id);
+  }
+  w.send(burst);
+  EXPECT_TRUE(w.read_until_closed());
+  auto goaways = w.goaways();
+  ASSERT_FALSE(goaways.empty());
+  EXPECT_EQ(goaways.back().code, frames::kEnhanceYourCalm);
+  EXPECT_TRUE(settled());
+  EXPECT_TRUE(served());
+}
+
 TEST_F(AttackTest, ResetsWithinTheBurstAreTolerated) {
   start();
   Wire w(port());

@@ -200,6 +200,28 @@ TEST_F(GhzTest, WithLargeMetadataUnderTheHeaderLimitIsServed) {
   EXPECT_EQ(rep.ok, 200) << rep.output;
 }
 
+// A grpc-go client whose streams outlive their deadline: ghz cancels each Health.Watch after
+// 20 ms, hundreds a second, each already answered by the server. None of it is rapid reset.
+TEST_F(GhzTest, StreamsCancelledAtTheirDeadlineAreNotRapidReset) {
+  // The default reset limits (1,000 at once, 100 a second): 2,000 resets on each connection
+  // within seconds are far over, were they counted. (nghttp2's own backstop, which counts every
+  // reset, sits at ten times that.)
+  TestServer server(strict_options());
+  auto rep = ghz(server,
+                 {"--call", "grpc.health.v1.Health.Watch", "-d", "{}", "-n", "4000", "-c", "50",
+                  "--connections", "2", "-t", "20ms"},
+                 kHealthProto);
+  EXPECT_EQ(rep.count, 4000) << rep.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      rep.output, m,
+      std::regex(R"re("statusCodeDistribution":\s*\{\s*"DeadlineExceeded":\s*(\d+)\s*\})re")))
+      << "not every call ended at its deadline: " << rep.output;
+  EXPECT_EQ(std::stol(m[1]), 4000);
+  EXPECT_EQ(server.call([&] { return server.server().stats().calmed_connections; }), 0u);
+  EXPECT_EQ(server.call([&] { return server.server().stats().accepted; }), 2u);
+}
+
 // grpc-core's client: a long server stream makes its bandwidth estimator probe with PINGs.
 TEST(GrpcppClientTest, BandwidthProbesDuringALargeStreamAreNotAFlood) {
   // grpc-core probes less often than grpc-go (a handful of PINGs for these 128 MiB): a burst of

@@ -41,8 +41,9 @@ struct Settings {
   std::chrono::milliseconds drain_timeout{5000};
   // A connection that has not sent a valid HTTP/2 preface by then is closed.
   std::chrono::milliseconds preface_timeout{10000};
-  // Stream resets from the peer: a burst, then so many per second; beyond that the connection
-  // is closed with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487).
+  // Stream resets from the peer before the server answered the stream: a burst, then so many per
+  // second; beyond that the connection is closed with GOAWAY ENHANCE_YOUR_CALM (rapid reset,
+  // CVE-2023-44487).
   std::uint32_t reset_burst = 1000;
   double reset_rate = 100;
   // PING and SETTINGS frames from the peer, likewise; but a PING (SETTINGS) that follows HEADERS
