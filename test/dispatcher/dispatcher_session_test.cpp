@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <asio/post.hpp>
 #include <atomic>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <future>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -511,6 +513,40 @@ TEST(DispatcherSessionTest, HeartbeatReturnsPeriodWithinEpsilon) {
     auto period = as_duration(resp.period());
     EXPECT_GE(period, 750ms);
     EXPECT_LT(period, 1250ms);
+  }
+}
+
+// The range alone would pass a server that ignores the jitter (every period exactly 1 s): the
+// periods must differ and cover the whole of period ± epsilon. The jitter is drawn uniformly
+// from [-ε, ε) in nanoseconds, so with 200 heartbeats the bounds below are far from the
+// expectation: fewer than 10 of 200 in one quarter (expected 50) or more than a handful of equal
+// draws among 500 million values has a probability below 1e-12.
+TEST(DispatcherSessionTest, HeartbeatPeriodsAreSpreadOverTheWholeJitterRange) {
+  TestServer server(options_with([](auto& o) {
+    o.dispatcher.heartbeat_period = 1s;
+    o.dispatcher.heartbeat_epsilon = 250ms;
+  }));
+  Agent agent(server);
+  auto r = register_node(agent, as_node("node-a"));
+  ASSERT_TRUE(r.ok) << r.status.error_message();
+  constexpr int kBeats = 200;
+  std::set<std::chrono::nanoseconds> distinct;
+  std::array<int, 4> per_quarter{};  // [750, 875), [875, 1000), [1000, 1125), [1125, 1250) ms
+  for (int i = 0; i < kBeats; ++i) {
+    api::HeartbeatResponse resp;
+    grpc::Status st = agent.heartbeat(as_node("node-a"), r.first.session_id(), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    auto period = as_duration(resp.period());
+    ASSERT_GE(period, 750ms);
+    ASSERT_LT(period, 1250ms);
+    distinct.insert(period);
+    ++per_quarter[static_cast<std::size_t>((period - 750ms) / 125ms)];
+  }
+  EXPECT_GE(distinct.size(), static_cast<std::size_t>(kBeats - 5))
+      << "heartbeat periods repeat: the jitter is not drawn per heartbeat";
+  for (std::size_t q = 0; q < per_quarter.size(); ++q) {
+    EXPECT_GE(per_quarter[q], 10) << "quarter " << q << " of period ± epsilon: " << per_quarter[q]
+                                  << " of " << kBeats << " periods";
   }
 }
 
