@@ -964,6 +964,53 @@ TEST_F(SessionTaskStatusTest, ForeignTaskRejectsWholeRequest) {
   EXPECT_EQ(stored_task(server_, "theirs")->status().state(), api::ASSIGNED);
 }
 
+// node-b is registered too and owns "theirs": node-a naming it anywhere in a batch (first, or
+// after its own updates) is refused and applies nothing of the batch, while node-b's own report
+// of the same task is accepted; an unassigned task is nobody's to report either.
+TEST_F(SessionTaskStatusTest, TaskOfAnotherLiveNodeIsRefusedWhereverItIsInTheBatch) {
+  Agent agent_b(server_);
+  auto reg_b = register_node(agent_b, as_node("node-b"));
+  ASSERT_TRUE(reg_b.ok) << reg_b.status.error_message();
+  create_tasks({task_object("mine-1", "node-a", api::ASSIGNED),
+                task_object("mine-2", "node-a", api::ASSIGNED),
+                task_object("theirs", "node-b", api::ASSIGNED),
+                task_object("unassigned", "", api::PENDING),
+                task_object("probe", "node-a", api::ASSIGNED)});
+
+  const std::vector<std::vector<std::string>> batches = {
+      {"theirs", "mine-1", "mine-2"},
+      {"mine-1", "mine-2", "theirs"},
+      {"mine-1", "unassigned", "mine-2"},
+  };
+  for (const auto& batch : batches) {
+    auto req = request();
+    for (const auto& id : batch)
+      *req.add_updates() = status_update(id, api::RUNNING);
+    grpc::Status st = send(req);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+        << "batch " << batch[0] << ", " << batch[1] << ", " << batch[2];
+    EXPECT_EQ(st.error_message(), "cannot update a task not assigned this node");
+  }
+
+  // The owner's report of the same task goes through.
+  api::UpdateTaskStatusRequest own;
+  own.set_session_id(reg_b.first.session_id());
+  *own.add_updates() = status_update("theirs", api::PREPARING);
+  grpc::Status st = agent_b.update_task_status(as_node("node-b"), own);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+
+  // node-a's next accepted update is acknowledged after a flush that would have carried anything
+  // the refused batches had queued.
+  auto probe = request();
+  *probe.add_updates() = status_update("probe", api::RUNNING);
+  ASSERT_TRUE(send(probe).ok());
+  EXPECT_EQ(stored_task(server_, "probe")->status().state(), api::RUNNING);
+  EXPECT_EQ(stored_task(server_, "mine-1")->status().state(), api::ASSIGNED);
+  EXPECT_EQ(stored_task(server_, "mine-2")->status().state(), api::ASSIGNED);
+  EXPECT_EQ(stored_task(server_, "theirs")->status().state(), api::PREPARING);
+  EXPECT_EQ(stored_task(server_, "unassigned")->status().state(), api::PENDING);
+}
+
 TEST_F(SessionTaskStatusTest, UnknownTasksAndMissingStatusesAreSkipped) {
   create_tasks({task_object("no-status", "node-a", api::ASSIGNED),
                 task_object("valid", "node-a", api::ASSIGNED)});
