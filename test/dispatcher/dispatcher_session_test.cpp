@@ -1615,8 +1615,9 @@ TEST(DispatcherSessionTest, DispatcherStopFlushesPendingTaskUpdates) {
   for (int round = 0; round < kRounds && !caught; ++round) {
     std::vector<api::Task> tasks;
     for (int i = 0; i < kCalls; ++i) {
-      tasks.push_back(task_object("r" + std::to_string(round) + "-" + std::to_string(i), "node-a",
-                                  api::ASSIGNED));
+      std::string id = "r";
+      id += std::to_string(round) + "-" + std::to_string(i);
+      tasks.push_back(task_object(id, "node-a", api::ASSIGNED));
     }
     write(server, [&](store::WriteTx& tx) {
       for (auto& t : tasks) {
