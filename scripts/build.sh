@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 dir=build
 tests=ON
-args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
+# Warnings are errors in the project's own builds (a plain cmake configure leaves them warnings).
+args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DDISPATCHD_WERROR=ON)
 for a in "$@"; do
   case "$a" in
     --sanitize) dir=build-asan; args+=(-DDISPATCHD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug) ;;

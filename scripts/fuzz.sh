@@ -37,7 +37,7 @@ flags=(
   -Wno-error=unused-private-field
 )
 cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDISPATCHD_FUZZ=ON \
-  -DDISPATCHD_TESTS=OFF "-DCMAKE_CXX_FLAGS=${flags[*]}" >/dev/null
+  -DDISPATCHD_TESTS=OFF -DDISPATCHD_WERROR=ON "-DCMAKE_CXX_FLAGS=${flags[*]}" >/dev/null
 cmake --build "$dir" --parallel "$(nproc)" --target "${targets[@]}"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/dispatchd-fuzz.XXXXXX")

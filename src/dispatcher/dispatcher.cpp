@@ -8,6 +8,7 @@
 #include "dispatchd/co/select.hpp"
 #include "dispatchd/dispatcher/assignment_set.hpp"
 #include "dispatchd/dispatcher/session_id.hpp"
+#include "dispatchd/dispatcher/utf8.hpp"
 #include "dispatchd/grpc/codec.hpp"
 #include "dispatchd/log.hpp"
 #include "dispatcher.pb.h"
@@ -48,25 +49,6 @@ std::string host_of(const std::string& addr) {
   auto colon = addr.rfind(':');
   if (colon == std::string::npos) return {};
   return addr.substr(0, colon);
-}
-
-// Identity strings end up in proto3 `string` fields, which must be UTF-8.
-bool valid_utf8(std::string_view s) {
-  std::size_t i = 0;
-  while (i < s.size()) {
-    auto c = static_cast<unsigned char>(s[i]);
-    std::size_t n = c < 0x80           ? 1
-                    : (c >> 5) == 0x6  ? 2
-                    : (c >> 4) == 0xe  ? 3
-                    : (c >> 3) == 0x1e ? 4
-                                       : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (std::size_t k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
-    }
-    i += n;
-  }
-  return true;
 }
 
 bool has_role(const std::vector<std::string>& roles, const std::string& role) {

@@ -18,6 +18,7 @@
 
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "support/child_process.hpp"
 #include "support/grpc_client.hpp"
 
@@ -234,6 +235,35 @@ TEST(GracefulStopTest, AStateFileFromAnotherClusterIsRefusedAtStart) {
   EXPECT_EQ(*status, 2);
   EXPECT_NE(other.output().find("belongs to cluster \"dispatchd\""), std::string::npos)
       << other.output();
+}
+
+// --max-recv-msg-size reaches the server: with 2KiB, a request of 2048 bytes is served (the
+// health check answers NOT_FOUND for the unknown service it names) and one of 2049 bytes is
+// RESOURCE_EXHAUSTED. With the flag ignored both would be served under the 4 MiB default.
+TEST(GracefulStopTest, MaxRecvMsgSizeFlagLimitsRequests) {
+  TempDir dir;
+  auto server = start_server(dir.path, {"--max-recv-msg-size", "2KiB"});
+  ASSERT_FALSE(server.address.empty()) << server.process->output();
+  auto health = grpc::health::v1::Health::NewStub(
+      grpc::CreateChannel(server.address, grpc::InsecureChannelCredentials()));
+  auto check = [&](std::size_t size) {
+    grpc::health::v1::HealthCheckRequest req;
+    req.set_service(std::string(size - 3, 's'));  // tag and a 2-byte length varint
+    EXPECT_EQ(req.ByteSizeLong(), size);
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 30s);
+    return health->Check(&ctx, req, &resp);
+  };
+  grpc::Status at_limit = check(2048);
+  EXPECT_EQ(at_limit.error_code(), grpc::StatusCode::NOT_FOUND) << at_limit.error_message();
+  EXPECT_EQ(at_limit.error_message(), "unknown service");
+  grpc::Status over = check(2049);
+  EXPECT_EQ(over.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << over.error_message();
+  EXPECT_NE(over.error_message().find("(2049 vs. 2048)"), std::string::npos)
+      << over.error_message();
+  server.process->signal(SIGTERM);
+  EXPECT_EQ(server.process->wait(30s), 0) << server.process->output();
 }
 
 TEST(GracefulStopTest, BadConfigurationIsRefusedWithTheFlagsName) {

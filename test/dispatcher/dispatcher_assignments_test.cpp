@@ -828,7 +828,10 @@ TEST(DispatcherSelectRuleTest, SessionLosesNothingWhenEverySourceIsReadyAtOnce) 
     std::string out;
     int n = 0;
     for (std::uint64_t r = 1; r <= kRounds; ++r) {
-      if (!seen[r] && n++ < 5) out += " " + std::to_string(r);
+      if (!seen[r] && n++ < 5) {
+        out += ' ';
+        out += std::to_string(r);
+      }
     }
     return n == 0 ? std::string() : std::to_string(n) + " rounds missing:" + out;
   };

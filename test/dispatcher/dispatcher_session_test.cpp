@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <asio/post.hpp>
 #include <atomic>
 #include <chrono>
@@ -16,6 +17,7 @@
 #include <future>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -514,6 +516,40 @@ TEST(DispatcherSessionTest, HeartbeatReturnsPeriodWithinEpsilon) {
   }
 }
 
+// The range alone would pass a server that ignores the jitter (every period exactly 1 s): the
+// periods must differ and cover the whole of period ± epsilon. The jitter is drawn uniformly
+// from [-ε, ε) in nanoseconds, so with 200 heartbeats the bounds below are far from the
+// expectation: fewer than 10 of 200 in one quarter (expected 50) or more than a handful of equal
+// draws among 500 million values has a probability below 1e-12.
+TEST(DispatcherSessionTest, HeartbeatPeriodsAreSpreadOverTheWholeJitterRange) {
+  TestServer server(options_with([](auto& o) {
+    o.dispatcher.heartbeat_period = 1s;
+    o.dispatcher.heartbeat_epsilon = 250ms;
+  }));
+  Agent agent(server);
+  auto r = register_node(agent, as_node("node-a"));
+  ASSERT_TRUE(r.ok) << r.status.error_message();
+  constexpr int kBeats = 200;
+  std::set<std::chrono::nanoseconds> distinct;
+  std::array<int, 4> per_quarter{};  // [750, 875), [875, 1000), [1000, 1125), [1125, 1250) ms
+  for (int i = 0; i < kBeats; ++i) {
+    api::HeartbeatResponse resp;
+    grpc::Status st = agent.heartbeat(as_node("node-a"), r.first.session_id(), &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    auto period = as_duration(resp.period());
+    ASSERT_GE(period, 750ms);
+    ASSERT_LT(period, 1250ms);
+    distinct.insert(period);
+    ++per_quarter[static_cast<std::size_t>((period - 750ms) / 125ms)];
+  }
+  EXPECT_GE(distinct.size(), static_cast<std::size_t>(kBeats - 5))
+      << "heartbeat periods repeat: the jitter is not drawn per heartbeat";
+  for (std::size_t q = 0; q < per_quarter.size(); ++q) {
+    EXPECT_GE(per_quarter[q], 10) << "quarter " << q << " of period ± epsilon: " << per_quarter[q]
+                                  << " of " << kBeats << " periods";
+  }
+}
+
 TEST(DispatcherSessionTest, HeartbeatWithEmptySessionIdIsSessionInvalid) {
   TestServer server;
   Agent agent(server);
@@ -926,6 +962,53 @@ TEST_F(SessionTaskStatusTest, ForeignTaskRejectsWholeRequest) {
   ASSERT_EQ(stored_task(server_, "probe")->status().state(), api::RUNNING);
   EXPECT_EQ(stored_task(server_, "mine")->status().state(), api::ASSIGNED);
   EXPECT_EQ(stored_task(server_, "theirs")->status().state(), api::ASSIGNED);
+}
+
+// node-b is registered too and owns "theirs": node-a naming it anywhere in a batch (first, or
+// after its own updates) is refused and applies nothing of the batch, while node-b's own report
+// of the same task is accepted; an unassigned task is nobody's to report either.
+TEST_F(SessionTaskStatusTest, TaskOfAnotherLiveNodeIsRefusedWhereverItIsInTheBatch) {
+  Agent agent_b(server_);
+  auto reg_b = register_node(agent_b, as_node("node-b"));
+  ASSERT_TRUE(reg_b.ok) << reg_b.status.error_message();
+  create_tasks({task_object("mine-1", "node-a", api::ASSIGNED),
+                task_object("mine-2", "node-a", api::ASSIGNED),
+                task_object("theirs", "node-b", api::ASSIGNED),
+                task_object("unassigned", "", api::PENDING),
+                task_object("probe", "node-a", api::ASSIGNED)});
+
+  const std::vector<std::vector<std::string>> batches = {
+      {"theirs", "mine-1", "mine-2"},
+      {"mine-1", "mine-2", "theirs"},
+      {"mine-1", "unassigned", "mine-2"},
+  };
+  for (const auto& batch : batches) {
+    auto req = request();
+    for (const auto& id : batch)
+      *req.add_updates() = status_update(id, api::RUNNING);
+    grpc::Status st = send(req);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+        << "batch " << batch[0] << ", " << batch[1] << ", " << batch[2];
+    EXPECT_EQ(st.error_message(), "cannot update a task not assigned this node");
+  }
+
+  // The owner's report of the same task goes through.
+  api::UpdateTaskStatusRequest own;
+  own.set_session_id(reg_b.first.session_id());
+  *own.add_updates() = status_update("theirs", api::PREPARING);
+  grpc::Status st = agent_b.update_task_status(as_node("node-b"), own);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+
+  // node-a's next accepted update is acknowledged after a flush that would have carried anything
+  // the refused batches had queued.
+  auto probe = request();
+  *probe.add_updates() = status_update("probe", api::RUNNING);
+  ASSERT_TRUE(send(probe).ok());
+  EXPECT_EQ(stored_task(server_, "probe")->status().state(), api::RUNNING);
+  EXPECT_EQ(stored_task(server_, "mine-1")->status().state(), api::ASSIGNED);
+  EXPECT_EQ(stored_task(server_, "mine-2")->status().state(), api::ASSIGNED);
+  EXPECT_EQ(stored_task(server_, "theirs")->status().state(), api::PREPARING);
+  EXPECT_EQ(stored_task(server_, "unassigned")->status().state(), api::PENDING);
 }
 
 TEST_F(SessionTaskStatusTest, UnknownTasksAndMissingStatusesAreSkipped) {
@@ -1532,8 +1615,9 @@ TEST(DispatcherSessionTest, DispatcherStopFlushesPendingTaskUpdates) {
   for (int round = 0; round < kRounds && !caught; ++round) {
     std::vector<api::Task> tasks;
     for (int i = 0; i < kCalls; ++i) {
-      tasks.push_back(task_object("r" + std::to_string(round) + "-" + std::to_string(i), "node-a",
-                                  api::ASSIGNED));
+      std::string id = "r";
+      id += std::to_string(round) + "-" + std::to_string(i);
+      tasks.push_back(task_object(id, "node-a", api::ASSIGNED));
     }
     write(server, [&](store::WriteTx& tx) {
       for (auto& t : tasks) {

@@ -494,6 +494,48 @@ TEST_F(AttackTest, ResetsWithinTheBurstAreTolerated) {
   EXPECT_TRUE(settled());
 }
 
+// The limit to the reset: with no refill to speak of (one token per 20 s), resets sent in
+// separate writes add up, exactly reset_burst (100) of them are tolerated and the next one is
+// answered with GOAWAY ENHANCE_YOUR_CALM. A limit that is looser by one, counts per read, or
+// leaves the work to nghttp2's own guard (twice the burst) lets the 101st through.
+TEST_F(AttackTest, ResetOnePastTheBurstInALaterWriteIsAnsweredWithEnhanceYourCalm) {
+  auto options = attack_options();
+  options.h2.reset_rate = 0.05;
+  start(options);
+  Wire w(port());
+  const std::string block = frames::grpc_request_block(kHangStream);
+  std::uint32_t id = 1;
+  auto resets = [&](int n) {
+    std::string bytes;
+    for (int i = 0; i < n; ++i, id += 2)
+      bytes += frames::headers(id, block, frames::kEndHeaders) + frames::rst_stream(id);
+    return bytes;
+  };
+  // 60, then 40 more: the whole burst, each write answered before the next is sent.
+  std::string bytes = opening();
+  for (int n : {60, 40}) {
+    bytes += resets(n);
+    const std::uint32_t check = id;
+    id += 2;
+    bytes += grpc_request(check, kCheck, health_request());
+    ASSERT_TRUE(w.send(bytes));
+    ASSERT_TRUE(w.read_until([&] { return has_data(w.all_frames(), check, kServing); }))
+        << "health check after " << (id - 1) / 2 << " streams";
+    EXPECT_TRUE(w.goaways().empty());
+    bytes.clear();
+  }
+  // The 101st reset.
+  ASSERT_TRUE(w.send(resets(1)));
+  EXPECT_TRUE(w.read_until_closed(5s)) << "the connection is still open after 101 resets";
+  auto goaways = w.goaways();
+  ASSERT_FALSE(goaways.empty()) << "closed without GOAWAY";
+  for (const auto& g : goaways)
+    EXPECT_EQ(g.code, frames::kEnhanceYourCalm);
+  w.close();
+  EXPECT_TRUE(settled());
+  EXPECT_TRUE(served());
+}
+
 // --- 2. CONTINUATION flood and oversized header lists ---------------------------------------
 
 TEST_F(AttackTest, ContinuationFloodClosesTheConnection) {

@@ -135,6 +135,43 @@ TEST_F(InteropTest, OversizedRequestIsResourceExhausted) {
   EXPECT_TRUE(test_->Echo(&ctx2, req, &reply).ok());
 }
 
+// A configured limit, not the 4 MiB default: a request exactly at it is served, one byte more
+// is RESOURCE_EXHAUSTED naming the configured limit (a server ignoring the option would serve
+// both).
+TEST(InteropMaxRecvMsgSizeTest, ConfiguredLimitIsEnforcedToTheByte) {
+  constexpr std::size_t kLimit = 64 * 1024;
+  TestServiceState state;
+  auto options = TestServer::default_options();
+  options.grpc.max_receive_message_size = kLimit;
+  TestServer server(options, [&](dispatchd::app::Server& s) { add_test_service(s.grpc(), state); });
+  auto stub = tpb::TestService::NewStub(
+      grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+
+  // A payload whose encoded request is `size` bytes long (tag, length varint, payload).
+  auto request_of_size = [](std::size_t size) {
+    tpb::EchoRequest req;
+    req.set_payload(std::string(size - 4, 'x'));  // a 3-byte length varint below 2 MiB
+    EXPECT_EQ(req.ByteSizeLong(), size);
+    return req;
+  };
+  {
+    grpc::ClientContext ctx;
+    tpb::EchoReply reply;
+    grpc::Status st = stub->Echo(&ctx, request_of_size(kLimit + 1), &reply);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_NE(st.error_message().find("(65537 vs. 65536)"), std::string::npos)
+        << st.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    tpb::EchoReply reply;
+    auto req = request_of_size(kLimit);
+    grpc::Status st = stub->Echo(&ctx, req, &reply);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(reply.payload(), req.payload());
+  }
+}
+
 TEST_F(InteropTest, StreamLargerThanWindowWaitsForSlowReader) {
   constexpr std::uint32_t kCount = 400;
   constexpr std::uint32_t kSize = 64 * 1024;  // 25 MiB in all, far beyond any window
