@@ -6,6 +6,9 @@
 #
 #   bench/tls-conn-mem.sh [N] [--session] [--modes "h2c tls13 tls12"] [-- SERVER_FLAGS...]
 #
+# Modes: h2c (--insecure), tls13 and tls12 (clients send their leaf certificate only, as Go
+# agents do), tls13root (clients also send the root CA, as OpenSSL clients do by default).
+#
 # N defaults to 2000. Certificates are minted once into build/bench-certs (CA and server by
 # scripts/gen-certs.sh, node certificates by bench/mint-node-certs.py) and reused. SERVER_WRAP
 # (environment) prefixes the server command, e.g. SERVER_WRAP="heaptrack -o /tmp/ht" to profile.
@@ -37,6 +40,8 @@ for mode in $modes; do
     h2c) sflags=(--insecure) cflags=(--insecure) ;;
     tls13) sflags=(--tls-cert "$certs/server.pem" --tls-key "$certs/server.key" --tls-ca "$certs/ca.pem")
       cflags=(--certs "$certs" --tls-max 1.3) ;;
+    tls13root) sflags=(--tls-cert "$certs/server.pem" --tls-key "$certs/server.key" --tls-ca "$certs/ca.pem")
+      cflags=(--certs "$certs" --tls-max 1.3 --send-root) ;;
     tls12) sflags=(--tls-cert "$certs/server.pem" --tls-key "$certs/server.key" --tls-ca "$certs/ca.pem")
       cflags=(--certs "$certs" --tls-max 1.2) ;;
     *) echo "tls-conn-mem.sh: unknown mode $mode" >&2; exit 2 ;;
