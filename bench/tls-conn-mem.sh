@@ -10,8 +10,11 @@
 # agents do), tls13root (clients also send the root CA, as OpenSSL clients do by default).
 #
 # N defaults to 2000. Certificates are minted once into build/bench-certs (CA and server by
-# scripts/gen-certs.sh, node certificates by bench/mint-node-certs.py) and reused. SERVER_WRAP
-# (environment) prefixes the server command, e.g. SERVER_WRAP="heaptrack -o /tmp/ht" to profile.
+# scripts/gen-certs.sh, node certificates by bench/mint-node-certs.py) and reused. With gdb
+# installed, the server's heap in use (glibc malloc_stats) is reported beside RSS: RSS also
+# depends on heap history (whether the pages an allocation never writes were touched before),
+# heap in use does not. SERVER_WRAP (environment) prefixes the server command, e.g.
+# SERVER_WRAP="heaptrack -o /tmp/ht" to profile. DISPATCHD_BIN: another server binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=2000 session=() modes="h2c tls13 tls12" extra=()
@@ -60,8 +63,15 @@ for mode in $modes; do
   [ -n "$port" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
   # The process that listens (with a wrapper, not $server itself).
   pid=$(ss -Hltnp "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+  heap=()
+  command -v gdb >/dev/null && heap=(--heap-stats)
   python3 bench/tls-conn-probe.py --port "$port" --pid "$pid" -n "$n" --warmup "$warmup" \
-    "${cflags[@]}" "${session[@]}"
+    "${cflags[@]}" "${session[@]}" "${heap[@]}"
+  # malloc_stats(): the "Total (incl. mmap)" in-use bytes, before and after.
+  grep -A2 '^Total (incl. mmap)' "$work/server.log" | grep -o 'in use bytes *= *[0-9]*' |
+    grep -o '[0-9]*$' | paste -sd' ' | while read -r b a; do
+      echo "  heap in use (malloc_stats): $((b / 1024)) KiB -> $((a / 1024)) KiB, $(((a - b) / n)) bytes per connection"
+    done
   kill -INT "$pid"
   wait "$server" 2>/dev/null || true
   server=

@@ -8,13 +8,14 @@ connection stays open and idle (its incoming bytes are drained) until the server
 read. Prints the server's VmRSS before and after and the growth per connection.
 
   tls-conn-probe.py --port P --pid PID -n N [--certs DIR] [--insecure] [--session]
-                    [--tls-max 1.2|1.3] [--send-root] [--warmup K] [--settle SECONDS] [--hold SECONDS]
+                    [--tls-max 1.2|1.3] [--send-root] [--heap-stats] [--warmup K] [--settle SECONDS] [--hold SECONDS]
 """
 import argparse
 import asyncio
 import os
 import ssl
 import struct
+import subprocess
 import sys
 import time
 
@@ -54,6 +55,17 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def heap_stats(pid):
+    # glibc's malloc_stats() prints the arenas' totals on the server's stderr (needs gdb);
+    # bench/tls-conn-mem.sh reads them from the server log.
+    subprocess.run(
+        ["gdb", "-p", str(pid), "-batch", "-ex", "call (void)malloc_stats()"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 class Conn:
@@ -161,6 +173,7 @@ async def main():
     p.add_argument("--session", action="store_true")
     p.add_argument("--tls-max", choices=["1.2", "1.3"], default="1.3")
     p.add_argument("--send-root", action="store_true", help="clients send leaf and root CA")
+    p.add_argument("--heap-stats", action="store_true", help="make the server print malloc_stats()")
     p.add_argument("--warmup", type=int, default=20, help="connections opened and closed first")
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--hold", type=float, default=0.0, help="keep the connections this much longer")
@@ -178,11 +191,15 @@ async def main():
             c.close()
         await asyncio.sleep(args.settle)
     before = rss_kib(args.pid)
+    if args.heap_stats:
+        heap_stats(args.pid)
     t0 = time.monotonic()
     conns = await open_many(args, 1, args.n)
     elapsed = time.monotonic() - t0
     await asyncio.sleep(args.settle)
     after = rss_kib(args.pid)
+    if args.heap_stats:
+        heap_stats(args.pid)
     per = (after - before) * 1024 / args.n
     mode = "h2c" if args.insecure else f"mTLS(max {args.tls_max}{', leaf+root' if args.send_root else ''})"
     print(

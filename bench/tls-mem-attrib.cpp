@@ -10,9 +10,10 @@
 //
 //   g++ -std=c++23 -O1 bench/tls-mem-attrib.cpp -lssl -lcrypto -o build/tls-mem-attrib
 //   build/tls-mem-attrib CERTDIR [K] [--tls12] [--group P-256] [--one-read]
-//                              [--auto-chain]
+//                              [--auto-chain] [--build-chain]
 //
 // --auto-chain: the client sends leaf and root (OpenSSL client default), not the leaf only.
+// --build-chain: the server chain built once at load (SSL_CTX_build_cert_chain), not per handshake.
 // --one-read: no last SSL_read that finds nothing (the h2 layer stops after a short read).
 #include <malloc.h>
 #include <openssl/err.h>
@@ -71,10 +72,17 @@ void on_message(int write_p, int, int content_type, const void* buf, std::size_t
 }
 
 std::size_t chunk(void* p) { return malloc_usable_size(p) + 8; }
+std::size_t churn_bytes = 0, churn_allocs = 0;  // everything the server side allocated
+std::map<std::pair<const char*, int>, std::size_t>* churn_sites;
 
 void* on_malloc(std::size_t n, const char* file, int line) {
   void* p = std::malloc(n);
-  if (p && phase >= 0) (*live)[p] = {chunk(p), file, line, phase};
+  if (p && phase >= 0) {
+    (*live)[p] = {chunk(p), file, line, phase};
+    churn_bytes += chunk(p);
+    ++churn_allocs;
+    (*churn_sites)[{file, line}] += chunk(p);
+  }
   return p;
 }
 void on_free(void* p, const char*, int) {
@@ -117,14 +125,16 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) die("usage: tls-mem-attrib CERTDIR [K] [--tls12] [--group NAME] [--one-read] [--auto-chain]");
+  if (argc < 2) die("usage: tls-mem-attrib CERTDIR [K] [--tls12] [--group NAME] [--one-read] [--auto-chain] [--build-chain]");
   std::string dir = argv[1];
   int k = 200;
-  bool tls12 = false, one_read = false, auto_chain = false;
+  bool tls12 = false, one_read = false, auto_chain = false, build_chain = false;
   const char* group = nullptr;
   for (int i = 2; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--tls12")) {
       tls12 = true;
+    } else if (!std::strcmp(argv[i], "--build-chain")) {
+      build_chain = true;
     } else if (!std::strcmp(argv[i], "--auto-chain")) {
       auto_chain = true;
     } else if (!std::strcmp(argv[i], "--one-read")) {
@@ -137,6 +147,7 @@ int main(int argc, char** argv) {
   }
   live = new std::unordered_map<void*, Alloc>();
   live->reserve(1 << 20);
+  churn_sites = new std::map<std::pair<const char*, int>, std::size_t>();
   if (!CRYPTO_set_mem_functions(on_malloc, on_realloc, on_free)) die("CRYPTO_set_mem_functions");
 
   SSL_CTX* sctx = SSL_CTX_new(TLS_server_method());
@@ -159,6 +170,14 @@ int main(int argc, char** argv) {
   SSL_CTX_set_verify(sctx, SSL_VERIFY_PEER, nullptr);
   SSL_CTX_set_client_CA_list(sctx, SSL_load_client_CA_file((dir + "/ca.pem").c_str()));
   SSL_CTX_set_alpn_select_cb(sctx, alpn_select, nullptr);
+  if (build_chain) {
+    // As TlsContext::load does: the server's chain built once, without the root.
+    if (SSL_CTX_build_cert_chain(sctx, SSL_BUILD_CHAIN_FLAG_NO_ROOT |
+                                           SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR) <= 0) {
+      die("build chain");
+    }
+    SSL_CTX_set_mode(sctx, SSL_MODE_NO_AUTO_CHAIN);
+  }
 
   struct Conn {
     SSL* s;
@@ -241,6 +260,21 @@ int main(int argc, char** argv) {
               "%zu bytes (SSL_new %zu, handshake %zu, app data %zu)\n",
               SSL_get_version(conns[0].s), group ? group : "default", k, total / k,
               by_phase[0] / k, by_phase[1] / k, by_phase[2] / k);
+  std::printf("server side allocated %zu bytes in %zu allocations per connection in all "
+              "(handshake and data, freed or not)\n",
+              churn_bytes / k, churn_allocs / k);
+  {
+    std::vector<std::pair<std::size_t, std::string>> top;
+    for (auto& [site, bytes] : *churn_sites) {
+      top.emplace_back(bytes, std::string(site.first ? site.first : "?") + ":" +
+                                  std::to_string(site.second));
+    }
+    std::sort(top.rbegin(), top.rend());
+    for (std::size_t i = 0; i < top.size() && i < 8; ++i) {
+      std::printf("  allocated %8zu bytes per connection at %s\n", top[i].first / k,
+                  top[i].second.c_str());
+    }
+  }
   std::printf("cipher %s\n", SSL_CIPHER_get_name(SSL_get_current_cipher(conns[0].s)));
   std::printf("held, by what the server was doing when it allocated:\n");
   for (std::size_t i = 0; i < phase_names.size(); ++i) {
