@@ -57,6 +57,12 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def heap_stats(pid):
     # glibc's malloc_stats() prints the arenas' totals on the server's stderr (needs gdb);
     # bench/tls-conn-mem.sh reads them from the server log.
@@ -191,11 +197,13 @@ async def main():
             c.close()
         await asyncio.sleep(args.settle)
     before = rss_kib(args.pid)
+    cpu_before = cpu_seconds(args.pid)
     if args.heap_stats:
         heap_stats(args.pid)
     t0 = time.monotonic()
     conns = await open_many(args, 1, args.n)
     elapsed = time.monotonic() - t0
+    cpu = cpu_seconds(args.pid) - cpu_before
     await asyncio.sleep(args.settle)
     after = rss_kib(args.pid)
     if args.heap_stats:
@@ -205,7 +213,7 @@ async def main():
     print(
         f"{mode} n={args.n} session={'yes' if args.session else 'no'}: "
         f"VmRSS {before} KiB -> {after} KiB, {per:.0f} bytes ({per / 1024:.2f} KiB) per connection "
-        f"[opened in {elapsed:.1f} s]"
+        f"[opened in {elapsed:.1f} s, server CPU {cpu * 1e6 / args.n:.0f} µs per connection]"
     )
     if args.hold:
         await asyncio.sleep(args.hold)

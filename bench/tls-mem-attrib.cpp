@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -46,23 +47,34 @@ std::vector<std::string> phase_names = {"SSL_new", "handshake", "app data"};
 
 const char* handshake_name(int t) {
   switch (t) {
-    case 1: return "ClientHello";
-    case 2: return "ServerHello";
-    case 8: return "EncryptedExtensions";
-    case 11: return "Certificate";
-    case 12: return "ServerKeyExchange";
-    case 13: return "CertificateRequest";
-    case 14: return "ServerHelloDone";
-    case 15: return "CertificateVerify";
-    case 16: return "ClientKeyExchange";
-    case 20: return "Finished";
-    case 24: return "KeyUpdate";
-    default: return "other";
+    case 1:
+      return "ClientHello";
+    case 2:
+      return "ServerHello";
+    case 8:
+      return "EncryptedExtensions";
+    case 11:
+      return "Certificate";
+    case 12:
+      return "ServerKeyExchange";
+    case 13:
+      return "CertificateRequest";
+    case 14:
+      return "ServerHelloDone";
+    case 15:
+      return "CertificateVerify";
+    case 16:
+      return "ClientKeyExchange";
+    case 20:
+      return "Finished";
+    case 24:
+      return "KeyUpdate";
+    default:
+      return "other";
   }
 }
 
-void on_message(int write_p, int, int content_type, const void* buf, std::size_t len, SSL*,
-                void*) {
+void on_message(int write_p, int, int content_type, const void* buf, std::size_t len, SSL*, void*) {
   if (phase < 0 || content_type != 22 || len == 0) return;
   std::string name = std::string(write_p ? "hs, sent " : "hs, received ") +
                      handshake_name(static_cast<const unsigned char*>(buf)[0]);
@@ -71,7 +83,15 @@ void on_message(int write_p, int, int content_type, const void* buf, std::size_t
   if (it == phase_names.end()) phase_names.push_back(name);
 }
 
-std::size_t chunk(void* p) { return malloc_usable_size(p) + 8; }
+std::size_t chunk(void* p) {
+  return malloc_usable_size(p) + 8;
+}
+double server_cpu = 0;  // seconds in the server's handshake calls
+double thread_cpu() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return double(t.tv_sec) + double(t.tv_nsec) * 1e-9;
+}
 std::size_t churn_bytes = 0, churn_allocs = 0;  // everything the server side allocated
 std::map<std::pair<const char*, int>, std::size_t>* churn_sites;
 
@@ -116,8 +136,8 @@ void* on_realloc(void* p, std::size_t n, const char* file, int line) {
 int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
                 unsigned int inlen, void*) {
   return SSL_select_next_proto(const_cast<unsigned char**>(out), outlen,
-                               reinterpret_cast<const unsigned char*>("\x02h2"), 3, in, inlen) ==
-                 OPENSSL_NPN_NEGOTIATED
+                               reinterpret_cast<const unsigned char*>("\x02h2"), 3, in,
+                               inlen) == OPENSSL_NPN_NEGOTIATED
              ? SSL_TLSEXT_ERR_OK
              : SSL_TLSEXT_ERR_ALERT_FATAL;
 }
@@ -125,7 +145,9 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* outlen, const un
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) die("usage: tls-mem-attrib CERTDIR [K] [--tls12] [--group NAME] [--one-read] [--auto-chain] [--build-chain]");
+  if (argc < 2)
+    die("usage: tls-mem-attrib CERTDIR [K] [--tls12] [--group NAME] [--one-read] [--auto-chain] "
+        "[--build-chain]");
   std::string dir = argv[1];
   int k = 200;
   bool tls12 = false, one_read = false, auto_chain = false, build_chain = false;
@@ -172,8 +194,8 @@ int main(int argc, char** argv) {
   SSL_CTX_set_alpn_select_cb(sctx, alpn_select, nullptr);
   if (build_chain) {
     // As TlsContext::load does: the server's chain built once, without the root.
-    if (SSL_CTX_build_cert_chain(sctx, SSL_BUILD_CHAIN_FLAG_NO_ROOT |
-                                           SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR) <= 0) {
+    if (SSL_CTX_build_cert_chain(
+            sctx, SSL_BUILD_CHAIN_FLAG_NO_ROOT | SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR) <= 0) {
       die("build chain");
     }
     SSL_CTX_set_mode(sctx, SSL_MODE_NO_AUTO_CHAIN);
@@ -223,7 +245,9 @@ int main(int argc, char** argv) {
     for (int round = 0; round < 20 && done != 3; ++round) {
       if (!(done & 1) && SSL_do_handshake(c) == 1) done |= 1;
       phase = server_phase;
+      double t0 = thread_cpu();
       if (!(done & 2) && SSL_do_handshake(s) == 1) done |= 2;
+      server_cpu += thread_cpu() - t0;
       server_phase = phase;
       phase = -1;
     }
@@ -256,18 +280,20 @@ int main(int argc, char** argv) {
     e.first += a.bytes;
     e.second += 1;
   }
-  std::printf("%s, client key share %s, %d connections: OpenSSL heap held per server connection: "
-              "%zu bytes (SSL_new %zu, handshake %zu, app data %zu)\n",
-              SSL_get_version(conns[0].s), group ? group : "default", k, total / k,
-              by_phase[0] / k, by_phase[1] / k, by_phase[2] / k);
-  std::printf("server side allocated %zu bytes in %zu allocations per connection in all "
-              "(handshake and data, freed or not)\n",
-              churn_bytes / k, churn_allocs / k);
+  std::printf(
+      "%s, client key share %s, %d connections: OpenSSL heap held per server connection: "
+      "%zu bytes (SSL_new %zu, handshake %zu, app data %zu)\n",
+      SSL_get_version(conns[0].s), group ? group : "default", k, total / k, by_phase[0] / k,
+      by_phase[1] / k, by_phase[2] / k);
+  std::printf(
+      "server side allocated %zu bytes in %zu allocations per connection in all "
+      "(handshake and data, freed or not)\n",
+      churn_bytes / k, churn_allocs / k);
   {
     std::vector<std::pair<std::size_t, std::string>> top;
     for (auto& [site, bytes] : *churn_sites) {
-      top.emplace_back(bytes, std::string(site.first ? site.first : "?") + ":" +
-                                  std::to_string(site.second));
+      top.emplace_back(
+          bytes, std::string(site.first ? site.first : "?") + ":" + std::to_string(site.second));
     }
     std::sort(top.rbegin(), top.rend());
     for (std::size_t i = 0; i < top.size() && i < 8; ++i) {
@@ -283,7 +309,7 @@ int main(int argc, char** argv) {
     }
   }
   std::vector<std::pair<std::string, std::pair<std::size_t, std::size_t>>> rows(by_site.begin(),
-                                                                               by_site.end());
+                                                                                by_site.end());
   std::sort(rows.begin(), rows.end(),
             [](auto& a, auto& b) { return a.second.first > b.second.first; });
   std::printf("%8s %6s  %s\n", "bytes", "allocs", "phase  site (per connection)");
@@ -293,10 +319,14 @@ int main(int argc, char** argv) {
   }
   // Cross-check: what SSL_free of the server side gives back.
   std::size_t before = 0;
-  for (auto& [p, a] : *live) before += a.phase >= 0 ? a.bytes : 0;
-  for (auto& cn : conns) SSL_free(cn.s);
+  for (auto& [p, a] : *live)
+    before += a.phase >= 0 ? a.bytes : 0;
+  for (auto& cn : conns)
+    SSL_free(cn.s);
   std::size_t after = 0;
-  for (auto& [p, a] : *live) after += a.phase >= 0 ? a.bytes : 0;
+  for (auto& [p, a] : *live)
+    after += a.phase >= 0 ? a.bytes : 0;
+  std::printf("server handshake CPU %.0f us per connection\n", server_cpu * 1e6 / k);
   std::printf("SSL_free of the server side returns %zu bytes per connection\n",
               (before - after) / k);
   return 0;
