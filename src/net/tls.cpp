@@ -81,6 +81,22 @@ int on_client_hello(SSL* ssl, int* alert, void*) {
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
+// What a client may send as its certificate chain. OpenSSL keeps every certificate of it, decoded
+// (about 5 KB each for ECDSA P-256), in the connection's SSL_SESSION until the connection ends,
+// with no way to free it earlier (bench/tls-mem-attrib.cpp; BENCHMARKS.md "TLS state per
+// connection"). SwarmKit agents send their leaf plus the CA's intermediates, if any.
+constexpr int kMaxClientChain = 8;            // certificates, the leaf included
+constexpr long kMaxClientChainBytes = 32768;  // the Certificate message (OpenSSL's default: 100 KB)
+
+int verify_client_chain(X509_STORE_CTX* store_ctx, void*) {
+  STACK_OF(X509)* sent = X509_STORE_CTX_get0_untrusted(store_ctx);
+  if (sent && sk_X509_num(sent) > kMaxClientChain) {
+    X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_CERT_CHAIN_TOO_LONG);
+    return 0;
+  }
+  return X509_verify_cert(store_ctx);
+}
+
 }  // namespace
 
 std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const TlsFiles& files) {
@@ -118,11 +134,28 @@ std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const T
   // Requested and verified when given, not required (spec §9.1): a caller without a
   // certificate completes the handshake and is refused per call with PERMISSION_DENIED.
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  SSL_CTX_set_cert_verify_callback(ctx, verify_client_chain, nullptr);
+  SSL_CTX_set_max_cert_list(ctx, kMaxClientChainBytes);
   if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(files.ca.c_str())) {
     SSL_CTX_set_client_CA_list(ctx, names);
   }
   SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, nullptr);
   SSL_CTX_set_client_hello_cb(ctx, on_client_hello, nullptr);
+  // Our own chain: when the certificate file holds the leaf alone, OpenSSL would build the chain
+  // from the CA store in every handshake (an X509_STORE_CTX and a signature check of our own
+  // certificate per connection) and send the root along. Built once here instead, without the
+  // root, as SwarmKit's managers send it (the root is the agents' trust anchor). A chain given in
+  // the file is sent as it is, as before.
+  STACK_OF(X509)* given = nullptr;
+  SSL_CTX_get0_chain_certs(ctx, &given);
+  if ((!given || sk_X509_num(given) == 0) &&
+      SSL_CTX_build_cert_chain(
+          ctx, SSL_BUILD_CHAIN_FLAG_NO_ROOT | SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR) <= 0) {
+    return std::unexpected("cannot build the certificate chain of " + files.cert + ": " +
+                           openssl_error());
+  }
+  ERR_clear_error();
+  SSL_CTX_set_mode(ctx, SSL_MODE_NO_AUTO_CHAIN);
   if (X509* leaf = SSL_CTX_get0_certificate(ctx)) {
     X509_NAME* subject = X509_get_subject_name(leaf);
     t->cn_ = subject_entry(subject, NID_commonName);

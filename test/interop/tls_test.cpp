@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -216,7 +217,9 @@ struct RawTls {
   int fd = -1;
   SSL_CTX* ctx = nullptr;
   SSL* ssl = nullptr;
-  RawTls(unsigned short port, const char* alpn, int max_version, const std::string& cert) {
+  // `root_copies`: the CA certificate appended that many times to the chain the client sends.
+  RawTls(unsigned short port, const char* alpn, int max_version, const std::string& cert,
+         int root_copies = 0) {
     ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_max_proto_version(ctx, max_version);
     SSL_CTX_set_min_proto_version(ctx, TLS1_VERSION);
@@ -226,6 +229,12 @@ struct RawTls {
                                    SSL_FILETYPE_PEM);
       SSL_CTX_use_PrivateKey_file(ctx, (cert_dir() + "/" + cert + ".key").c_str(),
                                   SSL_FILETYPE_PEM);
+    }
+    for (int i = 0; i < root_copies; ++i) {
+      BIO* b = BIO_new_file((cert_dir() + "/ca.pem").c_str(), "r");
+      X509* root = PEM_read_bio_X509(b, nullptr, nullptr, nullptr);
+      BIO_free(b);
+      SSL_CTX_add0_chain_cert(ctx, root);
     }
     fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
@@ -242,6 +251,20 @@ struct RawTls {
     }
   }
   bool handshake() { return SSL_connect(ssl) == 1; }
+  // Handshake, then the HTTP/2 preface, and the server's first bytes back. (A TLS 1.3 client
+  // finishes its handshake before the server has judged the client's certificate; a refusal
+  // arrives as an alert on the first read.)
+  bool served() {
+    static constexpr char kPreface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\4\0\0\0\0\0";
+    if (!handshake() || SSL_write(ssl, kPreface, sizeof kPreface - 1) <= 0) return false;
+    char buf[64];
+    return SSL_read(ssl, buf, sizeof buf) > 0;
+  }
+  // Certificates the server sent, its own included.
+  int peer_chain_length() {
+    STACK_OF(X509)* chain = SSL_get_peer_cert_chain(ssl);
+    return chain ? sk_X509_num(chain) : 0;
+  }
   std::string peer_serial() {
     X509* c = SSL_get0_peer_certificate(ssl);
     if (!c) return {};
@@ -266,6 +289,28 @@ TEST_F(TlsTest, ClientWithoutAlpnH2IsRefused) {
   EXPECT_FALSE(http1.handshake());
   RawTls h2(server_.port(), "h2", TLS1_3_VERSION, "node-1");
   EXPECT_TRUE(h2.handshake());
+}
+
+TEST_F(TlsTest, ServerSendsItsChainWithoutTheRoot) {
+  // server.pem is signed by the root itself: the chain is the server certificate alone, as a
+  // SwarmKit manager sends it (the root is the agents' trust anchor).
+  RawTls h2(server_.port(), "h2", TLS1_3_VERSION, "node-1");
+  ASSERT_TRUE(h2.handshake());
+  EXPECT_EQ(h2.peer_chain_length(), 1);
+}
+
+TEST_F(TlsTest, ClientChainsUpToEightCertificatesAreAcceptedLongerOnesAreNot) {
+  // Leaf and root, as an OpenSSL client sends by default; then the most allowed; then one more.
+  for (int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+    for (int copies : {0, 1, 7}) {
+      RawTls ok(server_.port(), "h2", version, "node-1", copies);
+      EXPECT_TRUE(ok.served()) << version << " " << copies;
+    }
+    RawTls too_long(server_.port(), "h2", version, "node-1", 8);
+    EXPECT_FALSE(too_long.served()) << version;
+  }
+  // The server is unharmed.
+  EXPECT_EQ(heartbeat("node-1").error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
 TEST_F(TlsTest, Tls12IsAcceptedAndOlderVersionsAreNot) {
