@@ -75,11 +75,14 @@ struct Config {
   int source_addrs = 0;  // 0: one per 20k agents on loopback
 };
 
-double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+double ms(Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
 
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
-  std::size_t k = std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())));
+  std::size_t k =
+      std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())));
   std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
   return v[k];
 }
@@ -153,7 +156,8 @@ struct Attempt {
 
 class Sim {
  public:
-  Sim(asio::io_context& io, Config cfg) : io_(io), wheel_(io), cfg_(std::move(cfg)), gate_(cfg_.max_connecting) {}
+  Sim(asio::io_context& io, Config cfg)
+      : io_(io), wheel_(io), cfg_(std::move(cfg)), gate_(cfg_.max_connecting) {}
 
   std::optional<std::string> prepare() {
     auto colon = cfg_.addr.rfind(':');
@@ -175,8 +179,9 @@ class Sim {
     int nsrc = cfg_.source_addrs;
     bool loopback = target_.address().is_v4() && target_.address().is_loopback();
     if (nsrc == 0 && loopback) {
-      nsrc = static_cast<int>((static_cast<std::size_t>(cfg_.agents) + kAgentsPerSourceAddress - 1) /
-                              kAgentsPerSourceAddress);
+      nsrc =
+          static_cast<int>((static_cast<std::size_t>(cfg_.agents) + kAgentsPerSourceAddress - 1) /
+                           kAgentsPerSourceAddress);
       if (nsrc <= 1) nsrc = 0;  // a few agents: let the kernel choose
     }
     if (nsrc > 0 && !loopback) return "--source-addrs needs a 127.x.x.x --addr";
@@ -254,13 +259,13 @@ class Sim {
     std::string errs;
     for (const auto& [k, v] : stats_.errors)
       errs += " " + k + "=" + std::to_string(v);
-    std::fprintf(stderr, "agentsim: %5.1fs connected=%lu sessions=%lu heartbeats/s=%lu tasks=%lu errors:%s\n",
-                 std::chrono::duration<double>(Clock::now() - start_).count(),
-                 static_cast<unsigned long>(stats_.connected),
-                 static_cast<unsigned long>(stats_.sessions),
-                 static_cast<unsigned long>(heartbeats_last_second),
-                 static_cast<unsigned long>(stats_.tasks_running),
-                 errs.empty() ? " none" : errs.c_str());
+    std::fprintf(
+        stderr,
+        "agentsim: %5.1fs connected=%lu sessions=%lu heartbeats/s=%lu tasks=%lu errors:%s\n",
+        std::chrono::duration<double>(Clock::now() - start_).count(),
+        static_cast<unsigned long>(stats_.connected), static_cast<unsigned long>(stats_.sessions),
+        static_cast<unsigned long>(heartbeats_last_second),
+        static_cast<unsigned long>(stats_.tasks_running), errs.empty() ? " none" : errs.c_str());
   }
 
   grpc::CallOptions options(const Agent& a) const {
@@ -359,7 +364,8 @@ class Sim {
     // The first SessionMessage must come within 5 s.
     bool first = false;
     auto init_timeout = [&] {
-      if (!first) fail(at, grpc::Status(grpc::StatusCode::deadline_exceeded, "session initiation timed out"));
+      if (!first)
+        fail(at, grpc::Status(grpc::StatusCode::deadline_exceeded, "session initiation timed out"));
     };
     co::TimerCallback<decltype(init_timeout)> init_timer(init_timeout);
     wheel_.arm_after(init_timer, kSessionInitTimeout);
@@ -377,7 +383,8 @@ class Sim {
     ++stats_.sessions_established;
     if (!a.ever_session) {
       a.ever_session = true;
-      if (++stats_.agents_with_session == agents_.size()) stats_.all_sessions_after = Clock::now() - start_;
+      if (++stats_.agents_with_session == agents_.size())
+        stats_.all_sessions_after = Clock::now() - start_;
     }
     scope.spawn(heartbeats(a, at));
     scope.spawn(assignments(a, at, scope));
@@ -436,9 +443,10 @@ class Sim {
         scope.spawn(run_task(a, at, t.id()));
       }
     }
-    if (!at.failed) fail(at, call->status().is_ok()
-                                 ? grpc::Status(grpc::StatusCode::unavailable, "assignments ended")
-                                 : call->status());
+    if (!at.failed)
+      fail(at, call->status().is_ok()
+                   ? grpc::Status(grpc::StatusCode::unavailable, "assignments ended")
+                   : call->status());
   }
 
   // ASSIGNED -> ACCEPTED -> RUNNING, one UpdateTaskStatus per change as the agent sends them.
@@ -454,7 +462,8 @@ class Sim {
       u->mutable_status()->set_state(state);
       u->mutable_status()->set_message(state == api::ACCEPTED ? "accepted" : "started");
       api::UpdateTaskStatusResponse resp;
-      grpc::Status st = co_await grpc::unary_call(*at.conn, kUpdateTaskStatus, req, resp, options(a));
+      grpc::Status st =
+          co_await grpc::unary_call(*at.conn, kUpdateTaskStatus, req, resp, options(a));
       if (!st.is_ok()) {
         a.reporting.erase(task_id);  // reported again after the next registration
         if (!at.failed) fail(at, st);
@@ -479,10 +488,12 @@ class Sim {
 
 void Sim::report() const {
   double secs = std::chrono::duration<double>(elapsed_).count();
-  double all_after =
-      stats_.all_sessions_after ? std::chrono::duration<double>(*stats_.all_sessions_after).count() : -1;
+  double all_after = stats_.all_sessions_after
+                         ? std::chrono::duration<double>(*stats_.all_sessions_after).count()
+                         : -1;
   double rate = all_after > 0 ? static_cast<double>(agents_.size()) / all_after : 0;
-  double reg50 = percentile(stats_.registration_ms, 0.50), reg99 = percentile(stats_.registration_ms, 0.99);
+  double reg50 = percentile(stats_.registration_ms, 0.50),
+         reg99 = percentile(stats_.registration_ms, 0.99);
   double hb50 = percentile(stats_.heartbeat_ms, 0.50), hb99 = percentile(stats_.heartbeat_ms, 0.99);
   std::uint64_t errors = 0;
   for (const auto& [k, v] : stats_.errors)
@@ -492,10 +503,12 @@ void Sim::report() const {
     for (const auto& [k, v] : stats_.errors)
       errs += (errs.empty() ? "" : ",") + ("\"" + k + "\":" + std::to_string(v));
     std::printf(
-        "{\"agents\":%zu,\"duration_s\":%.3f,\"agents_with_session\":%lu,\"sessions_established\":%lu,"
+        "{\"agents\":%zu,\"duration_s\":%.3f,\"agents_with_session\":%lu,\"sessions_established\":%"
+        "lu,"
         "\"time_to_all_sessions_s\":%.3f,\"sessions_per_second\":%.1f,"
         "\"registration_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"heartbeats\":%lu,"
-        "\"heartbeat_rtt_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"tasks_running\":%lu,\"errors_total\":%lu,"
+        "\"heartbeat_rtt_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"tasks_running\":%lu,\"errors_total\":%"
+        "lu,"
         "\"errors\":{%s}}\n",
         agents_.size(), secs, static_cast<unsigned long>(stats_.agents_with_session),
         static_cast<unsigned long>(stats_.sessions_established), all_after, rate, reg50, reg99,
@@ -506,8 +519,10 @@ void Sim::report() const {
   }
   std::printf("agents                     %zu\n", agents_.size());
   std::printf("duration                   %.1f s\n", secs);
-  std::printf("agents with a session      %lu\n", static_cast<unsigned long>(stats_.agents_with_session));
-  std::printf("sessions established       %lu\n", static_cast<unsigned long>(stats_.sessions_established));
+  std::printf("agents with a session      %lu\n",
+              static_cast<unsigned long>(stats_.agents_with_session));
+  std::printf("sessions established       %lu\n",
+              static_cast<unsigned long>(stats_.sessions_established));
   if (all_after > 0) {
     std::printf("all sessions after         %.3f s (%.0f sessions/s)\n", all_after, rate);
   } else {
@@ -568,8 +583,8 @@ int main(int argc, char** argv) {
     };
   };
   flags.add("addr", "HOST:PORT", cfg.addr, "the dispatcher to connect to", text(cfg.addr));
-  flags.add("agents", "N", std::to_string(cfg.agents), "agents to simulate, each its own connection",
-            positive(cfg.agents));
+  flags.add("agents", "N", std::to_string(cfg.agents),
+            "agents to simulate, each its own connection", positive(cfg.agents));
   flags.add("certs", "DIR", "",
             "ca.pem and node-<i>.pem/.key for every agent i (scripts/gen-certs.sh --nodes N)",
             text(cfg.certs));
@@ -580,7 +595,8 @@ int main(int argc, char** argv) {
   flags.add("server-name", "NAME", cfg.server_name, "TLS server name agents dial",
             text(cfg.server_name));
   flags.add("max-connecting", "N", std::to_string(cfg.max_connecting),
-            "connection attempts (TCP + TLS handshake) in flight at once", positive(cfg.max_connecting));
+            "connection attempts (TCP + TLS handshake) in flight at once",
+            positive(cfg.max_connecting));
   flags.add("source-addrs", "N", "auto",
             "spread connections over 127.0.0.2 .. 127.0.0.(N+1) (auto: one per 20k agents)",
             positive(cfg.source_addrs));
@@ -590,7 +606,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (help) {
-    std::printf("%s", flags.usage("dispatchd-agentsim", "simulates N SwarmKit agents against a dispatcher").c_str());
+    std::printf(
+        "%s", flags.usage("dispatchd-agentsim", "simulates N SwarmKit agents against a dispatcher")
+                  .c_str());
     return 0;
   }
   if (cfg.max_connecting < 1) cfg.max_connecting = 1;

@@ -56,8 +56,7 @@ Status from_reset(std::uint32_t code) {
     case NGHTTP2_INADEQUATE_SECURITY:
       return {StatusCode::permission_denied, "inadequate security"};
     default:
-      return {StatusCode::internal,
-              std::string("stream reset: ") + nghttp2_http2_strerror(code)};
+      return {StatusCode::internal, std::string("stream reset: ") + nghttp2_http2_strerror(code)};
   }
 }
 
@@ -92,9 +91,9 @@ std::expected<ClientCall, Status> ClientCall::start(h2::ClientConnection& conn,
   call.stream_ = std::move(*s);
   call.decoder_ = MessageDecoder(options.max_message_size);
   if (options.timeout) {
-    call.stream_->set_deadline(co::TimerWheel::Clock::now() +
-                               std::chrono::duration_cast<co::TimerWheel::Clock::duration>(
-                                   *options.timeout));
+    call.stream_->set_deadline(
+        co::TimerWheel::Clock::now() +
+        std::chrono::duration_cast<co::TimerWheel::Clock::duration>(*options.timeout));
   }
   return call;
 }
@@ -138,8 +137,8 @@ Status ClientCall::status_from_response() const {
   }
   std::string_view content_type = find(hs, "content-type");
   if (!content_type.starts_with("application/grpc")) {
-    return {StatusCode::unknown, "response is not gRPC (content-type \"" +
-                                     std::string(content_type) + "\")"};
+    return {StatusCode::unknown,
+            "response is not gRPC (content-type \"" + std::string(content_type) + "\")"};
   }
   if (decoder_.mid_message()) return {StatusCode::internal, "response ended inside a message"};
   std::string_view code = find(md, "grpc-status");
@@ -204,9 +203,10 @@ asio::awaitable<Status> unary_call(h2::ClientConnection& conn, std::string_view 
   auto call = ClientCall::start(conn, path, request, options);
   if (!call) co_return call.error();
   bool got = co_await call->read(response);
-  if (!got) co_return call->status().is_ok()
-      ? Status(StatusCode::unimplemented, "grpc: no response message in a unary call")
-      : call->status();
+  if (!got)
+    co_return call->status().is_ok()
+        ? Status(StatusCode::unimplemented, "grpc: no response message in a unary call")
+        : call->status();
   auto more = co_await call->read();
   if (more) {
     call->cancel();

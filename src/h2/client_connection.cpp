@@ -112,8 +112,8 @@ void ClientStream::on_closed(std::uint32_t code) {
 // ---------------------------------------------------------------------------------------------
 // ClientConnection
 
-ClientConnection::ClientConnection(std::unique_ptr<net::Transport> transport,
-                                   co::TimerWheel& wheel, const ClientSettings& settings)
+ClientConnection::ClientConnection(std::unique_ptr<net::Transport> transport, co::TimerWheel& wheel,
+                                   const ClientSettings& settings)
     : transport_(std::move(transport)), wheel_(wheel) {
   nghttp2_session_callbacks* cbs = nullptr;
   nghttp2_session_callbacks_new(&cbs);
@@ -137,8 +137,8 @@ ClientConnection::ClientConnection(std::unique_ptr<net::Transport> transport,
   };
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, iv, std::size(iv));
   if (settings.connection_window_size > 65535) {
-    nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0,
-                                          static_cast<std::int32_t>(settings.connection_window_size));
+    nghttp2_session_set_local_window_size(
+        session_, NGHTTP2_FLAG_NONE, 0, static_cast<std::int32_t>(settings.connection_window_size));
   }
 }
 

@@ -185,8 +185,7 @@ std::size_t TlsClientTransport::read_some(std::span<std::uint8_t> buf, std::erro
   return 0;
 }
 
-std::size_t TlsClientTransport::write_some(std::span<const std::uint8_t> buf,
-                                           std::error_code& ec) {
+std::size_t TlsClientTransport::write_some(std::span<const std::uint8_t> buf, std::error_code& ec) {
   ERR_clear_error();
   int n = SSL_write(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
   if (n > 0) {

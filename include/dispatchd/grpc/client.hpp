@@ -72,7 +72,8 @@ class ClientCall {
   const std::vector<h2::Header>& trailing_metadata() const noexcept;
   // The response was a single HEADERS frame with END_STREAM (gRPC "trailers-only").
   bool trailers_only() const noexcept {
-    return stream_ && stream_->ended() && stream_->trailers().empty() && stream_->headers_received();
+    return stream_ && stream_->ended() && stream_->trailers().empty() &&
+           stream_->headers_received();
   }
 
  private:

@@ -45,7 +45,7 @@ class TlsClientCertificate {
  private:
   TlsClientCertificate() = default;
   X509* leaf_ = nullptr;
-  STACK_OF(X509)* chain_ = nullptr;
+  STACK_OF(X509) * chain_ = nullptr;
   EVP_PKEY* key_ = nullptr;
 };
 
@@ -53,7 +53,8 @@ class TlsClientTransport final : public Transport {
  public:
   // `server_name`: sent as SNI and checked against the server certificate's names.
   TlsClientTransport(asio::ip::tcp::socket socket, std::shared_ptr<TlsClientContext> ctx,
-                     std::shared_ptr<const TlsClientCertificate> cert, const std::string& server_name);
+                     std::shared_ptr<const TlsClientCertificate> cert,
+                     const std::string& server_name);
   ~TlsClientTransport() override;
 
   // Runs the client handshake; fails unless the server verified and ALPN chose "h2".
