@@ -17,6 +17,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -74,6 +75,16 @@ struct Config {
   int max_connecting = 256;
   int source_addrs = 0;  // 0: one per 20k agents on loopback
 };
+
+// VmRSS of this process in KiB (0 if unknown).
+long self_rss_kb() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.starts_with("VmRSS:")) return std::strtol(line.c_str() + 6, nullptr, 10);
+  }
+  return 0;
+}
 
 double ms(Clock::duration d) {
   return std::chrono::duration<double, std::milli>(d).count();
@@ -229,6 +240,7 @@ class Sim {
       last_heartbeats = stats_.heartbeats;
     }
     elapsed_ = Clock::now() - start_;
+    rss_kb_ = self_rss_kb();
     signals.cancel();
     stop();
     co_await agents.join();
@@ -483,6 +495,7 @@ class Sim {
   Stats stats_;
   Clock::time_point start_;
   Clock::duration elapsed_{};
+  long rss_kb_ = 0;  // the simulator's own RSS at the end of the run, before disconnecting
   bool stopping_ = false;
 };
 
@@ -503,18 +516,17 @@ void Sim::report() const {
     for (const auto& [k, v] : stats_.errors)
       errs += (errs.empty() ? "" : ",") + ("\"" + k + "\":" + std::to_string(v));
     std::printf(
-        "{\"agents\":%zu,\"duration_s\":%.3f,\"agents_with_session\":%lu,\"sessions_established\":%"
-        "lu,"
-        "\"time_to_all_sessions_s\":%.3f,\"sessions_per_second\":%.1f,"
-        "\"registration_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"heartbeats\":%lu,"
-        "\"heartbeat_rtt_ms\":{\"p50\":%.3f,\"p99\":%.3f},\"tasks_running\":%lu,\"errors_total\":%"
-        "lu,"
-        "\"errors\":{%s}}\n",
+        "{\"agents\":%zu,\"duration_s\":%.3f,\"agents_with_session\":%lu,"
+        "\"sessions_established\":%lu,\"time_to_all_sessions_s\":%.3f,"
+        "\"sessions_per_second\":%.1f,\"registration_ms\":{\"p50\":%.3f,\"p99\":%.3f},"
+        "\"heartbeats\":%lu,\"heartbeat_rtt_ms\":{\"p50\":%.3f,\"p99\":%.3f},"
+        "\"tasks_running\":%lu,\"errors_total\":%lu,\"errors\":{%s},"
+        "\"simulator_rss_kb\":%ld}\n",
         agents_.size(), secs, static_cast<unsigned long>(stats_.agents_with_session),
         static_cast<unsigned long>(stats_.sessions_established), all_after, rate, reg50, reg99,
         static_cast<unsigned long>(stats_.heartbeats), hb50, hb99,
         static_cast<unsigned long>(stats_.tasks_running), static_cast<unsigned long>(errors),
-        errs.c_str());
+        errs.c_str(), rss_kb_);
     return;
   }
   std::printf("agents                     %zu\n", agents_.size());
@@ -532,6 +544,9 @@ void Sim::report() const {
   std::printf("heartbeats                 %lu\n", static_cast<unsigned long>(stats_.heartbeats));
   std::printf("heartbeat RTT              p50 %.2f ms  p99 %.2f ms\n", hb50, hb99);
   std::printf("tasks brought to RUNNING   %lu\n", static_cast<unsigned long>(stats_.tasks_running));
+  std::printf(
+      "simulator RSS              %ld KiB (%.1f KiB per agent)\n", rss_kb_,
+      agents_.empty() ? 0.0 : static_cast<double>(rss_kb_) / static_cast<double>(agents_.size()));
   std::printf("errors                     %lu\n", static_cast<unsigned long>(errors));
   for (const auto& [k, v] : stats_.errors)
     std::printf("  %-24s %lu\n", k.c_str(), static_cast<unsigned long>(v));
