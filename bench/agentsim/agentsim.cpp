@@ -74,6 +74,7 @@ struct Config {
   std::string server_name = "swarm-manager";
   int max_connecting = 256;
   int source_addrs = 0;  // 0: one per 20k agents on loopback
+  bool ignore_managers = false;
 };
 
 // VmRSS of this process in KiB (0 if unknown).
@@ -153,6 +154,9 @@ struct Agent {
   std::optional<asio::ip::address> source;
   std::unordered_set<std::string> reporting;  // tasks with status updates in flight or done
   bool ever_session = false;
+  // The manager list from the last SessionMessage; dialled (at random) instead of --addr.
+  std::vector<asio::ip::tcp::endpoint> managers;
+  std::mt19937_64 rng;
   std::shared_ptr<h2::ClientConnection> conn;
   asio::steady_timer* sleep = nullptr;  // the backoff wait, cancelled on stop
 };
@@ -201,6 +205,7 @@ class Sim {
       Agent& a = agents_[static_cast<std::size_t>(i)];
       a.index = i + 1;
       a.node_id = "agentsim-" + std::to_string(i + 1);
+      a.rng.seed(static_cast<std::uint64_t>(i + 1) * 0x9E3779B97F4A7C15ull);
       if (nsrc > 0) {
         a.source = asio::ip::address_v4(0x7f000002u + static_cast<std::uint32_t>(i % nsrc));
       }
@@ -293,14 +298,13 @@ class Sim {
 
   asio::awaitable<void> agent_loop(Agent& a) {
     std::chrono::nanoseconds backoff{0};
-    std::mt19937_64 rng(static_cast<std::uint64_t>(a.index) * 0x9E3779B97F4A7C15ull);
     while (!stopping_) {
       if (backoff.count() > 0) {
         // SwarmKit waits a random part of the current backoff before it dials again.
         std::uniform_int_distribution<std::int64_t> d(0, backoff.count());
         asio::steady_timer t(io_);
         a.sleep = &t;
-        t.expires_after(std::chrono::nanoseconds(d(rng)));
+        t.expires_after(std::chrono::nanoseconds(d(a.rng)));
         co_await t.async_wait(as_tuple(asio::use_awaitable));
         a.sleep = nullptr;
         if (stopping_) break;
@@ -314,7 +318,14 @@ class Sim {
 
   asio::awaitable<std::expected<std::shared_ptr<h2::ClientConnection>, std::string>> connect(
       Agent& a) {
-    auto sock = co_await net::dial(io_.get_executor(), target_, a.source);
+    asio::ip::tcp::endpoint to = target_;
+    if (!a.managers.empty()) {
+      std::uniform_int_distribution<std::size_t> pick(0, a.managers.size() - 1);
+      to = a.managers[pick(a.rng)];
+    }
+    std::optional<asio::ip::address> from;
+    if (to.address().is_v4() && to.address().is_loopback()) from = a.source;
+    auto sock = co_await net::dial(io_.get_executor(), to, from);
     if (!sock) co_return std::unexpected("connect: " + sock.error().message());
     std::unique_ptr<net::Transport> tr;
     if (cfg_.insecure) {
@@ -391,6 +402,7 @@ class Sim {
     }
     stats_.registration_ms.push_back(ms(Clock::now() - t0));
     a.session_id = msg.session_id();
+    follow_managers(a, msg);
     ++stats_.sessions;
     ++stats_.sessions_established;
     if (!a.ever_session) {
@@ -401,13 +413,33 @@ class Sim {
     scope.spawn(heartbeats(a, at));
     scope.spawn(assignments(a, at, scope));
     while (co_await call->read(msg)) {
-      // Further SessionMessages: manager list, node updates, keys. Nothing to do for a fake node.
+      // Further SessionMessages: node updates and keys mean nothing to a fake node.
+      follow_managers(a, msg);
     }
     grpc::Status st = call->status();
     if (st.is_ok()) st = grpc::Status(grpc::StatusCode::unavailable, "session ended");
     fail(at, st);
     --stats_.sessions;
     co_return true;
+  }
+
+  // As the agent does: the next dial goes to one of the managers listed (IP:port addresses).
+  void follow_managers(Agent& a, const api::SessionMessage& msg) const {
+    if (cfg_.ignore_managers) return;
+    std::vector<asio::ip::tcp::endpoint> eps;
+    for (const auto& wp : msg.managers()) {
+      const std::string& addr = wp.peer().addr();
+      auto colon = addr.rfind(':');
+      if (colon == std::string::npos) continue;
+      std::string host = addr.substr(0, colon);
+      if (host.starts_with('[') && host.ends_with(']')) host = host.substr(1, host.size() - 2);
+      std::error_code ec;
+      auto ip = asio::ip::make_address(host, ec);
+      int port = std::atoi(addr.c_str() + colon + 1);
+      if (ec || port <= 0 || port > 65535) continue;
+      eps.emplace_back(ip, static_cast<unsigned short>(port));
+    }
+    if (!eps.empty()) a.managers = std::move(eps);
   }
 
   asio::awaitable<void> heartbeats(Agent& a, Attempt& at) {
@@ -615,6 +647,9 @@ int main(int argc, char** argv) {
   flags.add("source-addrs", "N", "auto",
             "spread connections over 127.0.0.2 .. 127.0.0.(N+1) (auto: one per 20k agents)",
             positive(cfg.source_addrs));
+  flags.add_bool("ignore-managers",
+                 "always dial --addr (default: dial the managers the last SessionMessage listed)",
+                 cfg.ignore_managers);
   bool help = false;
   if (auto err = flags.parse(argc, argv, help)) {
     std::fprintf(stderr, "dispatchd-agentsim: %s\n", err->c_str());
