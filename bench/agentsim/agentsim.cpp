@@ -4,6 +4,7 @@
 // SwarmKit's backoff. See bench/agentsim/README.md.
 
 #include <sys/resource.h>
+#include <sys/time.h>
 
 #include <algorithm>
 #include <asio/co_spawn.hpp>
@@ -77,14 +78,12 @@ struct Config {
   bool ignore_managers = false;
 };
 
-// VmRSS of this process in KiB (0 if unknown).
+// Peak RSS of this process in KiB (getrusage: needs no file descriptor, which a run at the
+// descriptor limit may not have).
 long self_rss_kb() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.starts_with("VmRSS:")) return std::strtol(line.c_str() + 6, nullptr, 10);
-  }
-  return 0;
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return ru.ru_maxrss;
 }
 
 double ms(Clock::duration d) {
@@ -527,7 +526,7 @@ class Sim {
   Stats stats_;
   Clock::time_point start_;
   Clock::duration elapsed_{};
-  long rss_kb_ = 0;  // the simulator's own RSS at the end of the run, before disconnecting
+  long rss_kb_ = 0;  // the simulator's own peak RSS, taken at the end of the run
   bool stopping_ = false;
 };
 
@@ -553,7 +552,7 @@ void Sim::report() const {
         "\"sessions_per_second\":%.1f,\"registration_ms\":{\"p50\":%.3f,\"p99\":%.3f},"
         "\"heartbeats\":%lu,\"heartbeat_rtt_ms\":{\"p50\":%.3f,\"p99\":%.3f},"
         "\"tasks_running\":%lu,\"errors_total\":%lu,\"errors\":{%s},"
-        "\"simulator_rss_kb\":%ld}\n",
+        "\"simulator_peak_rss_kb\":%ld}\n",
         agents_.size(), secs, static_cast<unsigned long>(stats_.agents_with_session),
         static_cast<unsigned long>(stats_.sessions_established), all_after, rate, reg50, reg99,
         static_cast<unsigned long>(stats_.heartbeats), hb50, hb99,
@@ -577,7 +576,7 @@ void Sim::report() const {
   std::printf("heartbeat RTT              p50 %.2f ms  p99 %.2f ms\n", hb50, hb99);
   std::printf("tasks brought to RUNNING   %lu\n", static_cast<unsigned long>(stats_.tasks_running));
   std::printf(
-      "simulator RSS              %ld KiB (%.1f KiB per agent)\n", rss_kb_,
+      "simulator peak RSS         %ld KiB (%.1f KiB per agent)\n", rss_kb_,
       agents_.empty() ? 0.0 : static_cast<double>(rss_kb_) / static_cast<double>(agents_.size()));
   std::printf("errors                     %lu\n", static_cast<unsigned long>(errors));
   for (const auto& [k, v] : stats_.errors)
@@ -595,6 +594,12 @@ void raise_nofile(int agents) {
   }
   rl.rlim_cur = std::min(want, rl.rlim_max);
   setrlimit(RLIMIT_NOFILE, &rl);
+  if (rl.rlim_cur < want) {
+    std::fprintf(stderr,
+                 "dispatchd-agentsim: warning: open files limited to %lu (hard limit), %lu wanted "
+                 "for %d agents: agents beyond it will fail to connect\n",
+                 static_cast<unsigned long>(rl.rlim_cur), static_cast<unsigned long>(want), agents);
+  }
 }
 
 }  // namespace
