@@ -98,6 +98,28 @@ double percentile(std::vector<double> v, double p) {
   return v[k];
 }
 
+// Latency samples: all of them up to a bound, then a uniform sample (reservoir), so that a long
+// run of 100k agents keeps a few MB of samples, not one double per heartbeat.
+class Samples {
+ public:
+  static constexpr std::size_t kMax = 1 << 20;
+  void add(double v) {
+    ++seen_;
+    if (v_.size() < kMax) {
+      v_.push_back(v);
+      return;
+    }
+    std::uniform_int_distribution<std::uint64_t> d(0, seen_ - 1);
+    if (std::uint64_t i = d(rng_); i < kMax) v_[i] = v;
+  }
+  const std::vector<double>& values() const noexcept { return v_; }
+
+ private:
+  std::vector<double> v_;
+  std::uint64_t seen_ = 0;
+  std::mt19937_64 rng_{42};
+};
+
 struct Stats {
   std::uint64_t connected = 0;  // open connections now
   std::uint64_t sessions = 0;   // sessions open now
@@ -106,8 +128,8 @@ struct Stats {
   std::uint64_t heartbeats = 0;
   std::uint64_t tasks_running = 0;
   std::map<std::string, std::uint64_t> errors;
-  std::vector<double> registration_ms;
-  std::vector<double> heartbeat_ms;
+  Samples registration_ms;
+  Samples heartbeat_ms;
   std::optional<Clock::duration> all_sessions_after;
 };
 
@@ -399,7 +421,7 @@ class Sim {
       fail(at, call->status());
       co_return false;
     }
-    stats_.registration_ms.push_back(ms(Clock::now() - t0));
+    stats_.registration_ms.add(ms(Clock::now() - t0));
     a.session_id = msg.session_id();
     follow_managers(a, msg);
     ++stats_.sessions;
@@ -456,7 +478,7 @@ class Sim {
         fail(at, st);
         co_return;
       }
-      stats_.heartbeat_ms.push_back(ms(Clock::now() - t0));
+      stats_.heartbeat_ms.add(ms(Clock::now() - t0));
       ++stats_.heartbeats;
       auto period = std::chrono::seconds(resp.period().seconds()) +
                     std::chrono::nanoseconds(resp.period().nanos());
@@ -536,9 +558,10 @@ void Sim::report() const {
                          ? std::chrono::duration<double>(*stats_.all_sessions_after).count()
                          : -1;
   double rate = all_after > 0 ? static_cast<double>(agents_.size()) / all_after : 0;
-  double reg50 = percentile(stats_.registration_ms, 0.50),
-         reg99 = percentile(stats_.registration_ms, 0.99);
-  double hb50 = percentile(stats_.heartbeat_ms, 0.50), hb99 = percentile(stats_.heartbeat_ms, 0.99);
+  double reg50 = percentile(stats_.registration_ms.values(), 0.50),
+         reg99 = percentile(stats_.registration_ms.values(), 0.99);
+  double hb50 = percentile(stats_.heartbeat_ms.values(), 0.50),
+         hb99 = percentile(stats_.heartbeat_ms.values(), 0.99);
   std::uint64_t errors = 0;
   for (const auto& [k, v] : stats_.errors)
     errors += v;

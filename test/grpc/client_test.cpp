@@ -226,6 +226,29 @@ TEST_P(ClientTest, ServerStreamingManyMessages) {
   EXPECT_TRUE(server_.eventually([&] { return state_.stream_done; }));
 }
 
+// Bidi streaming through send(): what a proxy relaying an agent's stream needs.
+TEST_P(ClientTest, BidiStreamingWithHalfClose) {
+  auto call = ClientCall::start(client_.conn(), kService + "EchoStream", options(), "", false);
+  ASSERT_TRUE(call);
+  auto replies = client_.run([&]() -> asio::awaitable<std::vector<std::string>> {
+    std::vector<std::string> out;
+    tpb::EchoReply r;
+    for (int i = 0; i < 3; ++i) {
+      tpb::EchoRequest req;
+      req.set_payload("msg-" + std::to_string(i));
+      call->send(req, i == 2);
+      if (!co_await call->read(r)) break;
+      out.push_back(r.payload());
+    }
+    if (co_await call->read(r)) out.push_back("unexpected " + r.payload());
+    co_return out;
+  }());
+  EXPECT_EQ(replies, (std::vector<std::string>{"msg-0", "msg-1", "msg-2"}));
+  EXPECT_TRUE(call->status().is_ok()) << call->status().message();
+  EXPECT_EQ(server_.call([&] { return state_.echo_stream_received; }), 3);
+  EXPECT_EQ(server_.call([&] { return state_.echo_stream_read_end; }), StatusCode::ok);
+}
+
 TEST_P(ClientTest, CancellationReachesTheServer) {
   tpb::Empty req;
   auto call = ClientCall::start(client_.conn(), kService + "HangStream", req, options());
