@@ -1,0 +1,93 @@
+#pragma once
+// TLS client side, driven directly on the non-blocking socket like the server's TlsTransport
+// (SSL_MODE_RELEASE_BUFFERS: an idle connection holds no record buffers). One TlsClientContext
+// (trusted CA, ALPN "h2", TLS 1.2+) serves any number of connections; each connection may present
+// its own client certificate, loaded once into a TlsClientCertificate and shared by reference.
+
+#include <openssl/ssl.h>
+
+#include <asio/awaitable.hpp>
+#include <asio/ip/tcp.hpp>
+#include <expected>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "dispatchd/net/transport.hpp"
+
+namespace dispatchd::net {
+
+class TlsClientContext {
+ public:
+  // `ca`: PEM bundle the server certificate must chain to.
+  static std::expected<std::shared_ptr<TlsClientContext>, std::string> load(const std::string& ca);
+  TlsClientContext(const TlsClientContext&) = delete;
+  TlsClientContext& operator=(const TlsClientContext&) = delete;
+  ~TlsClientContext();
+  SSL_CTX* get() const noexcept { return ctx_; }
+
+ private:
+  TlsClientContext() = default;
+  SSL_CTX* ctx_ = nullptr;
+};
+
+// A client certificate chain (leaf first) and its private key.
+class TlsClientCertificate {
+ public:
+  static std::expected<std::shared_ptr<TlsClientCertificate>, std::string> load(
+      const std::string& cert, const std::string& key);
+  TlsClientCertificate(const TlsClientCertificate&) = delete;
+  TlsClientCertificate& operator=(const TlsClientCertificate&) = delete;
+  ~TlsClientCertificate();
+  // Installs the certificate, chain and key on `ssl`; false on failure.
+  bool apply(SSL* ssl) const;
+
+ private:
+  TlsClientCertificate() = default;
+  X509* leaf_ = nullptr;
+  STACK_OF(X509) * chain_ = nullptr;
+  EVP_PKEY* key_ = nullptr;
+};
+
+class TlsClientTransport final : public Transport {
+ public:
+  // `server_name`: sent as SNI and checked against the server certificate's names.
+  TlsClientTransport(asio::ip::tcp::socket socket, std::shared_ptr<TlsClientContext> ctx,
+                     std::shared_ptr<const TlsClientCertificate> cert,
+                     const std::string& server_name);
+  ~TlsClientTransport() override;
+
+  // Runs the client handshake; fails unless the server verified and ALPN chose "h2".
+  asio::awaitable<std::error_code> handshake();
+
+  std::size_t read_some(std::span<std::uint8_t> buf, std::error_code& ec) override;
+  std::size_t write_some(std::span<const std::uint8_t> buf, std::error_code& ec) override;
+  Direction read_blocked_on() const noexcept override { return read_blocked_; }
+  Direction write_blocked_on() const noexcept override { return write_blocked_; }
+  asio::awaitable<std::error_code> wait(Direction d) override;
+  void close() noexcept override;
+  bool is_open() const noexcept override { return socket_.is_open(); }
+  const std::string& peer() const noexcept override { return peer_; }
+  bool has_buffered_input() const noexcept override { return ssl_ && SSL_pending(ssl_) > 0; }
+  const std::string& handshake_error() const noexcept { return error_; }
+
+ private:
+  std::error_code map_error(int ret, Direction& blocked);
+
+  asio::ip::tcp::socket socket_;
+  std::shared_ptr<TlsClientContext> ctx_;
+  std::shared_ptr<const TlsClientCertificate> cert_;
+  SSL* ssl_ = nullptr;
+  std::string peer_;
+  Direction read_blocked_ = Direction::read;
+  Direction write_blocked_ = Direction::write;
+  std::string error_;
+};
+
+// Connects a TCP socket to `to`, from `from` when given (port chosen at connect time, so many
+// connections can share one source address: IP_BIND_ADDRESS_NO_PORT).
+asio::awaitable<std::expected<asio::ip::tcp::socket, std::error_code>> dial(
+    asio::any_io_executor ex, asio::ip::tcp::endpoint to,
+    std::optional<asio::ip::address> from = std::nullopt);
+
+}  // namespace dispatchd::net
