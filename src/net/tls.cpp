@@ -14,17 +14,6 @@ namespace dispatchd::net {
 
 namespace {
 
-std::string openssl_error() {
-  std::string out;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
-
 std::string subject_entry(X509_NAME* name, int nid) {
   int i = X509_NAME_get_index_by_NID(name, nid, -1);
   if (i < 0) return {};
@@ -102,7 +91,7 @@ int verify_client_chain(X509_STORE_CTX* store_ctx, void*) {
 std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const TlsFiles& files) {
   std::shared_ptr<TlsContext> t(new TlsContext());
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-  if (!ctx) return std::unexpected("SSL_CTX_new: " + openssl_error());
+  if (!ctx) return std::unexpected("SSL_CTX_new: " + openssl_errors());
   t->ctx_ = ctx;
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   // ECDHE with AES-GCM or ChaCha20-Poly1305 only, as SwarmKit allows (TLS 1.3 suites are all
@@ -111,7 +100,7 @@ std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const T
                               "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
                               "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
                               "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305") != 1) {
-    return std::unexpected("cipher list: " + openssl_error());
+    return std::unexpected("cipher list: " + openssl_errors());
   }
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION |
                                SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_COMPRESSION);
@@ -120,16 +109,16 @@ std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const T
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
-    return std::unexpected("cannot load certificate " + files.cert + ": " + openssl_error());
+    return std::unexpected("cannot load certificate " + files.cert + ": " + openssl_errors());
   }
   if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
-    return std::unexpected("cannot load key " + files.key + ": " + openssl_error());
+    return std::unexpected("cannot load key " + files.key + ": " + openssl_errors());
   }
   if (SSL_CTX_check_private_key(ctx) != 1) {
     return std::unexpected("key " + files.key + " does not match certificate " + files.cert);
   }
   if (SSL_CTX_load_verify_locations(ctx, files.ca.c_str(), nullptr) != 1) {
-    return std::unexpected("cannot load CA bundle " + files.ca + ": " + openssl_error());
+    return std::unexpected("cannot load CA bundle " + files.ca + ": " + openssl_errors());
   }
   // Requested and verified when given, not required (spec §9.1): a caller without a
   // certificate completes the handshake and is refused per call with PERMISSION_DENIED.
@@ -152,7 +141,7 @@ std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const T
       SSL_CTX_build_cert_chain(
           ctx, SSL_BUILD_CHAIN_FLAG_NO_ROOT | SSL_BUILD_CHAIN_FLAG_IGNORE_ERROR) <= 0) {
     return std::unexpected("cannot build the certificate chain of " + files.cert + ": " +
-                           openssl_error());
+                           openssl_errors());
   }
   ERR_clear_error();
   SSL_CTX_set_mode(ctx, SSL_MODE_NO_AUTO_CHAIN);
@@ -169,68 +158,15 @@ TlsContext::~TlsContext() {
 }
 
 TlsTransport::TlsTransport(asio::ip::tcp::socket socket, std::shared_ptr<TlsContext> ctx)
-    : socket_(std::move(socket)), ctx_(std::move(ctx)) {
-  std::error_code ec;
-  socket_.non_blocking(true, ec);
-  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  auto ep = socket_.remote_endpoint(ec);
-  if (!ec) peer_ = endpoint_string(ep);
+    : TlsStream(std::move(socket), ctx->get()), ctx_(std::move(ctx)) {
   identity_.tls = true;
-  ssl_ = SSL_new(ctx_->get());
-  if (ssl_) SSL_set_fd(ssl_, static_cast<int>(socket_.native_handle()));
-}
-
-TlsTransport::~TlsTransport() {
-  if (ssl_) SSL_free(ssl_);
-}
-
-std::error_code TlsTransport::map_error(int ret, Direction& blocked) {
-  switch (SSL_get_error(ssl_, ret)) {
-    case SSL_ERROR_WANT_READ:
-      blocked = Direction::read;
-      return asio::error::would_block;
-    case SSL_ERROR_WANT_WRITE:
-      blocked = Direction::write;
-      return asio::error::would_block;
-    case SSL_ERROR_ZERO_RETURN:
-      return asio::error::eof;
-    case SSL_ERROR_SYSCALL:
-      ERR_clear_error();
-      return errno == 0 ? std::error_code(asio::error::eof)
-                        : std::error_code(errno, std::system_category());
-    default:
-      error_ = openssl_error();
-      return asio::error::connection_aborted;
-  }
 }
 
 asio::awaitable<std::error_code> TlsTransport::handshake() {
-  if (!ssl_) {
-    error_ = "SSL_new failed";
-    co_return asio::error::no_memory;
-  }
-  SSL_set_accept_state(ssl_);
-  for (;;) {
-    ERR_clear_error();
-    int r = SSL_do_handshake(ssl_);
-    if (r == 1) break;
-    Direction d = Direction::read;
-    std::error_code ec = map_error(r, d);
-    if (ec != asio::error::would_block) {
-      if (error_.empty()) error_ = ec.message();
-      co_return ec;
-    }
-    if (auto wec = co_await wait(d); wec) co_return wec;
-  }
-  const unsigned char* alpn = nullptr;
-  unsigned int alpn_len = 0;
-  SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
-  if (alpn_len != 2 || std::memcmp(alpn, "h2", 2) != 0) {
-    error_ = "client did not negotiate ALPN h2";
-    co_return asio::error::connection_refused;
-  }
-  extract_identity();
-  co_return std::error_code();
+  if (ssl_) SSL_set_accept_state(ssl_);
+  auto ec = co_await run_handshake("client did not negotiate ALPN h2");
+  if (!ec) extract_identity();
+  co_return ec;
 }
 
 void TlsTransport::extract_identity() {
@@ -241,47 +177,6 @@ void TlsTransport::extract_identity() {
   identity_.common_name = subject_entry(subject, NID_commonName);
   identity_.organizational_units = subject_entries(subject, NID_organizationalUnitName);
   identity_.organization = subject_entry(subject, NID_organizationName);
-}
-
-std::size_t TlsTransport::read_some(std::span<std::uint8_t> buf, std::error_code& ec) {
-  ERR_clear_error();
-  int n = SSL_read(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
-  if (n > 0) {
-    ec.clear();
-    return static_cast<std::size_t>(n);
-  }
-  ec = map_error(n, read_blocked_);
-  return 0;
-}
-
-std::size_t TlsTransport::write_some(std::span<const std::uint8_t> buf, std::error_code& ec) {
-  ERR_clear_error();
-  int n = SSL_write(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
-  if (n > 0) {
-    ec.clear();
-    return static_cast<std::size_t>(n);
-  }
-  ec = map_error(n, write_blocked_);
-  return 0;
-}
-
-asio::awaitable<std::error_code> TlsTransport::wait(Direction d) {
-  auto [ec] = co_await socket_.async_wait(
-      d == Direction::read ? asio::ip::tcp::socket::wait_read : asio::ip::tcp::socket::wait_write,
-      asio::experimental::as_tuple(asio::use_awaitable));
-  if (!ec && !socket_.is_open()) ec = asio::error::operation_aborted;
-  co_return ec;
-}
-
-void TlsTransport::close() noexcept {
-  if (!socket_.is_open()) return;
-  if (ssl_ && SSL_is_init_finished(ssl_)) {
-    ERR_clear_error();
-    SSL_shutdown(ssl_);  // best effort close_notify; never waits
-  }
-  std::error_code ec;
-  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
-  socket_.close(ec);
 }
 
 }  // namespace dispatchd::net

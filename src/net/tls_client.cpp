@@ -17,17 +17,6 @@ namespace dispatchd::net {
 
 namespace {
 
-std::string ssl_errors() {
-  std::string out;
-  while (unsigned long e = ERR_get_error()) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    if (!out.empty()) out += "; ";
-    out += buf;
-  }
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
-
 constexpr unsigned char kAlpnH2[] = {2, 'h', '2'};
 
 }  // namespace
@@ -36,7 +25,7 @@ std::expected<std::shared_ptr<TlsClientContext>, std::string> TlsClientContext::
     const std::string& ca) {
   std::shared_ptr<TlsClientContext> t(new TlsClientContext());
   SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
-  if (!ctx) return std::unexpected("SSL_CTX_new: " + ssl_errors());
+  if (!ctx) return std::unexpected("SSL_CTX_new: " + openssl_errors());
   t->ctx_ = ctx;
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
@@ -44,11 +33,11 @@ std::expected<std::shared_ptr<TlsClientContext>, std::string> TlsClientContext::
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                             SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   if (SSL_CTX_load_verify_locations(ctx, ca.c_str(), nullptr) != 1) {
-    return std::unexpected("cannot load CA bundle " + ca + ": " + ssl_errors());
+    return std::unexpected("cannot load CA bundle " + ca + ": " + openssl_errors());
   }
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   if (SSL_CTX_set_alpn_protos(ctx, kAlpnH2, sizeof kAlpnH2) != 0) {
-    return std::unexpected("ALPN: " + ssl_errors());
+    return std::unexpected("ALPN: " + openssl_errors());
   }
   return t;
 }
@@ -75,7 +64,7 @@ std::expected<std::shared_ptr<TlsClientCertificate>, std::string> TlsClientCerti
   if (!f) return std::unexpected("cannot open key " + key + ": " + std::strerror(errno));
   c->key_ = PEM_read_PrivateKey(f, nullptr, nullptr, nullptr);
   std::fclose(f);
-  if (!c->key_) return std::unexpected("cannot load key " + key + ": " + ssl_errors());
+  if (!c->key_) return std::unexpected("cannot load key " + key + ": " + openssl_errors());
   if (X509_check_private_key(c->leaf_, c->key_) != 1) {
     ERR_clear_error();
     return std::unexpected("key " + key + " does not match certificate " + cert);
@@ -98,121 +87,27 @@ TlsClientTransport::TlsClientTransport(asio::ip::tcp::socket socket,
                                        std::shared_ptr<TlsClientContext> ctx,
                                        std::shared_ptr<const TlsClientCertificate> cert,
                                        const std::string& server_name)
-    : socket_(std::move(socket)), ctx_(std::move(ctx)), cert_(std::move(cert)) {
-  std::error_code ec;
-  socket_.non_blocking(true, ec);
-  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
-  auto ep = socket_.remote_endpoint(ec);
-  if (!ec) peer_ = endpoint_string(ep);
-  ssl_ = SSL_new(ctx_->get());
+    : TlsStream(std::move(socket), ctx->get()), ctx_(std::move(ctx)), cert_(std::move(cert)) {
   if (!ssl_) return;
-  SSL_set_fd(ssl_, static_cast<int>(socket_.native_handle()));
   SSL_set_connect_state(ssl_);
   if (!server_name.empty()) {
     SSL_set_tlsext_host_name(ssl_, server_name.c_str());
     SSL_set1_host(ssl_, server_name.c_str());
   }
   if (cert_ && !cert_->apply(ssl_)) {
-    error_ = "cannot use the client certificate: " + ssl_errors();
+    error_ = "cannot use the client certificate: " + openssl_errors();
     SSL_free(ssl_);
     ssl_ = nullptr;
   }
 }
 
-TlsClientTransport::~TlsClientTransport() {
-  if (ssl_) SSL_free(ssl_);
-}
-
-std::error_code TlsClientTransport::map_error(int ret, Direction& blocked) {
-  switch (SSL_get_error(ssl_, ret)) {
-    case SSL_ERROR_WANT_READ:
-      blocked = Direction::read;
-      return asio::error::would_block;
-    case SSL_ERROR_WANT_WRITE:
-      blocked = Direction::write;
-      return asio::error::would_block;
-    case SSL_ERROR_ZERO_RETURN:
-      return asio::error::eof;
-    case SSL_ERROR_SYSCALL:
-      ERR_clear_error();
-      return errno == 0 ? std::error_code(asio::error::eof)
-                        : std::error_code(errno, std::system_category());
-    default:
-      error_ = ssl_errors();
-      return asio::error::connection_aborted;
-  }
-}
-
 asio::awaitable<std::error_code> TlsClientTransport::handshake() {
-  if (!ssl_) {
-    if (error_.empty()) error_ = "SSL_new failed";
-    co_return asio::error::no_memory;
+  auto ec = co_await run_handshake("server did not negotiate ALPN h2");
+  if (ec && ssl_ && SSL_get_verify_result(ssl_) != X509_V_OK) {
+    error_ = std::string("server certificate: ") +
+             X509_verify_cert_error_string(SSL_get_verify_result(ssl_));
   }
-  for (;;) {
-    ERR_clear_error();
-    int r = SSL_do_handshake(ssl_);
-    if (r == 1) break;
-    Direction d = Direction::read;
-    std::error_code ec = map_error(r, d);
-    if (ec != asio::error::would_block) {
-      if (SSL_get_verify_result(ssl_) != X509_V_OK) {
-        error_ = std::string("server certificate: ") +
-                 X509_verify_cert_error_string(SSL_get_verify_result(ssl_));
-      }
-      if (error_.empty()) error_ = ec.message();
-      co_return ec;
-    }
-    if (auto wec = co_await wait(d); wec) co_return wec;
-  }
-  const unsigned char* alpn = nullptr;
-  unsigned int alpn_len = 0;
-  SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
-  if (alpn_len != 2 || std::memcmp(alpn, "h2", 2) != 0) {
-    error_ = "server did not negotiate ALPN h2";
-    co_return asio::error::connection_refused;
-  }
-  co_return std::error_code();
-}
-
-std::size_t TlsClientTransport::read_some(std::span<std::uint8_t> buf, std::error_code& ec) {
-  ERR_clear_error();
-  int n = SSL_read(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
-  if (n > 0) {
-    ec.clear();
-    return static_cast<std::size_t>(n);
-  }
-  ec = map_error(n, read_blocked_);
-  return 0;
-}
-
-std::size_t TlsClientTransport::write_some(std::span<const std::uint8_t> buf, std::error_code& ec) {
-  ERR_clear_error();
-  int n = SSL_write(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
-  if (n > 0) {
-    ec.clear();
-    return static_cast<std::size_t>(n);
-  }
-  ec = map_error(n, write_blocked_);
-  return 0;
-}
-
-asio::awaitable<std::error_code> TlsClientTransport::wait(Direction d) {
-  auto [ec] = co_await socket_.async_wait(
-      d == Direction::read ? asio::ip::tcp::socket::wait_read : asio::ip::tcp::socket::wait_write,
-      asio::experimental::as_tuple(asio::use_awaitable));
-  if (!ec && !socket_.is_open()) ec = asio::error::operation_aborted;
   co_return ec;
-}
-
-void TlsClientTransport::close() noexcept {
-  if (!socket_.is_open()) return;
-  if (ssl_ && SSL_is_init_finished(ssl_)) {
-    ERR_clear_error();
-    SSL_shutdown(ssl_);  // best effort close_notify; never waits
-  }
-  std::error_code ec;
-  socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
-  socket_.close(ec);
 }
 
 asio::awaitable<std::expected<asio::ip::tcp::socket, std::error_code>> dial(

@@ -13,7 +13,7 @@
 #include <string>
 
 #include "dispatchd/net/identity.hpp"
-#include "dispatchd/net/transport.hpp"
+#include "dispatchd/net/tls_stream.hpp"
 
 namespace dispatchd::net {
 
@@ -41,38 +41,20 @@ class TlsContext {
   std::string cn_, org_;
 };
 
-class TlsTransport final : public Transport {
+class TlsTransport final : public TlsStream {
  public:
   TlsTransport(asio::ip::tcp::socket socket, std::shared_ptr<TlsContext> ctx);
-  ~TlsTransport() override;
 
   // Runs the server handshake. On success identity() describes the peer.
   asio::awaitable<std::error_code> handshake();
 
-  std::size_t read_some(std::span<std::uint8_t> buf, std::error_code& ec) override;
-  std::size_t write_some(std::span<const std::uint8_t> buf, std::error_code& ec) override;
-  Direction read_blocked_on() const noexcept override { return read_blocked_; }
-  Direction write_blocked_on() const noexcept override { return write_blocked_; }
-  asio::awaitable<std::error_code> wait(Direction d) override;
-  void close() noexcept override;
-  bool is_open() const noexcept override { return socket_.is_open(); }
-  const std::string& peer() const noexcept override { return peer_; }
   const PeerIdentity* identity() const noexcept override { return &identity_; }
-  bool has_buffered_input() const noexcept override { return ssl_ && SSL_pending(ssl_) > 0; }
-  const std::string& handshake_error() const noexcept { return error_; }
 
  private:
-  std::error_code map_error(int ret, Direction& blocked);
   void extract_identity();
 
-  asio::ip::tcp::socket socket_;
   std::shared_ptr<TlsContext> ctx_;
-  SSL* ssl_ = nullptr;
-  std::string peer_;
   PeerIdentity identity_;
-  Direction read_blocked_ = Direction::read;
-  Direction write_blocked_ = Direction::write;
-  std::string error_;
 };
 
 }  // namespace dispatchd::net

@@ -13,7 +13,7 @@
 #include <optional>
 #include <string>
 
-#include "dispatchd/net/transport.hpp"
+#include "dispatchd/net/tls_stream.hpp"
 
 namespace dispatchd::net {
 
@@ -49,39 +49,19 @@ class TlsClientCertificate {
   EVP_PKEY* key_ = nullptr;
 };
 
-class TlsClientTransport final : public Transport {
+class TlsClientTransport final : public TlsStream {
  public:
   // `server_name`: sent as SNI and checked against the server certificate's names.
   TlsClientTransport(asio::ip::tcp::socket socket, std::shared_ptr<TlsClientContext> ctx,
                      std::shared_ptr<const TlsClientCertificate> cert,
                      const std::string& server_name);
-  ~TlsClientTransport() override;
 
   // Runs the client handshake; fails unless the server verified and ALPN chose "h2".
   asio::awaitable<std::error_code> handshake();
 
-  std::size_t read_some(std::span<std::uint8_t> buf, std::error_code& ec) override;
-  std::size_t write_some(std::span<const std::uint8_t> buf, std::error_code& ec) override;
-  Direction read_blocked_on() const noexcept override { return read_blocked_; }
-  Direction write_blocked_on() const noexcept override { return write_blocked_; }
-  asio::awaitable<std::error_code> wait(Direction d) override;
-  void close() noexcept override;
-  bool is_open() const noexcept override { return socket_.is_open(); }
-  const std::string& peer() const noexcept override { return peer_; }
-  bool has_buffered_input() const noexcept override { return ssl_ && SSL_pending(ssl_) > 0; }
-  const std::string& handshake_error() const noexcept { return error_; }
-
  private:
-  std::error_code map_error(int ret, Direction& blocked);
-
-  asio::ip::tcp::socket socket_;
   std::shared_ptr<TlsClientContext> ctx_;
   std::shared_ptr<const TlsClientCertificate> cert_;
-  SSL* ssl_ = nullptr;
-  std::string peer_;
-  Direction read_blocked_ = Direction::read;
-  Direction write_blocked_ = Direction::write;
-  std::string error_;
 };
 
 // Connects a TCP socket to `to`, from `from` when given (port chosen at connect time, so many

@@ -1,0 +1,60 @@
+#pragma once
+// TlsStream: what the server's and the client's TLS transports share. OpenSSL is driven directly
+// on the non-blocking socket (SSL_set_fd; no BIO pairs and no buffers of our own): read_some and
+// write_some are one SSL_read / SSL_write each, and a WANT_READ / WANT_WRITE says which readiness
+// to wait for before trying again, whichever direction the caller was going.
+
+#include <openssl/ssl.h>
+
+#include <asio/awaitable.hpp>
+#include <asio/ip/tcp.hpp>
+#include <string>
+
+#include "dispatchd/net/transport.hpp"
+
+namespace dispatchd::net {
+
+// Every error OpenSSL has queued, as one line ("unknown OpenSSL error" if none).
+std::string openssl_errors();
+
+class TlsStream : public Transport {
+ public:
+  ~TlsStream() override;
+  TlsStream(const TlsStream&) = delete;
+  TlsStream& operator=(const TlsStream&) = delete;
+
+  std::size_t read_some(std::span<std::uint8_t> buf, std::error_code& ec) override;
+  std::size_t write_some(std::span<const std::uint8_t> buf, std::error_code& ec) override;
+  Direction read_blocked_on() const noexcept override { return read_blocked_; }
+  Direction write_blocked_on() const noexcept override { return write_blocked_; }
+  asio::awaitable<std::error_code> wait(Direction d) override;
+  // Best-effort close_notify (never waits), then the socket is closed.
+  void close() noexcept override;
+  bool is_open() const noexcept override { return socket_.is_open(); }
+  const std::string& peer() const noexcept override { return peer_; }
+  bool has_buffered_input() const noexcept override { return ssl_ && SSL_pending(ssl_) > 0; }
+  // Why the handshake failed ("" if it did not).
+  const std::string& handshake_error() const noexcept { return error_; }
+
+ protected:
+  // Makes the socket non-blocking with TCP_NODELAY and an SSL object of `ctx` on it (ssl_ stays
+  // null if SSL_new fails; the handshake then reports it).
+  TlsStream(asio::ip::tcp::socket socket, SSL_CTX* ctx);
+
+  // Runs SSL_do_handshake to its end, waiting as OpenSSL asks; then requires ALPN "h2". On
+  // failure handshake_error() says why, unless the caller already set error_.
+  asio::awaitable<std::error_code> run_handshake(const char* alpn_refused);
+
+  std::error_code map_error(int ret, Direction& blocked);
+
+  asio::ip::tcp::socket socket_;
+  SSL* ssl_ = nullptr;
+  std::string peer_;
+  std::string error_;
+
+ private:
+  Direction read_blocked_ = Direction::read;
+  Direction write_blocked_ = Direction::write;
+};
+
+}  // namespace dispatchd::net
