@@ -251,23 +251,16 @@ asio::awaitable<void> ClientConnection::write_loop() {
       co_await writer_wakeup_.async_park();
       continue;
     }
-    std::size_t off = 0;
-    while (off < out_.size() && !dead_) {
-      std::error_code ec;
-      std::size_t n = transport_->write_some(
-          {reinterpret_cast<const std::uint8_t*>(out_.data()) + off, out_.size() - off}, ec);
-      if (ec == asio::error::would_block) {
-        if (auto wec = co_await transport_->wait(transport_->write_blocked_on()); wec) {
-          dead_ = true;
-        }
-        continue;
-      }
+    if (!dead_) {
+      std::uint64_t written = 0;
+      auto ec = co_await net::write_all(
+          *transport_, {reinterpret_cast<const std::uint8_t*>(out_.data()), out_.size()}, written);
       if (ec) {
-        log::debug("{}: write: {}", peer(), ec.message());
+        if (ec != asio::error::operation_aborted) {
+          log::debug("{}: write: {}", peer(), ec.message());
+        }
         dead_ = true;
-        break;
       }
-      off += n;
     }
     out_.clear();
   }

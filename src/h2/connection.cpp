@@ -262,24 +262,16 @@ asio::awaitable<void> Connection::write_loop() {
       co_await writer_wakeup_.async_park();
       continue;
     }
-    std::size_t off = 0;
-    while (off < out_.size() && !dead_) {
-      std::error_code ec;
-      std::size_t n = transport_->write_some(
-          {reinterpret_cast<const std::uint8_t*>(out_.data()) + off, out_.size() - off}, ec);
-      if (ec == asio::error::would_block) {
-        if (auto wec = co_await transport_->wait(transport_->write_blocked_on()); wec) {
-          dead_ = true;
-        }
-        continue;
-      }
+    if (!dead_) {
+      auto ec = co_await net::write_all(
+          *transport_, {reinterpret_cast<const std::uint8_t*>(out_.data()), out_.size()},
+          stats_.bytes_out);
       if (ec) {
-        log::debug("{}: write: {}", peer(), ec.message());
+        if (ec != asio::error::operation_aborted) {
+          log::debug("{}: write: {}", peer(), ec.message());
+        }
         dead_ = true;
-        break;
       }
-      off += n;
-      stats_.bytes_out += n;
     }
     out_.clear();
     if (early_only) break;

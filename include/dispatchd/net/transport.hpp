@@ -42,4 +42,10 @@ class Transport {
   virtual const PeerIdentity* identity() const noexcept { return nullptr; }
 };
 
+// Writes all of `bytes`, waiting for readiness whenever the transport would block. `written`
+// grows with every write, so a stall check sees progress in the middle of a large batch. Returns
+// what stopped it short: a write error, or the wait's (operation_aborted after close()).
+asio::awaitable<std::error_code> write_all(Transport& t, std::span<const std::uint8_t> bytes,
+                                           std::uint64_t& written);
+
 }  // namespace dispatchd::net
