@@ -25,6 +25,7 @@
 
 #include "dispatcher.grpc.pb.h"
 #include "support/grpc_client.hpp"
+#include "support/raw_client.hpp"
 #include "support/test_server.hpp"
 
 namespace {
@@ -1066,30 +1067,23 @@ TEST_F(SessionTaskStatusTest, ConcurrentUpdatesAreAllAppliedInFewerFlushes) {
   const auto flushes_before =
       server_.call([&] { return server_.server().dispatcher().stats().flushes; });
 
-  grpc::CompletionQueue cq;
-  struct Call {
-    std::unique_ptr<grpc::ClientContext> ctx;
-    api::UpdateTaskStatusResponse resp;
-    grpc::Status status;
-    std::unique_ptr<grpc::ClientAsyncResponseReader<api::UpdateTaskStatusResponse>> rpc;
-  };
-  std::vector<Call> calls(kCalls);
+  // All calls in one write, so that they reach the server together whatever the machine's
+  // load: a quiet server would otherwise answer each call before the next arrives.
+  dispatchd::test::RawClient raw(server_.port());
+  raw.start();
+  std::vector<std::int32_t> ids;
   for (int i = 0; i < kCalls; ++i) {
     auto req = request();
     *req.add_updates() = status_update("t-" + std::to_string(i), api::RUNNING);
-    calls[i].ctx = context(as_node("node-a"));
-    calls[i].rpc = agent_.stub().AsyncUpdateTaskStatus(calls[i].ctx.get(), req, &cq);
-    calls[i].rpc->Finish(&calls[i].resp, &calls[i].status, &calls[i]);
+    ids.push_back(raw.grpc_call("/docker.swarmkit.v1.Dispatcher/UpdateTaskStatus",
+                                dispatchd::test::grpc_frame(req.SerializeAsString()),
+                                as_node("node-a")));
   }
-  for (int n = 0; n < kCalls; ++n) {
-    void* tag;
-    bool ok;
-    ASSERT_TRUE(cq.Next(&tag, &ok));
-    ASSERT_TRUE(ok);
-  }
-  cq.Shutdown();
+  raw.flush();
   for (int i = 0; i < kCalls; ++i) {
-    ASSERT_TRUE(calls[i].status.ok()) << i << ": " << calls[i].status.error_message();
+    const auto& r = raw.wait(ids[i]);
+    ASSERT_TRUE(r.closed) << i << ": no answer";
+    ASSERT_EQ(r.grpc_status(), 0) << i << ": " << r.grpc_message();
   }
   auto applied = server_.call([&] {
     int n = 0;
