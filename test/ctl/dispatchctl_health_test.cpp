@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 
+#include "support/certs.hpp"
 #include "support/process.hpp"
 #include "support/test_server.hpp"
 
@@ -26,13 +27,8 @@ std::string show(const ProcessResult& r) {
 }
 
 const std::string& cert_dir() {
-  static const std::string dir = [] {
-    std::string d = ::testing::TempDir() + "/dispatchctl-health-" + std::to_string(::getpid());
-    std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " + d +
-                      " --nodes 1 --test-variants >/dev/null";
-    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("gen-certs.sh failed");
-    return d;
-  }();
+  static const std::string dir =
+      dispatchd::test::make_test_certs("ctl-health", "--nodes 1 --test-variants");
   return dir;
 }
 

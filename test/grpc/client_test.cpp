@@ -18,6 +18,7 @@
 #include "dispatchd/net/tcp_transport.hpp"
 #include "dispatchd/net/tls_client.hpp"
 #include "dispatcher.pb.h"
+#include "support/certs.hpp"
 #include "support/test_server.hpp"
 #include "support/test_service.hpp"
 #include "test_service.grpc.pb.h"
@@ -39,13 +40,7 @@ using namespace std::chrono_literals;
 const std::string kService = "/dispatchd.test.TestService/";
 
 const std::string& cert_dir() {
-  static const std::string dir = [] {
-    std::string d = ::testing::TempDir() + "/dispatchd-client-" + std::to_string(::getpid());
-    std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " + d +
-                      " --nodes 1 >/dev/null";
-    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("gen-certs.sh failed");
-    return d;
-  }();
+  static const std::string dir = dispatchd::test::make_test_certs("client", "--nodes 1");
   return dir;
 }
 

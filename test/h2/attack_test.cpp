@@ -31,6 +31,7 @@
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/health/v1/health.pb.h"
+#include "support/certs.hpp"
 #include "support/frames.hpp"
 #include "support/raw_client.hpp"
 #include "support/test_server.hpp"
@@ -38,6 +39,8 @@
 #include "test_service.pb.h"
 
 namespace {
+
+using dispatchd::test::read_file;
 
 namespace frames = dispatchd::test::frames;
 using dispatchd::test::grpc_frame;
@@ -254,21 +257,9 @@ dispatchd::app::Options attack_options() {
 
 // TLS material for the handshake tests, made once per process.
 const std::string& cert_dir() {
-  static const std::string dir = [] {
-    std::string d = ::testing::TempDir() + "/dispatchd-attack-tls-" + std::to_string(::getpid());
-    std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " + d +
-                      " --org myorg --nodes 1 --manager-id mgr-0 >/dev/null";
-    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("gen-certs.sh failed");
-    return d;
-  }();
+  static const std::string dir =
+      dispatchd::test::make_test_certs("attack-tls", "--org myorg --nodes 1 --manager-id mgr-0");
   return dir;
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
 }
 
 struct ServerState {

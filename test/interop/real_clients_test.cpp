@@ -23,12 +23,15 @@
 #include "dispatchd/log.hpp"
 #include "dispatcher.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "support/certs.hpp"
 #include "support/process.hpp"
 #include "support/test_server.hpp"
 #include "support/test_service.hpp"
 #include "test_service.grpc.pb.h"
 
 namespace {
+
+using dispatchd::test::read_file;
 
 namespace api = docker::swarmkit::v1;
 using dispatchd::test::TestServer;
@@ -37,21 +40,9 @@ using namespace std::chrono_literals;
 const std::string kHealthProto = "third_party/grpc/health/v1/health.proto";
 const std::string kGhz = std::string(DISPATCHD_SOURCE_DIR) + "/../shared/tools/ghz";
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 const std::string& cert_dir() {
-  static const std::string dir = [] {
-    std::string d = ::testing::TempDir() + "/dispatchd-real-clients-" + std::to_string(::getpid());
-    std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " + d +
-                      " --org myorg --nodes 2 --manager-id mgr-0 >/dev/null";
-    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("gen-certs.sh failed");
-    return d;
-  }();
+  static const std::string dir =
+      dispatchd::test::make_test_certs("real-clients", "--org myorg --nodes 2 --manager-id mgr-0");
   return dir;
 }
 

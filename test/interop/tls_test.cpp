@@ -15,30 +15,21 @@
 #include <sstream>
 
 #include "dispatcher.grpc.pb.h"
+#include "support/certs.hpp"
 #include "support/frames.hpp"
 #include "support/raw_client.hpp"
 #include "support/test_server.hpp"
 
 namespace {
 
+using dispatchd::test::read_file;
+
 namespace api = docker::swarmkit::v1;
 using dispatchd::test::TestServer;
 
-std::string read_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 const std::string& cert_dir() {
-  static const std::string dir = [] {
-    std::string d = ::testing::TempDir() + "/dispatchd-tls-" + std::to_string(::getpid());
-    std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " + d +
-                      " --org myorg --nodes 2 --manager-id mgr-0 --test-variants >/dev/null";
-    if (std::system(cmd.c_str()) != 0) throw std::runtime_error("gen-certs.sh failed");
-    return d;
-  }();
+  static const std::string dir = dispatchd::test::make_test_certs(
+      "tls", "--org myorg --nodes 2 --manager-id mgr-0 --test-variants");
   return dir;
 }
 
