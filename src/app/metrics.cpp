@@ -8,6 +8,7 @@
 #include <cctype>
 
 #include "dispatchd/app/server.hpp"
+#include "dispatchd/h2/frame_memory.hpp"
 
 namespace dispatchd::app {
 
@@ -82,6 +83,10 @@ std::string Server::render_metrics() const {
   scalar("dispatchd_received_pings_total", "counter",
          "PING frames received from clients (keepalive and bandwidth probes).",
          d(pings_received()));
+  scalar("dispatchd_frame_buffer_releases_total", "counter",
+         "Times the pages of a connection's HTTP/2 frame buffer went back to the kernel (the "
+         "connection idle, or closed).",
+         d(h2::FramePool::local().releases()));
   scalar("dispatchd_streams", "gauge", "gRPC calls in flight (open streams).",
          d(grpc_.active_calls()));
 

@@ -82,7 +82,7 @@ Connection::Connection(std::unique_ptr<net::Transport> transport, RequestSink& s
   nghttp2_option_set_stream_reset_rate_limit(
       opt, settings_.reset_burst * kResetBackstop,
       static_cast<std::uint64_t>(settings_.reset_rate * kResetBackstop));
-  nghttp2_session_server_new2(&session_, cbs, this, opt);
+  nghttp2_session_server_new3(&session_, cbs, this, opt, frame_memory_.nghttp2());
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
 
@@ -127,6 +127,7 @@ asio::awaitable<void> Connection::run() {
   wheel_.disarm(deadline_);
   wheel_.disarm(keepalive_);
   wheel_.disarm(stall_check_);
+  wheel_.disarm(frame_release_);
   fail_streams();
   co_await handlers_.join();
   nghttp2_session_del(session_);
@@ -249,7 +250,12 @@ asio::awaitable<void> Connection::write_loop() {
           dead_ = true;
           break;
         }
-        if (n == 0) break;
+        if (n == 0) {
+          frames_drained_ = true;
+          break;
+        }
+        frames_drained_ = false;
+        frame_memory_.note_written();
         out_.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
       }
     }
@@ -259,6 +265,9 @@ asio::awaitable<void> Connection::write_loop() {
         break;
       }
       std::string().swap(out_);  // an idle connection holds no output buffer
+      if (frame_memory_.dirty() && !frame_release_.armed()) {
+        wheel_.arm_after(frame_release_, settings_.frame_release_delay);
+      }
       co_await writer_wakeup_.async_park();
       continue;
     }
@@ -281,6 +290,11 @@ asio::awaitable<void> Connection::write_loop() {
   transport_->close();
   writer_running_ = false;
   writer_done_wakeup_.notify();
+}
+
+void Connection::on_frame_release() {
+  // Only between frames: a frame bigger than what one write takes may still be half in the buffer.
+  if (frames_drained_ && frame_memory_.release_idle()) ++stats_.frame_pages_released;
 }
 
 void Connection::shutdown() {

@@ -23,6 +23,7 @@
 #include "dispatchd/co/scope.hpp"
 #include "dispatchd/co/timer_wheel.hpp"
 #include "dispatchd/co/wakeup.hpp"
+#include "dispatchd/h2/frame_memory.hpp"
 #include "dispatchd/h2/stream.hpp"
 #include "dispatchd/net/transport.hpp"
 
@@ -60,6 +61,10 @@ struct Settings {
   // keepalive_timeout the connection is closed. Zero disables keepalive.
   std::chrono::milliseconds keepalive_time{120000};
   std::chrono::milliseconds keepalive_timeout{20000};
+  // After the writer has been idle this long, the pages of nghttp2's frame buffer go back to the
+  // kernel (frame_memory.hpp): longer than a busy connection's pauses, shorter than an agent's
+  // heartbeat period.
+  std::chrono::milliseconds frame_release_delay{1000};
 };
 
 // A token bucket: `burst` events at once, refilled at `rate` per second.
@@ -96,8 +101,9 @@ struct ConnectionStats {
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t streams = 0;
-  std::uint64_t data_out = 0;  // stream DATA bytes handed to nghttp2
-  std::uint64_t pings_in = 0;  // PING frames from the peer (not ACKs)
+  std::uint64_t data_out = 0;              // stream DATA bytes handed to nghttp2
+  std::uint64_t pings_in = 0;              // PING frames from the peer (not ACKs)
+  std::uint64_t frame_pages_released = 0;  // idle spells after which the frame buffer was dropped
 };
 
 class Connection : public std::enable_shared_from_this<Connection>, public co::ListHook {
@@ -163,6 +169,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   asio::awaitable<void> read_loop();
   void on_keepalive();
   void on_stall_check();
+  void on_frame_release();
   void calm_down(const char* what);
   // The PING/SETTINGS flood rule; `mark` is where responses_sent_ stood at the peer's previous
   // frame of the same kind.
@@ -186,6 +193,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   RequestSink& sink_;
   Settings settings_;
   co::TimerWheel& wheel_;
+  FrameMemory frame_memory_;  // outlives session_
   nghttp2_session* session_ = nullptr;
   co::Scope handlers_;
   co::Wakeup writer_wakeup_;
@@ -194,6 +202,9 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   Deadline deadline_{*this};
   Periodic keepalive_{*this, &Connection::on_keepalive};
   Periodic stall_check_{*this, &Connection::on_stall_check};
+  // Gives the frame buffer's pages back once the writer has been idle for a while.
+  Periodic frame_release_{*this, &Connection::on_frame_release};
+  bool frames_drained_ = true;  // nghttp2 has no frame pending in its buffer
   RateLimit resets_, control_frames_;
   // HEADERS and DATA frames handed to nghttp2, and its value at the peer's last PING / SETTINGS.
   std::uint64_t responses_sent_ = 0, ping_mark_ = 0, settings_mark_ = 0;
