@@ -76,25 +76,29 @@ bool FrameMemory::release_idle() noexcept {
   return true;
 }
 
-void* FrameMemory::on_malloc(std::size_t size, void* self) {
-  auto& m = *static_cast<FrameMemory*>(self);
-  if (size >= FramePool::kMinBytes && size <= FramePool::kSlotBytes) {
-    if (void* p = m.pool_.allocate(size)) {
-      if (!m.framebuf_) m.framebuf_ = p;
-      return p;
-    }
+void* FrameMemory::take_slot(std::size_t size) noexcept {
+  // Only the frame buffer itself (the session's first allocation of that size): other buffers of
+  // that size are short-lived (a huge header block), and a slot costs an madvise when it is freed.
+  if (had_framebuf_ || size < FramePool::kMinBytes || size > FramePool::kSlotBytes) return nullptr;
+  void* p = pool_.allocate(size);
+  if (p) {
+    framebuf_ = p;
+    had_framebuf_ = true;
   }
+  return p;
+}
+
+void* FrameMemory::on_malloc(std::size_t size, void* self) {
+  if (void* p = static_cast<FrameMemory*>(self)->take_slot(size)) return p;
   return std::malloc(size);
 }
 
 void FrameMemory::on_free(void* ptr, void* self) {
   if (!ptr) return;
   auto& m = *static_cast<FrameMemory*>(self);
-  if (m.pool_.owns(ptr)) {
-    if (ptr == m.framebuf_) {
-      m.framebuf_ = nullptr;
-      m.dirty_ = false;
-    }
+  if (ptr == m.framebuf_) {  // the one pool allocation
+    m.framebuf_ = nullptr;
+    m.dirty_ = false;
     m.pool_.deallocate(ptr);
     return;
   }
@@ -103,18 +107,15 @@ void FrameMemory::on_free(void* ptr, void* self) {
 
 void* FrameMemory::on_calloc(std::size_t nmemb, std::size_t size, void* self) {
   if (size != 0 && nmemb > SIZE_MAX / size) return nullptr;
-  std::size_t n = nmemb * size;
-  if (n >= FramePool::kMinBytes && n <= FramePool::kSlotBytes) {
-    // Pool slots are fresh or released pages: they read as zeros already.
-    return on_malloc(n, self);
-  }
+  // Pool slots are fresh or released pages: they read as zeros already.
+  if (void* p = static_cast<FrameMemory*>(self)->take_slot(nmemb * size)) return p;
   return std::calloc(nmemb, size);
 }
 
 void* FrameMemory::on_realloc(void* ptr, std::size_t size, void* self) {
   auto& m = *static_cast<FrameMemory*>(self);
   if (!ptr) return on_malloc(size, self);
-  if (!m.pool_.owns(ptr)) return std::realloc(ptr, size);
+  if (ptr != m.framebuf_) return std::realloc(ptr, size);
   if (size <= FramePool::kSlotBytes) return ptr;  // the slot already has room
   void* q = std::malloc(size);
   if (!q) return nullptr;

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -115,6 +116,31 @@ TEST(FrameMemoryTest, SessionFrameBufferIsReleasedWhileIdleAndStillWorks) {
   EXPECT_EQ(ping.substr(9), std::string(reinterpret_cast<const char*>(opaque), 8));
   nghttp2_session_del(session);
   EXPECT_EQ(mem.frame_buffer(), nullptr);
+}
+
+// Only the session's frame buffer takes a slot: later buffers of that size (a huge header block)
+// are short-lived and come from malloc, zeroed where calloc is asked for.
+TEST(FrameMemoryTest, OnlyTheFirstFrameSizedAllocationTakesASlot) {
+  FrameMemory mem;
+  nghttp2_mem* m = mem.nghttp2();
+  void* small = m->malloc(100, m->mem_user_data);
+  EXPECT_FALSE(FramePool::local().owns(small));
+  void* first = m->realloc(nullptr, 16394, m->mem_user_data);
+  EXPECT_TRUE(FramePool::local().owns(first));
+  EXPECT_EQ(mem.frame_buffer(), first);
+  void* second = m->malloc(16394, m->mem_user_data);
+  EXPECT_FALSE(FramePool::local().owns(second));
+  std::memset(second, 0xff, 16394);
+  m->free(second, m->mem_user_data);
+  auto* zeroed = static_cast<unsigned char*>(m->calloc(1, 16394, m->mem_user_data));
+  EXPECT_FALSE(FramePool::local().owns(zeroed));
+  EXPECT_EQ(std::count(zeroed, zeroed + 16394, 0), 16394);
+  m->free(zeroed, m->mem_user_data);
+  const std::size_t in_use = FramePool::local().slots_in_use();
+  m->free(first, m->mem_user_data);
+  EXPECT_EQ(FramePool::local().slots_in_use(), in_use - 1);
+  EXPECT_EQ(mem.frame_buffer(), nullptr);
+  m->free(small, m->mem_user_data);
 }
 
 // The server gives an idle connection's frame buffer back, and serves it normally afterwards.

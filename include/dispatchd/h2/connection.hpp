@@ -61,10 +61,13 @@ struct Settings {
   // keepalive_timeout the connection is closed. Zero disables keepalive.
   std::chrono::milliseconds keepalive_time{120000};
   std::chrono::milliseconds keepalive_timeout{20000};
-  // After the writer has been idle this long, the pages of nghttp2's frame buffer go back to the
-  // kernel (frame_memory.hpp): longer than a busy connection's pauses, shorter than an agent's
-  // heartbeat period.
-  std::chrono::milliseconds frame_release_delay{1000};
+  // After the writer has been idle this long, the written pages of nghttp2's frame buffer go back
+  // to the kernel (frame_memory.hpp). Longer than an agent's heartbeat period (5 s by default): a
+  // release and the page fault of the next reply cost more CPU than a heartbeat's own work on a
+  // virtual machine (+30% server CPU for 5,000 agents heartbeating every 5 s with 1 s;
+  // BENCHMARKS.md "Frame buffers"), for one page per connection. So only connections that really go
+  // quiet give it back.
+  std::chrono::milliseconds frame_release_delay{30000};
 };
 
 // A token bucket: `burst` events at once, refilled at `rate` per second.

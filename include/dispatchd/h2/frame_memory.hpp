@@ -6,8 +6,8 @@
 // (16,394 bytes) that it serialises outgoing frames into, and keeps it until the session ends. An
 // agent's connection writes only small frames, so only the buffer's first page is ever written;
 // but where malloc hands out memory that earlier work already wrote (a TLS handshake, a closed
-// connection), all of it is resident: about 16 KB per idle connection. So these buffers (and any
-// other nghttp2 allocation of that size class) come from page-aligned slots of our own mappings:
+// connection), all of it is resident: about 16 KB per idle connection. So that buffer comes from a
+// page-aligned slot of our own mappings:
 //
 //  - the pages of a slot that nothing wrote are never resident;
 //  - a freed slot's pages go back to the kernel (MADV_DONTNEED) before the slot is reused;
@@ -28,7 +28,7 @@ namespace dispatchd::h2 {
 
 class FramePool {
  public:
-  // Allocations from kMinBytes up to kSlotBytes come from the pool; the rest from malloc.
+  // The sizes FrameMemory takes from the pool.
   static constexpr std::size_t kMinBytes = 12 * 1024;
   static constexpr std::size_t kSlotBytes = 20 * 1024;  // five pages: a whole frame and its header
   static constexpr std::size_t kSlotsPerMapping = 256;  // 5 MiB of address space per mapping
@@ -61,9 +61,9 @@ class FramePool {
   std::uint64_t releases_ = 0;
 };
 
-// The nghttp2_mem of one session: malloc for everything but frame-sized buffers, which come from
-// the thread's FramePool. Remembers the session's frame buffer (the first pool allocation) so that
-// the connection can give its pages back while it is idle.
+// The nghttp2_mem of one session: malloc for everything but the frame buffer (the session's first
+// allocation of 12-20 KiB), which comes from the thread's FramePool; remembered so that the
+// connection can give its pages back while it is idle.
 class FrameMemory {
  public:
   FrameMemory() noexcept;
@@ -83,6 +83,7 @@ class FrameMemory {
   const void* frame_buffer() const noexcept { return framebuf_; }
 
  private:
+  void* take_slot(std::size_t size) noexcept;
   static void* on_malloc(std::size_t size, void* self);
   static void on_free(void* ptr, void* self);
   static void* on_calloc(std::size_t nmemb, std::size_t size, void* self);
@@ -90,6 +91,7 @@ class FrameMemory {
 
   FramePool& pool_;
   void* framebuf_ = nullptr;
+  bool had_framebuf_ = false;
   bool dirty_ = false;
   nghttp2_mem mem_;
 };
