@@ -1021,13 +1021,24 @@ asio::awaitable<Status> Dispatcher::assignments(grpc::ServerContext& ctx,
   co::Event::Listener stopped(stopped_, wakeup);
   BatchTimer timer(wakeup);  // an armed entry disarms itself when destroyed
 
-  api::AssignmentsMessage msg;
-  msg.set_type(api::AssignmentsMessage::COMPLETE);
-  msg.set_results_in("1");
-  for (auto& c : set.take_changes())
-    *msg.add_changes() = std::move(c);
-  if (!co_await writer.write(msg)) co_return canceled_status();
-  std::uint64_t sequence = 1;
+  // Each message is built and encoded in a plain function, so that it (copies of the node's tasks
+  // and secrets) is freed before the stream waits: an idle stream holds only its encoding until
+  // the write is done.
+  std::uint64_t sequence = 0;
+  auto send_changes = [&] {
+    api::AssignmentsMessage msg;
+    if (sequence == 0) {
+      msg.set_type(api::AssignmentsMessage::COMPLETE);
+    } else {
+      msg.set_type(api::AssignmentsMessage::INCREMENTAL);
+      msg.set_applies_to(std::to_string(sequence));
+    }
+    msg.set_results_in(std::to_string(++sequence));
+    for (auto& c : set.take_changes())
+      *msg.add_changes() = std::move(c);
+    return writer.write(msg);
+  };
+  if (!co_await send_changes()) co_return canceled_status();
 
   for (;;) {
     if (stopped.ready()) co_return canceled_status();
@@ -1070,14 +1081,7 @@ asio::awaitable<Status> Dispatcher::assignments(grpc::ServerContext& ctx,
       }
     }
     wheel_.disarm(timer);
-    msg.Clear();
-    msg.set_type(api::AssignmentsMessage::INCREMENTAL);
-    msg.set_applies_to(std::to_string(sequence));
-    msg.set_results_in(std::to_string(sequence + 1));
-    ++sequence;
-    for (auto& c : set.take_changes())
-      *msg.add_changes() = std::move(c);
-    if (!co_await writer.write(msg)) co_return canceled_status();
+    if (!co_await send_changes()) co_return canceled_status();
   }
 }
 
@@ -1105,11 +1109,15 @@ asio::awaitable<Status> Dispatcher::tasks(grpc::ServerContext& ctx, const api::T
   for (;;) {
     if (stopped.ready()) co_return canceled_status();
     if (auto r = check_session(node_id, req.session_id()); !r) co_return r.error();
-    api::TasksMessage msg;
-    for (const auto& [tid, t] : known) {
-      if (t->status().state() >= api::ASSIGNED) *msg.add_tasks() = *t;
-    }
-    if (!co_await writer.write(msg)) co_return canceled_status();
+    // Built and encoded in a plain function: the copies of the tasks are freed before the wait.
+    auto send_tasks = [&] {
+      api::TasksMessage msg;
+      for (const auto& [tid, t] : known) {
+        if (t->status().state() >= api::ASSIGNED) *msg.add_tasks() = *t;
+      }
+      return writer.write(msg);
+    };
+    if (!co_await send_tasks()) co_return canceled_status();
     std::size_t modifications = 0;
     timer.fired = false;
     for (;;) {
