@@ -16,13 +16,6 @@ namespace {
 
 namespace api = ::docker::swarmkit::v1;
 
-// grpc-go's code names, as go-grpc-prometheus labels them.
-constexpr std::array<const char*, 17> kCodeNames = {
-    "OK",       "Canceled",       "Unknown",          "InvalidArgument",   "DeadlineExceeded",
-    "NotFound", "AlreadyExists",  "PermissionDenied", "ResourceExhausted", "FailedPrecondition",
-    "Aborted",  "OutOfRange",     "Unimplemented",    "Internal",          "Unavailable",
-    "DataLoss", "Unauthenticated"};
-
 void split(std::string_view path, std::string_view& service, std::string_view& method) {
   if (!path.empty() && path.front() == '/') path.remove_prefix(1);
   auto slash = path.find('/');
@@ -110,7 +103,7 @@ std::string Server::render_metrics() const {
                {{"grpc_type", st.type},
                 {"grpc_service", service},
                 {"grpc_method", method},
-                {"grpc_code", kCodeNames[code]}},
+                {"grpc_code", grpc::status_code_name(static_cast<grpc::StatusCode>(code))}},
                d(st.by_code[code]));
     }
   }

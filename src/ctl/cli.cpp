@@ -17,6 +17,7 @@
 #include "control.grpc.pb.h"
 #include "dispatchd/ctl/format.hpp"
 #include "dispatchd/ctl/parse.hpp"
+#include "dispatchd/status.hpp"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace dispatchd::ctl {
@@ -24,28 +25,6 @@ namespace dispatchd::ctl {
 namespace api = docker::swarmkit::v1;
 namespace cv1 = dispatchd::control::v1;
 namespace hv1 = ::grpc::health::v1;
-
-std::string status_code_name(int code) {
-  static constexpr std::array<const char*, 17> names = {"OK",
-                                                        "CANCELLED",
-                                                        "UNKNOWN",
-                                                        "INVALID_ARGUMENT",
-                                                        "DEADLINE_EXCEEDED",
-                                                        "NOT_FOUND",
-                                                        "ALREADY_EXISTS",
-                                                        "PERMISSION_DENIED",
-                                                        "RESOURCE_EXHAUSTED",
-                                                        "FAILED_PRECONDITION",
-                                                        "ABORTED",
-                                                        "OUT_OF_RANGE",
-                                                        "UNIMPLEMENTED",
-                                                        "INTERNAL",
-                                                        "UNAVAILABLE",
-                                                        "DATA_LOSS",
-                                                        "UNAUTHENTICATED"};
-  if (code >= 0 && static_cast<std::size_t>(code) < names.size()) return names[code];
-  return "CODE(" + std::to_string(code) + ")";
-}
 
 namespace {
 
@@ -112,7 +91,8 @@ class Context {
   std::unique_ptr<cv1::Control::Stub> control() { return cv1::Control::NewStub(channel()); }
 
   int fail(const grpc::Status& st) {
-    err += "dispatchctl: " + status_code_name(st.error_code()) + ": " + st.error_message() + "\n";
+    err +=
+        "dispatchctl: " + status_code_constant(st.error_code()) + ": " + st.error_message() + "\n";
     return 1;
   }
 

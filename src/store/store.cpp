@@ -7,9 +7,6 @@
 
 namespace dispatchd::store {
 
-using grpc::Status;
-using grpc::StatusCode;
-
 const char* object_type_name(ObjectType t) {
   switch (t) {
     case ObjectType::node:

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "dispatchd/ctl/cli.hpp"
+#include "dispatchd/status.hpp"
 
 namespace {
 
@@ -200,11 +201,11 @@ TEST(Usage, HelpExitsZeroOnStdout) {
 }
 
 TEST(StatusCodeName, GrpcNames) {
-  EXPECT_EQ(status_code_name(7), "PERMISSION_DENIED");
-  EXPECT_EQ(status_code_name(14), "UNAVAILABLE");
-  EXPECT_EQ(status_code_name(9), "FAILED_PRECONDITION");
-  EXPECT_EQ(status_code_name(16), "UNAUTHENTICATED");
-  EXPECT_EQ(status_code_name(99), "CODE(99)");
+  EXPECT_EQ(dispatchd::status_code_constant(7), "PERMISSION_DENIED");
+  EXPECT_EQ(dispatchd::status_code_constant(14), "UNAVAILABLE");
+  EXPECT_EQ(dispatchd::status_code_constant(9), "FAILED_PRECONDITION");
+  EXPECT_EQ(dispatchd::status_code_constant(16), "UNAUTHENTICATED");
+  EXPECT_EQ(dispatchd::status_code_constant(99), "CODE(99)");
 }
 
 }  // namespace

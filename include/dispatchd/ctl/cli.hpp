@@ -16,8 +16,4 @@ inline constexpr int kMaxReceiveMessageSize = 64 * 1024 * 1024;
 int run(std::span<const std::string> args, const Getenv& getenv, std::string& out,
         std::string& err);
 
-// "PERMISSION_DENIED" for grpc::StatusCode::PERMISSION_DENIED (as grpc-go and the spec name
-// them), "CODE(n)" for a number outside the table.
-std::string status_code_name(int code);
-
 }  // namespace dispatchd::ctl

@@ -1,52 +1,14 @@
 #pragma once
-// gRPC status codes and the Status value carried by std::expected across layers.
+// The gRPC layer's names for the status type, which lives below every layer
+// (dispatchd/status.hpp).
 
-#include <cstdint>
-#include <string>
-#include <string_view>
+#include "dispatchd/status.hpp"
 
 namespace dispatchd::grpc {
 
-enum class StatusCode : int {
-  ok = 0,
-  cancelled = 1,
-  unknown = 2,
-  invalid_argument = 3,
-  deadline_exceeded = 4,
-  not_found = 5,
-  already_exists = 6,
-  permission_denied = 7,
-  resource_exhausted = 8,
-  failed_precondition = 9,
-  aborted = 10,
-  out_of_range = 11,
-  unimplemented = 12,
-  internal = 13,
-  unavailable = 14,
-  data_loss = 15,
-  unauthenticated = 16,
-};
-
-// grpc-go's names ("PermissionDenied"); "Code(N)" outside the known range.
-std::string status_code_name(StatusCode c);
-
-class Status {
- public:
-  Status() = default;
-  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
-
-  static Status ok() { return {}; }
-  bool is_ok() const noexcept { return code_ == StatusCode::ok; }
-  StatusCode code() const noexcept { return code_; }
-  const std::string& message() const noexcept { return message_; }
-  // "rpc error: code = PermissionDenied desc = ..." as grpc-go renders a status error.
-  std::string go_error_string() const;
-
-  friend bool operator==(const Status&, const Status&) = default;
-
- private:
-  StatusCode code_ = StatusCode::ok;
-  std::string message_;
-};
+using dispatchd::Status;
+using dispatchd::status_code_constant;
+using dispatchd::status_code_name;
+using dispatchd::StatusCode;
 
 }  // namespace dispatchd::grpc

@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "dispatchd/co/intrusive_list.hpp"
-#include "dispatchd/grpc/status.hpp"
+#include "dispatchd/status.hpp"
 #include "objects.pb.h"
 #include "state.pb.h"
 
@@ -112,22 +112,22 @@ class WriteTx : public ReadTx {
   explicit WriteTx(Store& s) : ReadTx(s), w_(s) {}
   // create: fails with ALREADY_EXISTS; update/remove: NOT_FOUND. Writes stamp meta.version with
   // the store's next index and meta.updated_at (created_at on create).
-  grpc::Status create(api::Node n);
-  grpc::Status update(api::Node n);
-  grpc::Status remove_node(std::string_view id);
-  grpc::Status create(api::Task t);
-  grpc::Status update(api::Task t);
-  grpc::Status remove_task(std::string_view id);
-  grpc::Status create(api::Secret x);
-  grpc::Status update(api::Secret x);
-  grpc::Status remove_secret(std::string_view id);
-  grpc::Status create(api::Config x);
-  grpc::Status update(api::Config x);
-  grpc::Status remove_config(std::string_view id);
-  grpc::Status create(api::Volume x);
-  grpc::Status update(api::Volume x);
-  grpc::Status remove_volume(std::string_view id);
-  grpc::Status update(api::Cluster c);
+  Status create(api::Node n);
+  Status update(api::Node n);
+  Status remove_node(std::string_view id);
+  Status create(api::Task t);
+  Status update(api::Task t);
+  Status remove_task(std::string_view id);
+  Status create(api::Secret x);
+  Status update(api::Secret x);
+  Status remove_secret(std::string_view id);
+  Status create(api::Config x);
+  Status update(api::Config x);
+  Status remove_config(std::string_view id);
+  Status create(api::Volume x);
+  Status update(api::Volume x);
+  Status remove_volume(std::string_view id);
+  Status update(api::Cluster c);
   void set_managers(ManagerList m);
 
   std::size_t changes() const noexcept;
@@ -165,8 +165,8 @@ class Store {
     return f(tx);
   }
 
-  // Runs f(WriteTx&) -> grpc::Status. On error every change is undone and nothing published.
-  grpc::Status update(const std::function<grpc::Status(WriteTx&)>& f);
+  // Runs f(WriteTx&) -> Status. On error every change is undone and nothing published.
+  Status update(const std::function<Status(WriteTx&)>& f);
 
   void watch(Watcher& w, Filter f);
   void unwatch(Watcher& w) noexcept { w.unlink(); }
@@ -177,7 +177,7 @@ class Store {
   Capture capture() const;
   // Replaces the contents with a snapshot, without events: only before anything watches or
   // writes (start-up). Objects keep their meta; the index continues from the snapshot's.
-  grpc::Status restore(const dispatchd::state::v1::StoreSnapshot& s);
+  Status restore(const dispatchd::state::v1::StoreSnapshot& s);
 
   std::uint64_t commits() const noexcept { return commits_; }
   std::uint64_t index() const noexcept { return index_; }
@@ -205,9 +205,9 @@ class Store {
   static ObjectType type_of();
 
   template <class T>
-  grpc::Status put(T obj, bool create);
+  Status put(T obj, bool create);
   template <class T>
-  grpc::Status erase(std::string_view id);
+  Status erase(std::string_view id);
   void index_task(const api::Task* old_task, const api::Task* new_task);
   void stamp(api::Meta* meta, bool create);
   void rollback();
