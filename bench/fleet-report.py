@@ -52,6 +52,30 @@ def ramp_cpu_ms(r):
     return None
 
 
+def cpu_shares(r, t0, t1):
+    """Share of a core the server and the simulator used between t0 and t1 (s since start)."""
+    smp = [x for x in r.get("samples", []) if t0 <= x["t"] <= t1 + 1.01]
+    if len(smp) < 2 or smp[-1]["t"] <= smp[0]["t"]:
+        return "—"
+    dt = smp[-1]["t"] - smp[0]["t"]
+    srv = [x for x in smp if x.get("server_cpu_s", -1) >= 0 and x["server_pid"] == smp[-1]["server_pid"]]
+    out = []
+    # "waiting": share of the time the main thread sat on a run queue (schedstat): CPU it wanted
+    # and did not get because the core was busy with other work.
+    if len(srv) >= 2 and srv[-1]["t"] > srv[0]["t"]:
+        sdt = srv[-1]["t"] - srv[0]["t"]
+        txt = f"server {100 * (srv[-1]['server_cpu_s'] - srv[0]['server_cpu_s']) / sdt:.0f} %"
+        if srv[0].get("server_run_delay_s", -1) >= 0:
+            txt += f" (waiting {100 * (srv[-1]['server_run_delay_s'] - srv[0]['server_run_delay_s']) / sdt:.0f} %)"
+        out.append(txt)
+    if "sim_cpu_s" in smp[0]:
+        txt = f"simulator {100 * (smp[-1]['sim_cpu_s'] - smp[0]['sim_cpu_s']) / dt:.0f} %"
+        if smp[0].get("sim_run_delay_s", -1) >= 0:
+            txt += f" (waiting {100 * (smp[-1]['sim_run_delay_s'] - smp[0]['sim_run_delay_s']) / dt:.0f} %)"
+        out.append(txt)
+    return ", ".join(out) or "—"
+
+
 def tables(runs):
     out = []
     by = {}
@@ -66,15 +90,14 @@ def tables(runs):
                 "Heartbeat every ~5 s)", "",
                 "| server | agents | agents with a session | sessions/s to full fleet | registration p50 / p99 | "
                 "heartbeat RTT p50 / p99 (steady window) | server RSS start → end | **RSS per agent** | steady window | "
-                "**server CPU per heartbeat** | server CPU (share of a core) | server CPU per session "
-                "while connecting | errors |",
+                "**server CPU per heartbeat** | CPU in the steady window (share of a core) | server CPU per "
+                "session while connecting (share of a core) | errors |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         per = {}
         for n, server, r in by["steady"]:
             s = r.get("server", {})
             st = s.get("steady", {})
             win = st.get("to_s", 0) - st.get("from_s", 0)
-            core = 100 * st.get("cpu_s", 0) / win if win > 0 else 0
             # RSS growth per agent holding a session at the end (recomputed from the samples).
             smp = [x for x in r.get("samples", []) if x.get("server_rss_kb", -1) >= 0]
             holding = r["agents"] - r.get("agents_without_session_at_end", 0)
@@ -84,6 +107,8 @@ def tables(runs):
             hb = r.get("heartbeat_rtt_steady_ms") or r["heartbeat_rtt_ms"]
             rc = ramp_cpu_ms(r)
             ramp = f"{rc:.2f} ms" if rc is not None else "—"
+            if r.get("time_to_all_sessions_s", -1) > 0:
+                ramp += f" ({cpu_shares(r, 0, r['time_to_all_sessions_s'])})"
             held = "" if holding == n else f" (**{holding:,} at the end**)"
             rate = f"{r['sessions_per_second']:.0f}" if r["sessions_per_second"] > 0 else "never whole"
             cphb = st.get("cpu_per_heartbeat_us", -1)
@@ -94,6 +119,10 @@ def tables(runs):
                 hb_note = ""
             else:
                 hb_note = ""
+            if win > 0:
+                core = cpu_shares(r, st["from_s"], st["to_s"] - 1.01)
+            else:
+                core = "—"
             out.append(
                 f"| {server} | {n:,} | {r['agents_with_session']:,}{held} | {rate} | "
                 f"{r['registration_ms']['p50']:.0f} / {r['registration_ms']['p99']:.0f} ms | "
@@ -101,7 +130,7 @@ def tables(runs):
                 f"{kib(s.get('rss_start_kb'))} → {kib(s.get('rss_end_kb'))} | "
                 f"**{s.get('rss_growth_per_agent_kib', 0):.1f} KiB** | {win:.0f} s, "
                 f"{st.get('heartbeats', 0):,} heartbeats | {cphb} | "
-                f"{core:.1f} % | {ramp} | {errs(r)} |")
+                f"{core} | {ramp} | {errs(r)} |")
         ratios = []
         for (n, server), s in sorted(per.items()):
             ref = per.get((n, "swarmref"))
@@ -122,8 +151,8 @@ def tables(runs):
         out += ["#### Thundering herd (SIGTERM dispatchd under the fleet, start it again on the same "
                 "address and --state-dir)", "",
                 "| agents | all back after | per-agent reconnect p50 / p99 / max | reconnects | "
-                "errors meanwhile (by code) | agents without a session at the end |",
-                "|---|---|---|---|---|---|"]
+                "errors meanwhile (by code) | agents without a session at the end | CPU meanwhile (share of a core) |",
+                "|---|---|---|---|---|---|---|"]
         for n, server, r in by["herd"]:
             h = r.get("restart")
             if not h:
@@ -133,7 +162,8 @@ def tables(runs):
             e = ", ".join(f"{k} {v}" for k, v in sorted(h["errors"].items())) or "none"
             out.append(f"| {n:,} | {back} | {h['reconnect_p50_ms']:.0f} / {h['reconnect_p99_ms']:.0f} / "
                        f"{h['reconnect_max_ms']:.0f} ms | {h['reconnects']:,} | {e} | "
-                       f"{r.get('agents_without_session_at_end', 0)} |")
+                       f"{r.get('agents_without_session_at_end', 0)} | "
+                       f"{cpu_shares(r, h['lost_at_s'], h['lost_at_s'] + max(h['all_back_after_s'], 0))} |")
         out.append("")
 
     if "fanout" in by:

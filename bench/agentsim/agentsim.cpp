@@ -115,7 +115,21 @@ class ProcSampler {
     std::string base = "/proc/" + std::to_string(pid);
     status_fd_ = ::open((base + "/status").c_str(), O_RDONLY | O_CLOEXEC);
     stat_fd_ = ::open((base + "/stat").c_str(), O_RDONLY | O_CLOEXEC);
+    sched_fd_ = ::open((base + "/schedstat").c_str(), O_RDONLY | O_CLOEXEC);
     return status_fd_ >= 0 && stat_fd_ >= 0;
+  }
+  // Seconds the process's main thread waited on a run queue (/proc/PID/schedstat, field 2): CPU
+  // it wanted and did not get, e.g. on a core shared with other work. -1: unknown.
+  double run_delay_s() const { return read_run_delay(sched_fd_); }
+  static double read_run_delay(int fd) {
+    if (fd < 0) return -1;
+    char buf[128];
+    ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    char* end = nullptr;
+    std::strtoull(buf, &end, 10);
+    return static_cast<double>(std::strtoull(end, nullptr, 10)) / 1e9;
   }
   int pid() const noexcept { return pid_; }
   // RSS in KiB and CPU (user + system) in seconds; false when the process is gone.
@@ -153,10 +167,11 @@ class ProcSampler {
   void close_fds() {
     if (status_fd_ >= 0) ::close(status_fd_);
     if (stat_fd_ >= 0) ::close(stat_fd_);
-    status_fd_ = stat_fd_ = -1;
+    if (sched_fd_ >= 0) ::close(sched_fd_);
+    status_fd_ = stat_fd_ = sched_fd_ = -1;
   }
   int pid_ = 0;
-  int status_fd_ = -1, stat_fd_ = -1;
+  int status_fd_ = -1, stat_fd_ = -1, sched_fd_ = -1;
 };
 
 // One line of the time series (every second).
@@ -167,6 +182,9 @@ struct Sample {
   int server_pid = 0;
   long server_rss_kb = -1;  // -1: not sampled
   double server_cpu_s = -1;
+  double sim_cpu_s = 0;  // this process (user + system): is the simulator the bottleneck?
+  // Run-queue waits (schedstat) of the server's and the simulator's main threads.
+  double server_run_delay_s = -1, sim_run_delay_s = -1;
 };
 
 // Peak RSS of this process in KiB (getrusage: needs no file descriptor, which a run at the
@@ -466,6 +484,14 @@ class Sim {
     s.connected = stats_.connected;
     s.sessions = stats_.sessions;
     s.heartbeats = stats_.heartbeats;
+    rusage ru{};
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+      auto tv = [](const timeval& t) {
+        return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+      };
+      s.sim_cpu_s = tv(ru.ru_utime) + tv(ru.ru_stime);
+    }
+    s.sim_run_delay_s = ProcSampler::read_run_delay(self_sched_fd_);
     if (sampling_server_) {
       int pid = current_server_pid();
       if (pid > 0 && pid != proc_.pid()) proc_.open_pid(pid);
@@ -475,6 +501,7 @@ class Sim {
         s.server_pid = pid;
         s.server_rss_kb = rss;
         s.server_cpu_s = cpu;
+        s.server_run_delay_s = proc_.run_delay_s();
       }
     }
     samples_.push_back(s);
@@ -951,6 +978,7 @@ class Sim {
   agentsim::MintStats mint_;
   bool sampling_server_ = false;
   ProcSampler proc_;
+  int self_sched_fd_ = ::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
   std::vector<Sample> samples_;
   std::mt19937_64 churn_rng_{7};
   std::optional<Clock::duration> churn_start_, churn_end_;
@@ -1179,11 +1207,12 @@ void Sim::report() const {
       const auto& s = samples_[i];
       appendf(j,
               "%s{\"t\":%.3f,\"unix_ns\":%lld,\"connected\":%lu,\"sessions\":%lu,"
-              "\"heartbeats\":%lu,\"server_pid\":%d,\"server_rss_kb\":%ld,\"server_cpu_s\":%.2f}",
+              "\"heartbeats\":%lu,\"server_pid\":%d,\"server_rss_kb\":%ld,\"server_cpu_s\":%.2f,"
+              "\"sim_cpu_s\":%.2f,\"server_run_delay_s\":%.3f,\"sim_run_delay_s\":%.3f}",
               i ? "," : "", s.t, static_cast<long long>(s.unix_ns),
               static_cast<unsigned long>(s.connected), static_cast<unsigned long>(s.sessions),
               static_cast<unsigned long>(s.heartbeats), s.server_pid, s.server_rss_kb,
-              s.server_cpu_s);
+              s.server_cpu_s, s.sim_cpu_s, s.server_run_delay_s, s.sim_run_delay_s);
     }
     j += "]}\n";
     std::fwrite(j.data(), 1, j.size(), stdout);
