@@ -18,6 +18,10 @@ def load_runs(dirs):
     runs = {}
     for path in sorted(p for d in dirs for p in glob.glob(os.path.join(d, "*.json"))):
         name = os.path.basename(path)[:-5]
+        if name in runs:  # the same scenario from another directory: label it with that run
+            scen, server, n = name.rsplit("-", 2)
+            label = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+            name = f"{scen}-{server} ({label})-{n}"
         try:
             with open(path) as f:
                 runs[name] = json.load(f)
@@ -115,6 +119,8 @@ def tables(runs):
             cphb = f"**{cphb:.0f} µs**" if cphb >= 0 else "—"
             if "heartbeat_rtt_steady_ms" not in r:
                 hb_note = " (whole run)"
+            elif win <= 0:
+                hb, hb_note = None, ""
             elif hb is r["heartbeat_rtt_ms"]:
                 hb_note = ""
             else:
@@ -126,9 +132,11 @@ def tables(runs):
             out.append(
                 f"| {server} | {n:,} | {r['agents_with_session']:,}{held} | {rate} | "
                 f"{r['registration_ms']['p50']:.0f} / {r['registration_ms']['p99']:.0f} ms | "
-                f"{hb['p50']:.2f} / {hb['p99']:.1f} ms{hb_note} | "
-                f"{kib(s.get('rss_start_kb'))} → {kib(s.get('rss_end_kb'))} | "
-                f"**{s.get('rss_growth_per_agent_kib', 0):.1f} KiB** | {win:.0f} s, "
+                + (f"{hb['p50']:.2f} / {hb['p99']:.1f} ms{hb_note} | " if hb else "— | ")
+                + f"{kib(s.get('rss_start_kb'))} → {kib(s.get('rss_end_kb'))} | "
+                + (f"**{s.get('rss_growth_per_agent_kib', 0):.1f} KiB** | " if holding == n else
+                   f"{s.get('rss_growth_per_agent_kib', 0):.0f} KiB per session held (fleet never whole) | ")
+                + f"{win:.0f} s, "
                 f"{st.get('heartbeats', 0):,} heartbeats | {cphb} | "
                 f"{core} | {ramp} | {errs(r)} |")
         ratios = []
