@@ -79,6 +79,20 @@ struct ThreadState {
     if (!buf) buf = std::make_unique<std::uint8_t[]>(kBufSize);
     return buf.get();
   }
+  // A connection ends: the contexts keyed with its keys get a key of zeros instead, so that no
+  // key schedule of it stays in memory.
+  void forget(Tls13Records::Suite s, std::uint64_t read_key, std::uint64_t write_key) noexcept {
+    static const std::uint8_t zeros[32] = {};
+    auto i = static_cast<int>(s);
+    if (dec[i] && dec_key[i] == read_key) {
+      dec_key[i] = 0;
+      (void)EVP_CipherInit_ex2(dec[i], nullptr, zeros, nullptr, 0, nullptr);
+    }
+    if (enc[i] && enc_key[i] == write_key) {
+      enc_key[i] = 0;
+      (void)EVP_CipherInit_ex2(enc[i], nullptr, zeros, nullptr, 1, nullptr);
+    }
+  }
   // The context for `s` keyed with (key, key_id) and the nonce `iv`; nullptr on failure.
   EVP_CIPHER_CTX* keyed(bool encrypt, Tls13Records::Suite s, const std::uint8_t* key,
                         std::uint64_t key_id, const std::uint8_t* iv) {
@@ -191,6 +205,7 @@ std::unique_ptr<Tls13Records> Tls13Records::create(Suite suite,
 }
 
 Tls13Records::~Tls13Records() {
+  thread_state().forget(suite_, read_.key_id, write_.key_id);
   OPENSSL_cleanse(&read_, sizeof read_);
   OPENSSL_cleanse(&write_, sizeof write_);
 }
@@ -282,6 +297,23 @@ bool Tls13Records::flush(int fd, std::error_code& ec) noexcept {
 }
 
 void Tls13Records::fail(int fd, std::uint8_t alert) noexcept {
+  switch (alert) {
+    case kUnexpectedMessage:
+      why_ = "unexpected record (sent alert unexpected_message)";
+      break;
+    case kBadRecordMac:
+      why_ = "record did not authenticate (sent alert bad_record_mac)";
+      break;
+    case kRecordOverflow:
+      why_ = "record too long (sent alert record_overflow)";
+      break;
+    case kDecodeError:
+      why_ = "malformed alert (sent alert decode_error)";
+      break;
+    default:
+      why_ = "internal error (sent alert internal_error)";
+      break;
+  }
   failed_ = asio::error::connection_aborted;
   ku_owed_ = false;
   if (!closed_) {
@@ -444,6 +476,7 @@ std::size_t Tls13Records::read(int fd, std::span<std::uint8_t> buf, std::error_c
           eof_ = true;
         } else {
           failed_ = asio::error::connection_reset;  // the peer's fatal alert
+          why_ = "the peer sent a fatal alert";
           closed_ = true;
         }
         break;

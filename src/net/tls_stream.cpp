@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
 #include "dispatchd/net/tls13_records.hpp"
 
@@ -92,7 +93,12 @@ bool TlsStream::has_buffered_input() const noexcept {
 
 std::size_t TlsStream::read_some(std::span<std::uint8_t> buf, std::error_code& ec) {
   if (records_) {
-    return records_->read(static_cast<int>(socket_.native_handle()), buf, ec, read_blocked_);
+    std::size_t n =
+        records_->read(static_cast<int>(socket_.native_handle()), buf, ec, read_blocked_);
+    if (ec && ec != asio::error::would_block && ec != asio::error::eof && records_->failure()) {
+      log::debug("{}: TLS: {}", peer_, records_->failure());
+    }
+    return n;
   }
   ERR_clear_error();
   int n = SSL_read(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));

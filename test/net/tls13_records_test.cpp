@@ -66,6 +66,7 @@ struct Served {
   std::uint32_t key_updates = 0;
   std::uint64_t write_sequence = 0;
   bool buffers_at_end = false;
+  std::string failure;  // Tls13Records::failure()
 };
 
 using Body = std::function<asio::awaitable<void>(TlsTransport&, Served&)>;
@@ -85,6 +86,7 @@ void note_records(const TlsTransport& t, Served& r) {
     r.key_updates = rec->key_updates_received();
     r.write_sequence = rec->write_sequence();
     r.buffers_at_end = rec->holds_buffers();
+    if (rec->failure()) r.failure = rec->failure();
   }
 }
 
@@ -105,6 +107,7 @@ Body echo(std::size_t read_size = 64 * 1024) {
       }
       if (ec) {
         r.end = ec;
+        note_records(t, r);
         co_return;
       }
       r.bytes += n;
@@ -491,7 +494,9 @@ TEST(Tls13RecordsTest, AFlippedCiphertextByteIsBadRecordMacAndOthersAreUnaffecte
   wire[20] = static_cast<char>(wire[20] ^ 0x01);
   ASSERT_TRUE(bad.send_raw(wire));
   EXPECT_NE(bad.read_error().find("bad record mac"), std::string::npos);
-  EXPECT_EQ(server.result(1).end, asio::error::connection_aborted);
+  Served r = server.result(1);
+  EXPECT_EQ(r.end, asio::error::connection_aborted);
+  EXPECT_NE(r.failure.find("bad_record_mac"), std::string::npos) << r.failure;
   expect_echo(good, 100000, 50000);
 }
 
@@ -505,7 +510,9 @@ TEST(Tls13RecordsTest, OversizedRecordsAndOtherRecordTypesAreRefused) {
     ASSERT_TRUE(c.send_raw(std::string("\x17\x03\x03\x41\x01", 5) + std::string(100, 'a')));
     EXPECT_NE(c.read_error().find("record overflow"), std::string::npos);
   }
-  EXPECT_EQ(server.result(0).end, asio::error::connection_aborted);
+  Served r = server.result(0);
+  EXPECT_EQ(r.end, asio::error::connection_aborted);
+  EXPECT_NE(r.failure.find("record_overflow"), std::string::npos) << r.failure;
   {
     Client c(server.port());
     ASSERT_TRUE(c.handshake());

@@ -58,6 +58,9 @@ class Tls13Records {
   // them now. Never waits.
   void close_notify(int fd) noexcept;
 
+  // Why the connection failed (a protocol error or the peer's alert); nullptr if it did not.
+  const char* failure() const noexcept { return why_; }
+
   // For tests and diagnostics.
   std::uint64_t read_sequence() const noexcept { return read_.seq; }
   std::uint64_t write_sequence() const noexcept { return write_.seq; }
@@ -92,6 +95,7 @@ class Tls13Records {
   std::uint8_t empty_run_ = 0;
   std::uint32_t key_updates_ = 0;
   std::error_code failed_;
+  const char* why_ = nullptr;
   Keys read_, write_;
   // Ciphertext received but not yet processed (a partial record, or records behind plaintext
   // that did not fit the caller's buffer).
