@@ -2,7 +2,9 @@
 // TlsStream: what the server's and the client's TLS transports share. OpenSSL is driven directly
 // on the non-blocking socket (SSL_set_fd; no BIO pairs and no buffers of our own): read_some and
 // write_some are one SSL_read / SSL_write each, and a WANT_READ / WANT_WRITE says which readiness
-// to wait for before trying again, whichever direction the caller was going.
+// to wait for before trying again, whichever direction the caller was going. Once records_ is set
+// (a server's TLS 1.3 connection after its handshake) the SSL object is gone and read_some,
+// write_some and close go to Tls13Records instead.
 
 #include <openssl/ssl.h>
 
