@@ -67,6 +67,12 @@ std::string Server::render_metrics() const {
            d(stats_.tls_handshake_failures));
   w.sample("dispatchd_tls_handshake_failures_total", {{"reason", "timeout"}},
            d(stats_.tls_handshake_timeouts));
+  w.family("dispatchd_tls_connections_total", "counter",
+           "TLS handshakes completed, by record layer: own (TLS 1.3, OpenSSL's state freed) or "
+           "openssl.");
+  w.sample("dispatchd_tls_connections_total", {{"records", "own"}}, d(stats_.tls_own_records));
+  w.sample("dispatchd_tls_connections_total", {{"records", "openssl"}},
+           d(stats_.tls_openssl_records));
   scalar("dispatchd_received_bytes_total", "counter",
          "Bytes received on agent connections (after TLS).", d(stats_.closed_bytes_in + live_in));
   scalar("dispatchd_sent_bytes_total", "counter", "Bytes sent on agent connections (before TLS).",

@@ -169,6 +169,7 @@ asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
     t->close();
     co_return;
   }
+  ++(t->own_records() ? stats_.tls_own_records : stats_.tls_openssl_records);
   auto c = std::make_shared<h2::Connection>(std::move(t), grpc_, options_.h2, wheel_);
   co_await serve_connection(std::move(c));
 }

@@ -1,14 +1,17 @@
 #include "dispatchd/net/tls.hpp"
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/use_awaitable.hpp>
 #include <cstring>
+#include <string_view>
 
 #include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
+#include "dispatchd/net/tls13_records.hpp"
 
 namespace dispatchd::net {
 
@@ -86,7 +89,52 @@ int verify_client_chain(X509_STORE_CTX* store_ctx, void*) {
   return X509_verify_cert(store_ctx);
 }
 
+// Where an SSL object's TlsTransport is (for the keylog callback).
+int transport_index() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return index;
+}
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
 }  // namespace
+
+// The two application traffic secrets (RFC 8446 §7.1) while the handshake runs.
+struct TlsTransport::Secrets {
+  std::uint8_t client[48], server[48];
+  std::size_t client_len = 0, server_len = 0;
+  ~Secrets() { OPENSSL_cleanse(this, sizeof *this); }
+};
+
+void TlsTransport::on_keylog(const SSL* ssl, const char* line) {
+  // "<label> <client random> <secret>", the secret in hex (NSS key log format). Kept only: the
+  // first application traffic secrets; nothing of it is ever logged.
+  auto* t = static_cast<TlsTransport*>(SSL_get_ex_data(ssl, transport_index()));
+  if (!t) return;
+  std::string_view l(line);
+  bool client = l.starts_with("CLIENT_TRAFFIC_SECRET_0 ");
+  if (!client && !l.starts_with("SERVER_TRAFFIC_SECRET_0 ")) return;
+  std::size_t sp = l.rfind(' ');
+  std::string_view hex = l.substr(sp + 1);
+  if (!t->secrets_) t->secrets_ = std::make_unique<Secrets>();
+  std::uint8_t* out = client ? t->secrets_->client : t->secrets_->server;
+  std::size_t& len = client ? t->secrets_->client_len : t->secrets_->server_len;
+  len = 0;
+  if (hex.size() % 2 != 0 || hex.size() / 2 > sizeof t->secrets_->client) return;
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
+    if (hi < 0 || lo < 0) {
+      len = 0;
+      return;
+    }
+    out[len++] = static_cast<std::uint8_t>(hi << 4 | lo);
+  }
+}
 
 std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const TlsFiles& files) {
   std::shared_ptr<TlsContext> t(new TlsContext());
@@ -130,6 +178,10 @@ std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const T
   }
   SSL_CTX_set_alpn_select_cb(ctx, on_alpn_select, nullptr);
   SSL_CTX_set_client_hello_cb(ctx, on_client_hello, nullptr);
+  if (!files.openssl_records) {
+    SSL_CTX_set_keylog_callback(ctx, TlsTransport::on_keylog);
+    t->own_records_ = true;
+  }
   // Our own chain: when the certificate file holds the leaf alone, OpenSSL would build the chain
   // from the CA store in every handshake (an X509_STORE_CTX and a signature check of our own
   // certificate per connection) and send the root along. Built once here instead, without the
@@ -160,13 +212,51 @@ TlsContext::~TlsContext() {
 TlsTransport::TlsTransport(asio::ip::tcp::socket socket, std::shared_ptr<TlsContext> ctx)
     : TlsStream(std::move(socket), ctx->get()), ctx_(std::move(ctx)) {
   identity_.tls = true;
+  if (ssl_ && ctx_->own_records()) SSL_set_ex_data(ssl_, transport_index(), this);
 }
+
+TlsTransport::~TlsTransport() = default;
 
 asio::awaitable<std::error_code> TlsTransport::handshake() {
   if (ssl_) SSL_set_accept_state(ssl_);
   auto ec = co_await run_handshake("client did not negotiate ALPN h2");
-  if (!ec) extract_identity();
+  if (!ec) {
+    extract_identity();
+    hand_off();
+  }
+  secrets_.reset();
   co_return ec;
+}
+
+bool TlsTransport::hand_off() {
+  if (!secrets_ || SSL_version(ssl_) != TLS1_3_VERSION) return false;
+  const SSL_CIPHER* cipher = SSL_get_current_cipher(ssl_);
+  auto suite =
+      cipher ? Tls13Records::suite_from_id(SSL_CIPHER_get_protocol_id(cipher)) : std::nullopt;
+  const char* why = nullptr;
+  if (!suite) {
+    why = "cipher suite";
+  } else if (secrets_->client_len != Tls13Records::secret_length(*suite) ||
+             secrets_->server_len != Tls13Records::secret_length(*suite)) {
+    why = "no traffic secrets";
+  } else if (SSL_has_pending(ssl_) || SSL_get_key_update_type(ssl_) != SSL_KEY_UPDATE_NONE ||
+             SSL_get_num_tickets(ssl_) != 0) {
+    // Read-ahead is off, so OpenSSL has read nothing past the client's Finished; and with no
+    // tickets it wrote nothing after ours: both sequence numbers are 0.
+    why = "OpenSSL holds records";
+  }
+  if (!why) {
+    records_ = Tls13Records::create(*suite, {secrets_->client, secrets_->client_len},
+                                    {secrets_->server, secrets_->server_len});
+    if (!records_) why = "key derivation failed";
+  }
+  if (why) {
+    log::debug("{}: TLS 1.3 records stay with OpenSSL: {}", peer_, why);
+    return false;
+  }
+  SSL_free(ssl_);
+  ssl_ = nullptr;
+  return true;
 }
 
 void TlsTransport::extract_identity() {

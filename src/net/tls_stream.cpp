@@ -8,7 +8,9 @@
 #include <cerrno>
 #include <cstring>
 
+#include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
+#include "dispatchd/net/tls13_records.hpp"
 
 namespace dispatchd::net {
 
@@ -84,7 +86,20 @@ asio::awaitable<std::error_code> TlsStream::run_handshake(const char* alpn_refus
   co_return std::error_code();
 }
 
+bool TlsStream::has_buffered_input() const noexcept {
+  if (records_) return records_->has_buffered_input();
+  return ssl_ && SSL_pending(ssl_) > 0;
+}
+
 std::size_t TlsStream::read_some(std::span<std::uint8_t> buf, std::error_code& ec) {
+  if (records_) {
+    std::size_t n =
+        records_->read(static_cast<int>(socket_.native_handle()), buf, ec, read_blocked_);
+    if (ec && ec != asio::error::would_block && ec != asio::error::eof && records_->failure()) {
+      log::debug("{}: TLS: {}", peer_, records_->failure());
+    }
+    return n;
+  }
   ERR_clear_error();
   int n = SSL_read(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
   if (n > 0) {
@@ -96,6 +111,9 @@ std::size_t TlsStream::read_some(std::span<std::uint8_t> buf, std::error_code& e
 }
 
 std::size_t TlsStream::write_some(std::span<const std::uint8_t> buf, std::error_code& ec) {
+  if (records_) {
+    return records_->write(static_cast<int>(socket_.native_handle()), buf, ec, write_blocked_);
+  }
   ERR_clear_error();
   int n = SSL_write(ssl_, buf.data(), static_cast<int>(std::min<std::size_t>(buf.size(), 1 << 30)));
   if (n > 0) {
@@ -116,7 +134,9 @@ asio::awaitable<std::error_code> TlsStream::wait(Direction d) {
 
 void TlsStream::close() noexcept {
   if (!socket_.is_open()) return;
-  if (ssl_ && SSL_is_init_finished(ssl_)) {
+  if (records_) {
+    records_->close_notify(static_cast<int>(socket_.native_handle()));
+  } else if (ssl_ && SSL_is_init_finished(ssl_)) {
     ERR_clear_error();
     SSL_shutdown(ssl_);  // best effort close_notify; never waits
   }

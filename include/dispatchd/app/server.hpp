@@ -48,6 +48,9 @@ struct ServerStats {
   std::uint64_t refused = 0;  // over --max-connections
   std::uint64_t tls_handshake_failures = 0;
   std::uint64_t tls_handshake_timeouts = 0;
+  // TLS handshakes done, by record layer: ours (TLS 1.3, SSL freed) or OpenSSL's.
+  std::uint64_t tls_own_records = 0;
+  std::uint64_t tls_openssl_records = 0;
   std::uint64_t closed_connections = 0;
   std::uint64_t calmed_connections = 0;
   std::uint64_t closed_pings_in = 0;  // closed with GOAWAY ENHANCE_YOUR_CALM

@@ -2,12 +2,15 @@
 // TlsStream: what the server's and the client's TLS transports share. OpenSSL is driven directly
 // on the non-blocking socket (SSL_set_fd; no BIO pairs and no buffers of our own): read_some and
 // write_some are one SSL_read / SSL_write each, and a WANT_READ / WANT_WRITE says which readiness
-// to wait for before trying again, whichever direction the caller was going.
+// to wait for before trying again, whichever direction the caller was going. Once records_ is set
+// (a server's TLS 1.3 connection after its handshake) the SSL object is gone and read_some,
+// write_some and close go to Tls13Records instead.
 
 #include <openssl/ssl.h>
 
 #include <asio/awaitable.hpp>
 #include <asio/ip/tcp.hpp>
+#include <memory>
 #include <string>
 
 #include "dispatchd/net/transport.hpp"
@@ -16,6 +19,8 @@ namespace dispatchd::net {
 
 // Every error OpenSSL has queued, as one line ("unknown OpenSSL error" if none).
 std::string openssl_errors();
+
+class Tls13Records;
 
 class TlsStream : public Transport {
  public:
@@ -32,9 +37,13 @@ class TlsStream : public Transport {
   void close() noexcept override;
   bool is_open() const noexcept override { return socket_.is_open(); }
   const std::string& peer() const noexcept override { return peer_; }
-  bool has_buffered_input() const noexcept override { return ssl_ && SSL_pending(ssl_) > 0; }
+  bool has_buffered_input() const noexcept override;
   // Why the handshake failed ("" if it did not).
   const std::string& handshake_error() const noexcept { return error_; }
+  // True once a TLS 1.3 connection's SSL object has been freed and its records are protected by
+  // Tls13Records (server side; see TlsTransport::handshake).
+  bool own_records() const noexcept { return records_ != nullptr; }
+  const Tls13Records* records() const noexcept { return records_.get(); }
 
  protected:
   // Makes the socket non-blocking with TCP_NODELAY and an SSL object of `ctx` on it (ssl_ stays
@@ -49,6 +58,8 @@ class TlsStream : public Transport {
 
   asio::ip::tcp::socket socket_;
   SSL* ssl_ = nullptr;
+  // Set, and ssl_ freed, when the record layer is ours.
+  std::unique_ptr<Tls13Records> records_;
   std::string peer_;
   std::string error_;
 

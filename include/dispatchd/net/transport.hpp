@@ -1,7 +1,8 @@
 #pragma once
 // Transport: a connected byte stream driven without blocking. Readers and writers call
 // read_some/write_some until they get would_block, then wait for readiness. No buffer is held
-// between calls, so an idle connection costs only its socket (and, with TLS, the SSL object).
+// between calls, so an idle connection costs only its socket (and, with TLS, the SSL object or,
+// for TLS 1.3, Tls13Records' few hundred bytes).
 
 #include <asio/awaitable.hpp>
 #include <cstddef>
