@@ -198,6 +198,12 @@ std::uint64_t Server::pings_received() const noexcept {
   return n;
 }
 
+std::size_t Server::retained_streams() const {
+  std::size_t n = 0;
+  connections_.for_each([&](const h2::Connection& c) { n += c.retained_streams(); });
+  return n;
+}
+
 void Server::stop() {
   if (stopping_) return;
   stopping_ = true;

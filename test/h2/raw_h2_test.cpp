@@ -49,6 +49,20 @@ TEST_F(RawH2Test, HealthCheckOverRawHttp2) {
   EXPECT_EQ(r.data, kServing);
 }
 
+// nghttp2 keeps a server's closed streams (up to MAX_CONCURRENT_STREAMS per connection) for RFC
+// 7540 priorities unless told not to: one per Heartbeat on an agent's connection, for hours.
+TEST_F(RawH2Test, AnsweredStreamsAreNotRetained) {
+  RawClient c(server_.port());
+  c.start();
+  for (int i = 0; i < 50; ++i) {
+    auto id = c.grpc_call(kCheck, health_request());
+    const auto& r = c.wait(id);
+    ASSERT_TRUE(r.closed);
+    ASSERT_EQ(r.grpc_status(), 0);
+  }
+  EXPECT_EQ(server_.call([&] { return server_.server().retained_streams(); }), 0u);
+}
+
 TEST_F(RawH2Test, RequestSplitAtEveryByteBoundaryIsServed) {
   std::string bytes;
   {

@@ -93,6 +93,8 @@ class Server {
   const ServerStats& stats() const noexcept { return stats_; }
   // PING frames received from clients, on open and closed connections.
   std::uint64_t pings_received() const noexcept;
+  // Stream objects nghttp2 holds on the open connections (open streams, and closed ones if kept).
+  std::size_t retained_streams() const;
   // Serving and not draining (/readyz).
   bool ready() const noexcept { return running_ && !stopping_ && dispatcher_.running(); }
   // The Prometheus text exposition of everything above (/metrics).

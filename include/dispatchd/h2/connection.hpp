@@ -127,6 +127,8 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
 
   const std::string& peer() const noexcept { return transport_->peer(); }
   std::size_t open_streams() const noexcept { return open_streams_; }
+  // Stream objects nghttp2 still holds for this connection, open or closed (its priority tree).
+  std::size_t retained_streams() const;
   const ConnectionStats& stats() const noexcept { return stats_; }
   net::Transport& transport() noexcept { return *transport_; }
 
