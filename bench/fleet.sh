@@ -14,9 +14,10 @@
 #
 #   bench/fleet.sh [--quick] [--sizes "1000 10000"] [--scenarios "steady herd fanout churn"]
 #                  [--peers "dispatchd swarmref"] [--churn PCT] [--churn-for D]
-#                  [--sim-args "ARGS"] [--update-benchmarks] [--out DIR]
+#                  [--sim-args "ARGS"] [--server-args "ARGS"] [--update-benchmarks] [--out DIR]
 #
 # --sim-args: more dispatchd-agentsim flags for every run (e.g. "--max-connecting 32").
+# --server-args: more dispatchd flags for every run (e.g. "--max-handshakes 0").
 # --quick: 1,000 agents, churn for 15 s, shorter waits: a few minutes in all.
 # This machine's RLIMIT_NOFILE hard limit caps one process (server or simulator) at that many
 # descriptors; sizes that do not fit are skipped with a note (the script says which, and why).
@@ -25,7 +26,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 quick=0 sizes="" scenarios="steady herd fanout churn" peers="dispatchd swarmref"
-churn_pct=1 churn_for="" update=0 out=build/fleet sim_args=""
+churn_pct=1 churn_for="" update=0 out=build/fleet sim_args="" server_args=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1; shift ;;
@@ -41,6 +42,8 @@ while [ $# -gt 0 ]; do
     --churn-for=*) churn_for=${1#*=}; shift ;;
     --sim-args) sim_args=$2; shift 2 ;;
     --sim-args=*) sim_args=${1#*=}; shift ;;
+    --server-args) server_args=$2; shift 2 ;;
+    --server-args=*) server_args=${1#*=}; shift ;;
     --update-benchmarks) update=1; shift ;;
     --out) out=$2; shift 2 ;;
     --out=*) out=${1#*=}; shift ;;
@@ -126,6 +129,8 @@ start_server() {
   local extra=()
   if [ "$kind" = dispatchd ]; then
     [ -n "$state" ] && extra=(--state-dir "$state")
+    # shellcheck disable=SC2206  # word splitting wanted: several flags in one argument
+    [ -n "$server_args" ] && extra+=($server_args)
     "${pin_server[@]}" build/dispatchd --listen "127.0.0.1:$p" --admin-listen= \
       --tls-cert "$certs/server.pem" --tls-key "$certs/server.key" --tls-ca "$certs/ca.pem" \
       "${extra[@]}" 2>>"$log" &

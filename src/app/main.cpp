@@ -187,6 +187,10 @@ int main(int argc, char** argv) {
   flags.add("max-connections", "N", std::to_string(opt.max_connections),
             "connections served at once; more are refused",
             uint_setter(opt.max_connections, 1, 10000000));
+  flags.add("max-handshakes", "N", std::to_string(opt.max_handshakes),
+            "TLS handshakes run at once past their ClientHello; more wait their turn, oldest "
+            "first, and one stalled for 2s while others wait loses its place (0: no limit)",
+            uint_setter(opt.max_handshakes, 0, 10000000));
   flags.add("drain-timeout", "DURATION", "5s",
             "on shutdown, how long in-flight calls may take after GOAWAY",
             duration_setter(opt.h2.drain_timeout, true));

@@ -51,6 +51,9 @@ std::string Server::render_metrics() const {
   scalar("dispatchd_connections", "gauge", "HTTP/2 connections open.", d(connection_count_));
   scalar("dispatchd_tls_handshakes_in_progress", "gauge", "TLS handshakes not finished yet.",
          d(handshake_count_));
+  scalar("dispatchd_tls_handshakes_waiting", "gauge",
+         "TLS handshakes whose ClientHello arrived, waiting for a place (--max-handshakes).",
+         d(handshakes_waiting_));
   scalar("dispatchd_connections_accepted_total", "counter", "TCP connections accepted.",
          d(stats_.accepted));
   scalar("dispatchd_connections_refused_total", "counter",
@@ -67,6 +70,13 @@ std::string Server::render_metrics() const {
            d(stats_.tls_handshake_failures));
   w.sample("dispatchd_tls_handshake_failures_total", {{"reason", "timeout"}},
            d(stats_.tls_handshake_timeouts));
+  w.family("dispatchd_tls_handshakes_shed_total", "counter",
+           "TLS handshakes dropped unfinished by admission: the client had gone when its turn "
+           "came, or it held a place past its time while others waited.");
+  w.sample("dispatchd_tls_handshakes_shed_total", {{"reason", "client-gone"}},
+           d(stats_.tls_handshakes_shed_gone));
+  w.sample("dispatchd_tls_handshakes_shed_total", {{"reason", "slow"}},
+           d(stats_.tls_handshakes_shed_slow));
   w.family("dispatchd_tls_connections_total", "counter",
            "TLS handshakes completed, by record layer: own (TLS 1.3, OpenSSL's state freed) or "
            "openssl.");

@@ -80,10 +80,15 @@ Server::Server(asio::io_context& io, Options options)
   });
 }
 
-// A TLS handshake in progress: closed by its deadline or by stop(). (Its list hook and its
-// timer entry are separate objects: one hook can be in only one list.)
+// A TLS handshake in progress: closed by its deadline or by stop(). (Its list hook, its place
+// in the admission lists and its timer entry are separate objects: one hook, one list.)
+struct Server::HandshakeSlot final : co::ListHook {
+  explicit HandshakeSlot(Handshake& h) : h(h) {}
+  Handshake& h;
+};
+
 struct Server::Handshake final : co::ListHook {
-  explicit Handshake(net::TlsTransport& t) : transport(t), deadline(*this) {}
+  explicit Handshake(net::TlsTransport& t) : transport(t), deadline(*this), slot(*this) {}
   struct Deadline final : co::TimerWheel::Entry {
     explicit Deadline(Handshake& h) : h(h) {}
     Handshake& h;
@@ -91,12 +96,23 @@ struct Server::Handshake final : co::ListHook {
    private:
     void on_expire() override {
       h.timed_out = true;
-      h.transport.close();
+      h.close();
     }
   };
+  enum class State { arriving, waiting, admitted, left };
+  // Closes the socket and wakes the coroutine if it waits for a place.
+  void close() noexcept {
+    transport.close();
+    wakeup.notify();
+  }
   net::TlsTransport& transport;
   bool timed_out = false;
+  bool evicted = false;
+  State state = State::arriving;
+  std::chrono::steady_clock::time_point admitted_at{};
+  co::Wakeup wakeup;
   Deadline deadline;
+  HandshakeSlot slot;
 };
 
 Server::~Server() = default;
@@ -146,14 +162,20 @@ asio::awaitable<void> Server::run() {
 asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
   std::error_code ec;
   bool timed_out = false;
+  bool evicted = false;
+  bool gone = false;
   {
     Handshake hs(*t);
     handshakes_.push_back(hs);
     ++handshake_count_;
     wheel_.arm_after(hs.deadline, options_.tls_handshake_timeout);
-    ec = co_await t->handshake();
+    ec = co_await admit(hs);
+    gone = ec == asio::error::connection_reset;
+    if (!ec) ec = co_await t->handshake();
+    leave(hs);
     wheel_.disarm(hs.deadline);
     timed_out = hs.timed_out;
+    evicted = hs.evicted;
     --handshake_count_;
   }
   if (ec || stopping_) {
@@ -161,6 +183,15 @@ asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
       ++stats_.tls_handshake_timeouts;
       log::info("{}: closing connection: TLS handshake not finished within {} ms", t->peer(),
                 options_.tls_handshake_timeout.count());
+    } else if (evicted) {
+      ++stats_.tls_handshakes_shed_slow;
+      log::info(
+          "{}: closing connection: TLS handshake held its place for {} ms while others "
+          "waited (--max-handshakes {})",
+          t->peer(), options_.handshake_slot_timeout.count(), options_.max_handshakes);
+    } else if (gone) {
+      ++stats_.tls_handshakes_shed_gone;
+      log::debug("{}: client gone before its TLS handshake began", t->peer());
     } else if (!stopping_) {
       ++stats_.tls_handshake_failures;
       log::info("{}: TLS handshake failed: {}", t->peer(),
@@ -172,6 +203,76 @@ asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
   ++(t->own_records() ? stats_.tls_own_records : stats_.tls_openssl_records);
   auto c = std::make_shared<h2::Connection>(std::move(t), grpc_, options_.h2, wheel_);
   co_await serve_connection(std::move(c));
+}
+
+// Handshake admission. A reconnecting herd can bring more handshakes than one core finishes
+// before the clients' own timeouts; started all at once, every one of them is slowed past that
+// point and the CPU goes to handshakes nobody waits for any more. So only --max-handshakes run
+// past their ClientHello at a time; the rest wait in arrival order, and a waiter whose client
+// has closed meanwhile is dropped without any cryptography. A connection that sends nothing
+// takes no place (it only holds its socket until --tls-handshake-timeout), and one that stalls
+// mid-handshake loses its place after handshake_slot_timeout once others wait, so idle or slow
+// peers cannot keep the places from agents.
+asio::awaitable<std::error_code> Server::admit(Handshake& hs) {
+  if (options_.max_handshakes == 0) co_return std::error_code{};
+  if (auto ec = co_await hs.transport.wait(net::Transport::Direction::read)) co_return ec;
+  if (!hs.transport.is_open() || stopping_) co_return asio::error::operation_aborted;
+  if (hs.transport.peer_closed()) co_return asio::error::connection_reset;
+  hs.state = Handshake::State::waiting;
+  handshake_queue_.push_back(hs.slot);
+  ++handshakes_waiting_;
+  admit_waiting();
+  while (hs.state == Handshake::State::waiting && hs.transport.is_open() && !stopping_) {
+    co_await hs.wakeup.async_park();
+  }
+  if (hs.state != Handshake::State::admitted) co_return asio::error::operation_aborted;
+  // It may have waited long: its client may be gone.
+  if (hs.transport.peer_closed()) co_return asio::error::connection_reset;
+  co_return std::error_code{};
+}
+
+void Server::leave(Handshake& hs) {
+  if (hs.state == Handshake::State::waiting) {
+    hs.slot.unlink();
+    --handshakes_waiting_;
+  } else if (hs.state == Handshake::State::admitted) {
+    hs.slot.unlink();
+    --handshakes_admitted_;
+    hs.state = Handshake::State::left;
+    admit_waiting();
+  }
+  hs.state = Handshake::State::left;
+}
+
+void Server::admit_waiting() {
+  const auto now = std::chrono::steady_clock::now();
+  while (!handshake_queue_.empty()) {
+    if (handshakes_admitted_ < options_.max_handshakes) {
+      Handshake& next = handshake_queue_.pop_front()->h;
+      --handshakes_waiting_;
+      next.state = Handshake::State::admitted;
+      next.admitted_at = now;
+      handshake_holders_.push_back(next.slot);
+      ++handshakes_admitted_;
+      next.wakeup.notify();
+      continue;
+    }
+    Handshake& oldest = handshake_holders_.front()->h;
+    auto since = oldest.admitted_at + options_.handshake_slot_timeout;
+    if (since > now) {
+      if (!admission_check_.armed() || admission_check_.deadline() != since) {
+        wheel_.arm(admission_check_, since);
+      }
+      return;
+    }
+    // Its place goes to the next waiter now; its coroutine sees the closed socket.
+    oldest.slot.unlink();
+    --handshakes_admitted_;
+    oldest.state = Handshake::State::left;
+    oldest.evicted = true;
+    oldest.close();
+  }
+  wheel_.disarm(admission_check_);
 }
 
 asio::awaitable<void> Server::serve_connection(std::shared_ptr<h2::Connection> c) {
@@ -214,7 +315,8 @@ void Server::stop() {
   // Sessions send their final message and end before the connections go away.
   dispatcher_.stop();
   connections_.for_each([](h2::Connection& c) { c.shutdown(); });
-  handshakes_.for_each([](Handshake& h) { h.transport.close(); });
+  handshakes_.for_each([](Handshake& h) { h.close(); });
+  wheel_.disarm(admission_check_);
 }
 
 }  // namespace dispatchd::app

@@ -1,6 +1,7 @@
 #include "dispatchd/net/tls_stream.hpp"
 
 #include <openssl/err.h>
+#include <poll.h>
 
 #include <algorithm>
 #include <asio/experimental/as_tuple.hpp>
@@ -89,6 +90,14 @@ asio::awaitable<std::error_code> TlsStream::run_handshake(const char* alpn_refus
 bool TlsStream::has_buffered_input() const noexcept {
   if (records_) return records_->has_buffered_input();
   return ssl_ && SSL_pending(ssl_) > 0;
+}
+
+bool TlsStream::peer_closed() const noexcept {
+  if (!socket_.is_open()) return true;
+  pollfd p{.fd = const_cast<asio::ip::tcp::socket&>(socket_).native_handle(),
+           .events = POLLRDHUP,
+           .revents = 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 std::size_t TlsStream::read_some(std::span<std::uint8_t> buf, std::error_code& ec) {

@@ -1003,6 +1003,115 @@ TEST_F(AttackTest, UnfinishedTlsHandshakesAreClosedAfterTheHandshakeTimeout) {
   EXPECT_TRUE(memory_bounded());
 }
 
+// --- 6b. Handshake admission (--max-handshakes) ------------------------------------------------
+
+class HandshakeAdmissionTest : public AttackTest {
+ protected:
+  dispatchd::app::Options tls_options(std::size_t max_handshakes, Ms slot_timeout) {
+    auto o = attack_options();
+    o.insecure = false;
+    o.tls = {cert_dir() + "/server.pem", cert_dir() + "/server.key", cert_dir() + "/ca.pem"};
+    o.tls_handshake_timeout = 20s;
+    o.max_handshakes = max_handshakes;
+    o.handshake_slot_timeout = slot_timeout;
+    return o;
+  }
+  // A client that sends the first bytes of a ClientHello and then nothing: it holds a place.
+  std::unique_ptr<Wire> stalled_hello() {
+    auto w = std::make_unique<Wire>(port());
+    w->send(std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11) +
+            std::string(32, '\x42'));
+    return w;
+  }
+  std::size_t admitted() {
+    return server().call([&] { return server().server().handshakes_admitted(); });
+  }
+  std::size_t waiting() {
+    return server().call([&] { return server().server().handshakes_waiting(); });
+  }
+  dispatchd::app::ServerStats stats() {
+    return server().call([&] { return server().server().stats(); });
+  }
+};
+
+TEST_F(HandshakeAdmissionTest, SilentConnectionsTakeNoPlace) {
+  start(tls_options(2, 10s));
+  std::vector<std::unique_ptr<Wire>> silent;
+  for (int i = 0; i < 20; ++i)
+    silent.push_back(std::make_unique<Wire>(port()));
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshake_count() == 20; }));
+  EXPECT_EQ(admitted(), 0u);
+  EXPECT_EQ(waiting(), 0u);
+  // A real client is served at once although 20 connections have not begun their handshake.
+  EXPECT_TRUE(tls_served(server().address()));
+  silent.clear();
+  EXPECT_TRUE(settled());
+}
+
+TEST_F(HandshakeAdmissionTest, HandshakesBeyondTheLimitWaitForAPlace) {
+  start(tls_options(2, 10s));
+  auto a = stalled_hello();
+  auto b = stalled_hello();
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshakes_admitted() == 2; }));
+  // grpc++ over mTLS: its ClientHello waits behind the two stalled handshakes...
+  std::atomic<bool> done{false};
+  ::testing::AssertionResult result = ::testing::AssertionFailure() << "not run";
+  std::thread client([&] {
+    result = tls_served(server().address());
+    done = true;
+  });
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshakes_waiting() == 1; }));
+  EXPECT_EQ(admitted(), 2u);
+  EXPECT_FALSE(done.load());
+  // ...and takes the place of the first one to end.
+  a->close();
+  client.join();
+  EXPECT_TRUE(result);
+  EXPECT_EQ(waiting(), 0u);
+  EXPECT_EQ(stats().tls_handshakes_shed_slow, 0u);
+  b->close();
+  EXPECT_TRUE(settled());
+}
+
+TEST_F(HandshakeAdmissionTest, AStalledHandshakeLosesItsPlaceWhenOthersWait) {
+  // The handshake timeout (20 s) is far beyond the client's deadline (5 s in tls_served): the
+  // client is served only because the stalled handshakes lose their places after 300 ms.
+  start(tls_options(2, 300ms));
+  auto a = stalled_hello();
+  auto b = stalled_hello();
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshakes_admitted() == 2; }));
+  EXPECT_TRUE(tls_served(server().address()));
+  // The oldest one gave its place to the client; the other keeps its own while nobody waits.
+  EXPECT_TRUE(a->read_until_closed(5s)) << "the stalled handshake kept its place";
+  EXPECT_FALSE(b->closed());
+  EXPECT_EQ(stats().tls_handshakes_shed_slow, 1u);
+  EXPECT_EQ(admitted(), 1u);
+  EXPECT_EQ(stats().tls_handshake_timeouts, 0u);
+  b->close();
+  EXPECT_TRUE(settled());
+}
+
+TEST_F(HandshakeAdmissionTest, ClientsGoneWhileWaitingAreDroppedWithoutAHandshake) {
+  start(tls_options(1, 10s));
+  auto holder = stalled_hello();
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshakes_admitted() == 1; }));
+  std::vector<std::unique_ptr<Wire>> quitters;
+  for (int i = 0; i < 5; ++i)
+    quitters.push_back(stalled_hello());
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshakes_waiting() == 5; }));
+  // They give up, as an agent does at its dial timeout, and then the place frees up.
+  for (auto& q : quitters)
+    q->close();
+  holder->close();
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshake_count() == 0; }));
+  auto st = stats();
+  EXPECT_EQ(st.tls_handshakes_shed_gone, 5u);
+  // Only the holder got as far as OpenSSL (its half ClientHello, then EOF).
+  EXPECT_EQ(st.tls_handshake_failures, 1u);
+  EXPECT_TRUE(tls_served(server().address()));
+  EXPECT_TRUE(settled());
+}
+
 // --- 7. Connection cap --------------------------------------------------------------------------
 
 TEST_F(AttackTest, ConnectionsBeyondTheCapAreRefused) {

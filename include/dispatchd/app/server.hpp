@@ -31,6 +31,12 @@ struct Options {
   // TLS (the default): the server's certificate, key and the CA bundle for client certificates.
   net::TlsFiles tls;
   std::chrono::milliseconds tls_handshake_timeout{10000};
+  // TLS handshakes past their ClientHello at once (0: no limit). The rest wait, so that under a
+  // reconnecting herd the CPU finishes handshakes instead of starting ones whose clients give up
+  // before they end (docs/operations.md, "Handshake admission").
+  std::size_t max_handshakes = 256;
+  // While handshakes wait, one that has held its place this long without finishing loses it.
+  std::chrono::milliseconds handshake_slot_timeout{2000};
   std::size_t max_connections = 200000;
   h2::Settings h2;
   grpc::ServerOptions grpc;
@@ -48,6 +54,10 @@ struct ServerStats {
   std::uint64_t refused = 0;  // over --max-connections
   std::uint64_t tls_handshake_failures = 0;
   std::uint64_t tls_handshake_timeouts = 0;
+  // Handshakes dropped before they finished: the client had already gone when its turn came,
+  // or it held a place too long while others waited.
+  std::uint64_t tls_handshakes_shed_gone = 0;
+  std::uint64_t tls_handshakes_shed_slow = 0;
   // TLS handshakes done, by record layer: ours (TLS 1.3, SSL freed) or OpenSSL's.
   std::uint64_t tls_own_records = 0;
   std::uint64_t tls_openssl_records = 0;
@@ -89,7 +99,10 @@ class Server {
   store::Store& store() noexcept { return store_; }
   co::TimerWheel& wheel() noexcept { return wheel_; }
   std::size_t connection_count() const noexcept { return connection_count_; }
+  // TLS handshakes not finished yet: of them, those waiting for a place, and those in one.
   std::size_t handshake_count() const noexcept { return handshake_count_; }
+  std::size_t handshakes_waiting() const noexcept { return handshakes_waiting_; }
+  std::size_t handshakes_admitted() const noexcept { return handshakes_admitted_; }
   const ServerStats& stats() const noexcept { return stats_; }
   // PING frames received from clients, on open and closed connections.
   std::uint64_t pings_received() const noexcept;
@@ -104,6 +117,13 @@ class Server {
   asio::awaitable<void> serve_connection(std::shared_ptr<h2::Connection> c);
   asio::awaitable<void> serve_tls(std::unique_ptr<net::TlsTransport> t);
   struct Handshake;
+  struct HandshakeSlot;
+  // Waits for the client's first bytes, then for a place among --max-handshakes.
+  asio::awaitable<std::error_code> admit(Handshake& hs);
+  void leave(Handshake& hs);
+  // Gives free places to waiting handshakes, oldest first; takes the place of a handshake that
+  // has held one past handshake_slot_timeout while others wait.
+  void admit_waiting();
 
   Options options_;
   co::TimerWheel wheel_;
@@ -120,6 +140,11 @@ class Server {
   std::shared_ptr<net::TlsContext> tls_;
   co::IntrusiveList<Handshake> handshakes_;
   std::size_t handshake_count_ = 0;
+  co::IntrusiveList<HandshakeSlot> handshake_queue_;    // waiting, oldest first
+  co::IntrusiveList<HandshakeSlot> handshake_holders_;  // admitted, oldest first
+  std::size_t handshakes_waiting_ = 0;
+  std::size_t handshakes_admitted_ = 0;
+  co::TimerCallback<std::function<void()>> admission_check_{[this] { admit_waiting(); }};
   ServerStats stats_;
   admin::HttpServer admin_;
   std::optional<asio::ip::tcp::endpoint> admin_endpoint_;

@@ -38,6 +38,9 @@ class TlsStream : public Transport {
   bool is_open() const noexcept override { return socket_.is_open(); }
   const std::string& peer() const noexcept override { return peer_; }
   bool has_buffered_input() const noexcept override;
+  // The peer has closed or reset the connection (POLLRDHUP, POLLHUP or POLLERR); never waits.
+  // What it sent before closing may still be unread.
+  bool peer_closed() const noexcept;
   // Why the handshake failed ("" if it did not).
   const std::string& handshake_error() const noexcept { return error_; }
   // True once a TLS 1.3 connection's SSL object has been freed and its records are protected by
