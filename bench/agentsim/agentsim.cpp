@@ -309,8 +309,9 @@ struct Agent {
   std::map<std::string, api::TaskState> tasks;  // the last state the server acknowledged
   bool ever_session = false;
   bool in_session = false;
-  bool churned = false;                      // dropped by --churn at least once
-  bool churn_drop = false;                   // the current connection is being dropped by --churn
+  bool churned = false;       // dropped by --churn at least once
+  bool churn_drop = false;    // the current connection is being dropped by --churn
+  bool init_expired = false;  // the current attempt's 5 s ran out before its TLS handshake ended
   std::optional<Clock::time_point> lost_at;  // when the last session ended
   int fd = -1;                               // the current connection's socket
   // The managers from the SessionMessages, with SwarmKit's observed weights (remotes.go):
@@ -676,6 +677,7 @@ class Sim {
     if (to.address().is_v4() && to.address().is_loopback()) from = a.source;
     auto sock = co_await net::dial(io_.get_executor(), to, from);
     if (!sock) co_return std::unexpected("connect: " + sock.error().message());
+    if (a.init_expired) co_return std::unexpected(std::string("connect: timed out"));
     a.fd = sock->native_handle();
     std::unique_ptr<net::Transport> tr;
     if (cfg_.insecure) {
@@ -696,13 +698,32 @@ class Sim {
     co_await gate_.acquire();
     if (stopping_) co_return false;
     auto t0 = Clock::now();
+    // SwarmKit's agent gives the whole session start 5 s (dispatcherRPCTimeout), dial and TLS
+    // handshake of a new connection included, then closes the connection and backs off. (The
+    // TCP connect itself is left to the kernel's SYN retries here.)
+    a.init_expired = false;
+    auto connect_timeout = [&] {
+      a.init_expired = true;
+      if (a.fd >= 0) ::shutdown(a.fd, SHUT_RDWR);
+    };
+    co::TimerCallback<decltype(connect_timeout)> connect_timer(connect_timeout);
+    wheel_.arm_after(connect_timer, kSessionInitTimeout);
     auto conn = co_await connect(a);
+    wheel_.disarm(connect_timer);
     gate_.release();
+    if (conn && a.init_expired) {
+      (*conn)->close();
+      conn = std::unexpected(std::string("handshake: session initiation timed out"));
+    }
     if (!conn) {
       a.fd = -1;
       if (a.dialled >= 0 && static_cast<std::size_t>(a.dialled) < a.managers.size())
         observe(a.managers[static_cast<std::size_t>(a.dialled)], -10);
-      if (!stopping_) error(conn.error().starts_with("connect") ? "connect" : "handshake");
+      if (!stopping_) {
+        error(a.init_expired                        ? "DeadlineExceeded/handshake"
+              : conn.error().starts_with("connect") ? "connect"
+                                                    : "handshake");
+      }
       dispatchd::log::debug("agent {}: {}", a.index, conn.error());
       co_return false;
     }
@@ -751,7 +772,7 @@ class Sim {
         fail(at, grpc::Status(grpc::StatusCode::deadline_exceeded, "session initiation timed out"));
     };
     co::TimerCallback<decltype(init_timeout)> init_timer(init_timeout);
-    wheel_.arm_after(init_timer, kSessionInitTimeout);
+    wheel_.arm(init_timer, t0 + kSessionInitTimeout);
     api::SessionMessage msg;
     bool ok = co_await call->read(msg);
     first = true;
