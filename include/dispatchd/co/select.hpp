@@ -5,7 +5,7 @@
 // when it becomes ready (Event::Listener, Watch<T>::Subscription, Queue<T>, ...). select scans
 // the sources, returns a bit mask of the ready ones if any, and otherwise parks on the Wakeup and
 // scans again. Nothing is taken from any source, picked or not: the caller drains what it wants
-// and the rest stays where it was (DESIGN.md, "The select rule").
+// and the rest stays where it was (docs/architecture.md, "The select rule").
 
 #include <asio/awaitable.hpp>
 #include <cstdint>
