@@ -808,7 +808,7 @@ class Sim {
     scope.spawn(heartbeats(a, at));
     scope.spawn(assignments(a, at, scope));
     // After a (re-)registration the agent reports the status of every task it holds again
-    // (spec §12.5).
+    // (docs/behaviour.md §12.5).
     for (const auto& [id, state] : a.tasks)
       scope.spawn(rereport(a, at, id, state));
     while (co_await call->read(msg)) {
@@ -951,8 +951,8 @@ class Sim {
     co_await report_status(a, at, std::move(task_id), state, true);
   }
 
-  // One UpdateTaskStatus; NotFound is ignored as the agent does (spec §11), other errors end
-  // the session.
+  // One UpdateTaskStatus; NotFound is ignored as the agent does (docs/behaviour.md §11), other
+  // errors end the session.
   asio::awaitable<bool> report_status(Agent& a, Attempt& at, std::string task_id,
                                       api::TaskState state, bool again) {
     {

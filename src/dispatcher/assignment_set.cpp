@@ -239,7 +239,8 @@ bool AssignmentSet::release_dependency(const Key& key, const std::string& user) 
 void AssignmentSet::assign_secret(const store::ReadTx& tx, const Key& key) {
   users_.try_emplace(key);
   auto secret = tx.secret(key.id);
-  // Secret drivers are not supported (spec §0.8): such a secret is skipped like a missing one.
+  // Secret drivers are not supported (docs/behaviour.md §0.8): such a secret is skipped like a
+  // missing one.
   if (!secret || secret->spec().has_driver()) return;
   emit(key, kUpdate, std::move(secret));
 }

@@ -177,8 +177,8 @@ void Dispatcher::start() {
   started_ = true;
   running_ = true;
   store_.update([&](store::WriteTx& tx) {
-    // The `default` cluster carries the configured period and the CA bundle (spec §0.9).
-    // (A cluster restored from the state directory takes the CA bundle of this start.)
+    // The `default` cluster carries the configured period and the CA bundle (docs/behaviour.md
+    // §0.9). (A cluster restored from the state directory takes the CA bundle of this start.)
     bool needs_root =
         !config_.root_ca_pem.empty() && tx.cluster()->root_ca().ca_cert() != config_.root_ca_pem;
     bool needs_period = !tx.cluster()->spec().dispatcher().has_heartbeat_period();
@@ -235,7 +235,8 @@ void Dispatcher::start() {
 void Dispatcher::stop() {
   if (!running_) return;
   running_ = false;
-  // Sessions send their final message, streams end; nothing acknowledged is lost (spec §0.4).
+  // Sessions send their final message, streams end; nothing acknowledged is lost
+  // (docs/behaviour.md §0.4).
   stopped_.set();
   flush();
   flush_waiters_.for_each([](FlushWaiter& w) { w.wakeup->notify(); });
@@ -328,7 +329,7 @@ Dispatcher::NodeRecord& Dispatcher::add_record(const std::string& node_id) {
     fresh->attempts = it->second->attempts;
     fresh->registered_at = it->second->registered_at;
     wheel_.disarm(*it->second);
-    // The older session ends at once (spec §0.7).
+    // The older session ends at once (docs/behaviour.md §0.7).
     it->second->superseded->set();
   }
   if (fresh->registered_at == Clock::time_point{}) fresh->registered_at = Clock::now();
@@ -512,7 +513,7 @@ void Dispatcher::flush() {
   for (auto& [id, node_ids] : volumes) {
     work.push_back([&, id = id, node_ids = std::move(node_ids)](store::WriteTx& tx) {
       auto v = tx.volume(id);
-      if (!v) return;  // deleted meanwhile (spec §0.8)
+      if (!v) return;  // deleted meanwhile (docs/behaviour.md §0.8)
       api::Volume copy = *v;
       for (auto& ps : *copy.mutable_publish_status()) {
         if (std::find(node_ids.begin(), node_ids.end(), ps.node_id()) != node_ids.end()) {
@@ -588,7 +589,7 @@ void Dispatcher::on_node_removed(const std::string& node_id) {
     log::info("node {} removed: its session is told to disconnect", node_id);
 }
 
-// ---- authorization (spec §9) -----------------------------------------------------------------
+// ---- authorization (docs/behaviour.md §9) ----------------------------------------------------
 
 std::expected<Identity, Status> Dispatcher::authorize(const grpc::ServerContext& ctx) const {
   static const std::vector<std::string> agents = {kWorkerRole, kManagerRole};
@@ -804,7 +805,7 @@ void Dispatcher::add_to(grpc::Server& server) {
         std::uint64_t gen = flushed_generation_;
         for (const auto* u : valid)
           gen = queue_task_update(u->task_id(), u->status());
-        // The reply waits for the flush that applied the updates (spec §0.5).
+        // The reply waits for the flush that applied the updates (docs/behaviour.md §0.5).
         if (!valid.empty() && !co_await wait_flushed(gen, ctx)) {
           if (!running_) co_return api::UpdateTaskStatusResponse{};  // flushed by stop()
           co_return std::unexpected(canceled_status());
@@ -850,7 +851,7 @@ asio::awaitable<Status> Dispatcher::session(grpc::ServerContext& ctx,
   const std::string ip = host_of(id->remote_addr);
   auto started = Clock::now();
 
-  // Resume the node's current session, or register a new one (spec §4.3).
+  // Resume the node's current session, or register a new one (docs/behaviour.md §4.3).
   std::string session_id;
   auto mark_ready = [&]() {
     NodeUpdate u;
@@ -871,7 +872,8 @@ asio::awaitable<Status> Dispatcher::session(grpc::ServerContext& ctx,
     bool exists = store_.view([&](const store::ReadTx& tx) { return tx.node(node_id) != nullptr; });
     if (!exists) {
       if (config_.require_known_nodes) co_return Status(StatusCode::unknown, "node not found");
-      // Admission (spec §0.2): a caller authorized for the cluster gets its node object.
+      // Admission (docs/behaviour.md §0.2): a caller authorized for the cluster gets its node
+      // object.
       api::Node n;
       n.set_id(node_id);
       n.mutable_spec()->set_membership(api::NodeSpec::ACCEPTED);

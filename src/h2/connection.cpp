@@ -232,6 +232,17 @@ bool Connection::reject_non_h2(std::span<const std::uint8_t> data) {
   return true;
 }
 
+// The writer: the only caller of nghttp2_session_mem_send (docs/architecture.md, "The h2 write
+// loop and backpressure"). Callbacks, the reader and the streams never write; they notify
+// writer_wakeup_, and each round pulls every frame nghttp2 has ready, up to kWriteBatch, so many
+// small frames go out in one write. Response DATA leaves only as the peer's flow-control windows
+// allow: a stream with nothing queued answers NGHTTP2_ERR_DEFERRED and is resumed by its next
+// enqueue, and a handler's write waits until its stream has drained, so a peer that stops
+// reading holds one message per stream here, not a growing queue.
+// When idle the batch string is freed and the frame buffer's pages are released later
+// (frame_release_delay). The loop ends when the connection is dead, when the reader has ended
+// and everything queued is out, or when nghttp2 wants neither to read nor to write (after
+// GOAWAY, once the last stream closed).
 asio::awaitable<void> Connection::write_loop() {
   for (;;) {
     if (dead_) break;

@@ -168,8 +168,9 @@ std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::load(const T
   if (SSL_CTX_load_verify_locations(ctx, files.ca.c_str(), nullptr) != 1) {
     return std::unexpected("cannot load CA bundle " + files.ca + ": " + openssl_errors());
   }
-  // Requested and verified when given, not required (spec §9.1): a caller without a
-  // certificate completes the handshake and is refused per call with PERMISSION_DENIED.
+  // Requested and verified when given, not required (docs/behaviour.md §9.1): a caller
+  // without a certificate completes the handshake and is refused per call with
+  // PERMISSION_DENIED.
   SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
   SSL_CTX_set_cert_verify_callback(ctx, verify_client_chain, nullptr);
   SSL_CTX_set_max_cert_list(ctx, kMaxClientChainBytes);

@@ -276,8 +276,8 @@ TEST(SelectTest, SpuriousWakeupParksAgain) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stress (DESIGN.md, "The select rule"): every source made ready at once, many thousands of
-// times; every event must arrive exactly once and in order per source.
+// Stress (docs/architecture.md, "The select rule"): every source made ready at once, many
+// thousands of times; every event must arrive exactly once and in order per source.
 
 constexpr int kRounds = 20000;
 

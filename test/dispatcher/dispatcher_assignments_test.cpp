@@ -1,8 +1,9 @@
-// The Assignments and Tasks streams (spec §8), the Session select rule (DESIGN.md), slow
-// consumers (spec §0.3) and abandoned sessions, judged over the wire by the real gRPC C++
-// client. The store is written on the server thread (server.call) the way the orchestrator and
-// scheduler would write it; everything the dispatcher does is observed through grpc++ streams,
-// plus a few counters read on the server thread.
+// The Assignments and Tasks streams (docs/behaviour.md §8), the Session select rule
+// (docs/architecture.md, "The select rule"), slow consumers (docs/behaviour.md §0.3) and
+// abandoned sessions, judged over the wire by the real gRPC C++ client. The store is written on
+// the server thread (server.call) the way the orchestrator and scheduler would write it;
+// everything the dispatcher does is observed through grpc++ streams, plus a few counters read
+// on the server thread.
 
 #include <google/protobuf/util/message_differencer.h>
 #include <grpcpp/grpcpp.h>
@@ -431,7 +432,7 @@ TEST_F(DispatcherAssignmentsTest, TaskCreatedForTheNodeIsNotSentUntilItsNextUpda
   auto stream = follow(node, m);
   ASSERT_EQ(keys_of(m), (Keys{"task/task-old"})) << summary(m);
 
-  // Creations are not watched (spec §8.1): the scheduler assigns tasks by an update.
+  // Creations are not watched (docs/behaviour.md §8.1): the scheduler assigns tasks by an update.
   ASSERT_TRUE(write_store(
       server_, [&](WriteTx& tx) { return tx.create(make_task("task-new", node, api::ASSIGNED)); }));
   ASSERT_TRUE(set_desired_state(server_, "task-old", api::SHUTDOWN));
@@ -822,8 +823,8 @@ TEST(DispatcherSelectRuleTest, SessionLosesNothingWhenEverySourceIsReadyAtOnce) 
   EXPECT_EQ(last.node, kRounds);
   EXPECT_EQ(last.managers, kRounds);
   EXPECT_EQ(last.keys, kRounds);
-  // Every node update and every cluster update produces a message (spec §4 notes): no round's
-  // value may be skipped for any source.
+  // Every node update and every cluster update produces a message (docs/behaviour.md §4.8): no
+  // round's value may be skipped for any source.
   auto missing = [&](const std::vector<char>& seen) {
     std::string out;
     int n = 0;
@@ -841,7 +842,7 @@ TEST(DispatcherSelectRuleTest, SessionLosesNothingWhenEverySourceIsReadyAtOnce) 
   EXPECT_GE(messages, 3 * kRounds - 1);
 }
 
-// ---- Session: a consumer that stops reading (spec §0.3) --------------------------------------
+// ---- Session: a consumer that stops reading (docs/behaviour.md §0.3) --------------------------
 
 TEST(DispatcherSlowConsumerTest, StalledSessionIsCutOffWhileAnotherKeepsReceivingEveryUpdate) {
   auto options = TestServer::default_options();

@@ -1,7 +1,7 @@
-// The Dispatcher's session life cycle (spec §3–§7, §9, §11, with the differences of §0), judged
-// over the wire by the real gRPC C++ client. TestServer::call only sets up or inspects server
-// state, or acts as an operator would (store writes, disconnecting a node, stopping); every
-// behaviour itself is observed by the client.
+// The Dispatcher's session life cycle (docs/behaviour.md §3–§7, §9, §11, with the differences
+// of §0), judged over the wire by the real gRPC C++ client. TestServer::call only sets up or
+// inspects server state, or acts as an operator would (store writes, disconnecting a node,
+// stopping); every behaviour itself is observed by the client.
 
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
@@ -49,8 +49,8 @@ const char kNoCertificate[] =
 
 // ---- identities (insecure mode: the metadata stands in for the certificate) ------------------
 
-// A call forwarded (spec §9.2) by peer "manager-2" with role `forwarder_role`, on behalf of a
-// caller with the given certificate fields (empty ones are left out).
+// A call forwarded (docs/behaviour.md §9.2) by peer "manager-2" with role `forwarder_role`, on
+// behalf of a caller with the given certificate fields (empty ones are left out).
 Metadata forwarded(const std::string& forwarder_role, const std::string& cn,
                    const std::vector<std::string>& ous, const std::string& org,
                    const std::string& remote_addr = "10.0.0.7:41234") {
@@ -232,7 +232,7 @@ std::chrono::nanoseconds as_duration(const google::protobuf::Duration& d) {
 }
 
 // =============================================================================================
-// Registration (spec §4, §0.2)
+// Registration (docs/behaviour.md §4, §0.2)
 
 TEST(DispatcherSessionTest, FirstMessageCarriesSessionIdReadyNodeAndManagers) {
   TestServer server;
@@ -320,7 +320,7 @@ TEST(DispatcherSessionTest, RequireKnownNodesAcceptsNodeCreatedInStore) {
 }
 
 // =============================================================================================
-// Re-registration and resume (spec §3, §4.3, §0.7)
+// Re-registration and resume (docs/behaviour.md §3, §4.3, §0.7)
 
 TEST(DispatcherSessionTest, ReRegisterDisconnectsPreviousSession) {
   TestServer server;
@@ -423,7 +423,7 @@ TEST(DispatcherSessionTest, ResumeWithoutDescriptionKeepsDescription) {
 }
 
 // =============================================================================================
-// Rate limit (spec §3)
+// Rate limit (docs/behaviour.md §3)
 
 TEST(DispatcherSessionTest, AdmittedNodeFifthQuickRegistrationExceedsRateLimit) {
   TestServer server;
@@ -497,7 +497,7 @@ TEST(DispatcherSessionTest, ZeroRateLimitPeriodDisablesRateLimit) {
 }
 
 // =============================================================================================
-// Heartbeat (spec §5)
+// Heartbeat (docs/behaviour.md §5)
 
 TEST(DispatcherSessionTest, HeartbeatReturnsPeriodWithinEpsilon) {
   TestServer server(options_with([](auto& o) {
@@ -762,7 +762,7 @@ TEST(DispatcherSessionTest, DefaultClusterCarriesConfiguredHeartbeatPeriod) {
 }
 
 // =============================================================================================
-// Session checks of the other calls (spec §3 session check)
+// Session checks of the other calls (docs/behaviour.md §3, session check)
 
 void expect_every_call_fails(Agent& agent, const Metadata& md, const std::string& session_id,
                              grpc::StatusCode code, const std::string& message) {
@@ -830,7 +830,7 @@ TEST(DispatcherSessionTest, CallsOfUnregisteredNodeAreNodeNotRegistered) {
 }
 
 // =============================================================================================
-// Nodes known before start (spec §2 markNodesUnknown)
+// Nodes known before start (docs/behaviour.md §2, at start)
 
 TEST(DispatcherSessionTest, PreloadedNodesAreMarkedUnknownAtStart) {
   TestServer server(TestServer::default_options(), [](dispatchd::app::Server& s) {
@@ -889,7 +889,7 @@ TEST(DispatcherSessionTest, PreloadedNodeThatNeverRegistersIsDownAfterSixPeriods
 }
 
 // =============================================================================================
-// Client going away (spec §4 loop, §14)
+// Client going away (docs/behaviour.md §4.8, §14)
 
 TEST(DispatcherSessionTest, ClientCancelReleasesSubscriptionsButKeepsRegistration) {
   TestServer server;
@@ -914,7 +914,7 @@ TEST(DispatcherSessionTest, ClientCancelReleasesSubscriptionsButKeepsRegistratio
 }
 
 // =============================================================================================
-// UpdateTaskStatus (spec §6, §2.1, §0.5)
+// UpdateTaskStatus (docs/behaviour.md §6, §2.1, §0.5)
 
 class SessionTaskStatusTest : public ::testing::Test {
  protected:
@@ -1103,7 +1103,7 @@ TEST_F(SessionTaskStatusTest, ConcurrentUpdatesAreAllAppliedInFewerFlushes) {
 }
 
 // =============================================================================================
-// UpdateVolumeStatus (spec §7)
+// UpdateVolumeStatus (docs/behaviour.md §7)
 
 api::Volume volume_published_to(const std::string& id, const std::vector<std::string>& nodes) {
   api::Volume v;
@@ -1177,7 +1177,7 @@ TEST(DispatcherSessionTest, VolumeUpdateWithoutUnpublishedIsIgnored) {
 }
 
 // =============================================================================================
-// Pushed SessionMessages (spec §4 loop)
+// Pushed SessionMessages (docs/behaviour.md §4.8)
 
 TEST(DispatcherSessionTest, NodeUpdateIsPushedToSession) {
   TestServer server;
@@ -1335,7 +1335,7 @@ TEST(DispatcherSessionTest, OperatorDisconnectEndsSessionAndMarksNodeDisconnecte
 }
 
 // =============================================================================================
-// Authorization (spec §9.2, §9.3) with insecure-mode identities
+// Authorization (docs/behaviour.md §9.2, §9.3) with insecure-mode identities
 
 void expect_denied(const grpc::Status& st, const std::string& message) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
@@ -1552,7 +1552,7 @@ TEST(DispatcherSessionTest, ForwardedCertOtherThanTrueIsDirectCall) {
 }
 
 // =============================================================================================
-// Dispatcher stop (spec §2 Stop, §0.4, §0.6)
+// Dispatcher stop (docs/behaviour.md §2, at stop; §0.4, §0.6)
 
 TEST(DispatcherSessionTest, DispatcherStopSendsFinalMessageThenNodeMustDisconnect) {
   TestServer server;
@@ -1690,7 +1690,7 @@ TEST(DispatcherSessionTest, DispatcherStopFlushesPendingTaskUpdates) {
 }
 
 // =============================================================================================
-// Resources (spec §0.3, §4 loop): sessions dropped by their clients leave nothing behind
+// Resources (docs/behaviour.md §0.3, §4.8): sessions dropped by their clients leave nothing behind
 
 TEST(DispatcherSessionTest, ThousandsOfDroppedSessionsLeaveNothingBehind) {
   constexpr int kChannels = 8;

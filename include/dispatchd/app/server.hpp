@@ -44,8 +44,8 @@ struct Options {
 };
 
 // Loads the TLS files of `options` and adopts the server certificate's CN as this manager's node
-// ID, its O as the cluster organisation and the CA bundle as the cluster root CA (spec §0.1,
-// §0.9). Reads files: call it at start-up or off the io thread.
+// ID, its O as the cluster organisation and the CA bundle as the cluster root CA
+// (docs/behaviour.md §0.1, §0.9). Reads files: call it at start-up or off the io thread.
 std::expected<std::shared_ptr<net::TlsContext>, std::string> prepare_tls(Options& options);
 
 // Counters of the server's own (Prometheus /metrics).

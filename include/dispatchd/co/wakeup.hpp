@@ -2,8 +2,8 @@
 // Wakeup: the single place where a coroutine parks. Producers never hand data to a parked
 // operation; they change state the coroutine owns (a queue, a flag, a cursor) and call notify().
 // The coroutine re-scans its sources after every wakeup, so a notify that arrives while it is
-// busy is not needed: the scan sees the state. This is what makes `select` lossless (DESIGN.md,
-// "The select rule").
+// busy is not needed: the scan sees the state. This is what makes `select` lossless
+// (docs/architecture.md, "The select rule").
 
 #include <asio/associated_executor.hpp>
 #include <asio/async_result.hpp>

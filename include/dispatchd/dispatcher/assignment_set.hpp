@@ -1,5 +1,5 @@
 #pragma once
-// What one node's Assignments stream has told the node (spec §8.2, §8.3).
+// What one node's Assignments stream has told the node (docs/behaviour.md §8.2, §8.3).
 //
 // The set tracks the tasks the node knows, which task or volume uses which secret or config,
 // the publish state of each volume, and the changes accumulated since the last message. A
@@ -22,18 +22,18 @@ namespace dispatchd::dispatcher {
 
 namespace api = ::docker::swarmkit::v1;
 
-// The state of one Assignments stream for one node (spec §8.2, §8.3): which tasks, secrets,
-// configs and volumes the node has been told about, who uses which dependency, and the changes
-// accumulated since the last message.
-// Tasks that differ at most in `status` and `meta` (spec §8.2, §14): such an update is not a
-// change worth sending.
+// The state of one Assignments stream for one node (docs/behaviour.md §8.2, §8.3): which
+// tasks, secrets, configs and volumes the node has been told about, who uses which dependency,
+// and the changes accumulated since the last message.
+// Tasks that differ at most in `status` and `meta` (docs/behaviour.md §8.2, §14): such an
+// update is not a change worth sending.
 bool tasks_stably_equal(const api::Task& a, const api::Task& b);
 
 class AssignmentSet {
  public:
   explicit AssignmentSet(std::string node_id);
 
-  // Each returns true when it counts as a modification (spec §8.1 batching).
+  // Each returns true when it counts as a modification (docs/behaviour.md §8.1, batching).
   bool add_or_update_task(const store::ReadTx& tx, const store::Ptr<api::Task>& task);
   bool remove_task(const api::Task& task);  // from a task delete event
   bool add_or_update_volume(const store::ReadTx& tx, const store::Ptr<api::Volume>& volume);

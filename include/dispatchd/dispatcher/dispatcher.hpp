@@ -1,5 +1,6 @@
 #pragma once
-// The docker.swarmkit.v1.Dispatcher service (spec §2–§8, with the differences of §0).
+// The docker.swarmkit.v1.Dispatcher service (docs/behaviour.md §2–§8, with the
+// differences of §0).
 
 #include <chrono>
 #include <cstdint>
@@ -76,12 +77,13 @@ class Dispatcher {
   void stop();
   bool running() const noexcept { return running_; }
 
-  // Raises the node's Disconnect signal (spec §0.6): its Session sends a final message, marks
-  // the node DISCONNECTED and ends with ABORTED. False if the node has no registration.
+  // Raises the node's Disconnect signal (docs/behaviour.md §0.6): its Session sends a final
+  // message, marks the node DISCONNECTED and ends with ABORTED. False if the node has no
+  // registration.
   bool disconnect_node(const std::string& node_id);
 
-  // The caller's identity (spec §9.2, §9.3) if it holds one of `roles`; forwarded identities
-  // (forwarded_cert metadata from a manager) only where `allow_forwarded`.
+  // The caller's identity (docs/behaviour.md §9.2, §9.3) if it holds one of `roles`; forwarded
+  // identities (forwarded_cert metadata from a manager) only where `allow_forwarded`.
   std::expected<Identity, grpc::Status> authorize(const grpc::ServerContext& ctx,
                                                   const std::vector<std::string>& roles,
                                                   bool allow_forwarded) const;
@@ -120,14 +122,14 @@ class Dispatcher {
   asio::awaitable<grpc::Status> tasks(grpc::ServerContext& ctx, const api::TasksRequest& req,
                                       grpc::Writer<api::TasksMessage>& writer);
 
-  // Authorization (spec §9.2, §9.3): workers and managers, forwarding allowed.
+  // Authorization (docs/behaviour.md §9.2, §9.3): workers and managers, forwarding allowed.
   std::expected<Identity, grpc::Status> authorize(const grpc::ServerContext& ctx) const;
   // What every call but Session does first: running, authorized, and the node's current session.
   std::expected<Identity, grpc::Status> admit(const grpc::ServerContext& ctx,
                                               const std::string& session_id,
                                               NodeRecord** record = nullptr);
 
-  // Registered nodes (spec §3).
+  // Registered nodes (docs/behaviour.md §3).
   std::expected<NodeRecord*, grpc::Status> check_session(const std::string& node_id,
                                                          const std::string& session_id);
   grpc::Status check_rate_limit(const std::string& node_id);
@@ -142,7 +144,7 @@ class Dispatcher {
   void orphan_tasks(const std::string& node_id);
   void mark_nodes_unknown();
 
-  // Write batching (spec §2.1, §0.5).
+  // Write batching (docs/behaviour.md §2.1, §0.5).
   std::uint64_t queue_node_update(const std::string& node_id, NodeUpdate u);
   std::uint64_t queue_task_update(const std::string& task_id, const api::TaskStatus& status);
   std::uint64_t queue_volume_unpublish(const std::string& volume_id, const std::string& node_id);

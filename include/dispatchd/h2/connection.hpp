@@ -65,8 +65,8 @@ struct Settings {
   // to the kernel (frame_memory.hpp). Longer than an agent's heartbeat period (5 s by default): a
   // release and the page fault of the next reply cost more CPU than a heartbeat's own work on a
   // virtual machine (+30% server CPU for 5,000 agents heartbeating every 5 s with 1 s;
-  // BENCHMARKS.md "Frame buffers"), for one page per connection. So only connections that really go
-  // quiet give it back.
+  // BENCHMARKS.md, "nghttp2's frame buffer in pages of our own"), for one page per connection. So
+  // only connections that really go quiet give it back.
   std::chrono::milliseconds frame_release_delay{30000};
 };
 

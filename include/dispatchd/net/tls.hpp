@@ -1,7 +1,7 @@
 #pragma once
 // TLS without asio::ssl::stream: the SSL object is driven directly on the non-blocking socket,
 // with SSL_MODE_RELEASE_BUFFERS, so an idle connection holds no record buffers (asio's stream
-// keeps ~100 KB of buffers per connection; see DESIGN.md "Memory per agent").
+// keeps ~100 KB of buffers per connection; see docs/architecture.md, "Memory per agent").
 
 #include <openssl/ssl.h>
 
@@ -27,9 +27,9 @@ struct TlsFiles {
   bool openssl_records = false;
 };
 
-// An SSL_CTX configured the SwarmKit way (spec §9.1): TLS 1.2 and 1.3, ECDHE with AEAD ciphers
-// only, ALPN "h2" required, client certificates requested and verified when given but not
-// required, no session cache or tickets (memory per agent).
+// An SSL_CTX configured the SwarmKit way (docs/behaviour.md §9.1): TLS 1.2 and 1.3, ECDHE with
+// AEAD ciphers only, ALPN "h2" required, client certificates requested and verified when given
+// but not required, no session cache or tickets (memory per agent).
 class TlsContext {
  public:
   static std::expected<std::shared_ptr<TlsContext>, std::string> load(const TlsFiles& files);

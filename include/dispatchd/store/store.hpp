@@ -168,6 +168,11 @@ class Store {
   // Runs f(WriteTx&) -> Status. On error every change is undone and nothing published.
   Status update(const std::function<Status(WriteTx&)>& f);
 
+  // Snapshot plus subscription with nothing missed or doubled (docs/architecture.md, "The store
+  // and its watch contract"): call watch() and then view() in one synchronous step, with no
+  // co_await between them. Commits never suspend and publish before update() returns, so every
+  // commit is either wholly in the view (and was published before the watcher existed) or wholly
+  // after it (and reaches the watcher). A backend that commits asynchronously must keep this.
   void watch(Watcher& w, Filter f);
   void unwatch(Watcher& w) noexcept { w.unlink(); }
   std::size_t watcher_count() const noexcept;
