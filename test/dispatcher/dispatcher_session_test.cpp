@@ -757,7 +757,7 @@ TEST(DispatcherSessionTest, DefaultClusterCarriesConfiguredHeartbeatPeriod) {
   });
   EXPECT_EQ(c.id(), "dispatchd");
   EXPECT_EQ(c.spec().annotations().name(), "default");
-  ASSERT_TRUE(c.spec().dispatcher().has_heartbeat_period()) << "spec §0.9";
+  ASSERT_TRUE(c.spec().dispatcher().has_heartbeat_period()) << "docs/behaviour.md §0.9";
   EXPECT_EQ(as_duration(c.spec().dispatcher().heartbeat_period()), 7s);
 }
 
