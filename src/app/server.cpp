@@ -109,6 +109,7 @@ struct Server::Handshake final : co::ListHook {
   bool timed_out = false;
   bool evicted = false;
   State state = State::arriving;
+  std::chrono::steady_clock::time_point queued_at{};
   std::chrono::steady_clock::time_point admitted_at{};
   co::Wakeup wakeup;
   Deadline deadline;
@@ -208,8 +209,9 @@ asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
 // Handshake admission. A reconnecting herd can bring more handshakes than one core finishes
 // before the clients' own timeouts; started all at once, every one of them is slowed past that
 // point and the CPU goes to handshakes nobody waits for any more. So only --max-handshakes run
-// past their ClientHello at a time; the rest wait in arrival order, and a waiter whose client
-// has closed meanwhile is dropped without any cryptography. A connection that sends nothing
+// past their ClientHello at a time; the rest wait (in arrival order, newest first once the
+// queue stops moving), and a waiter whose client has closed meanwhile is dropped without any
+// cryptography. A connection that sends nothing
 // takes no place (it only holds its socket until --tls-handshake-timeout), and one that stalls
 // mid-handshake loses its place after handshake_slot_timeout once others wait, so idle or slow
 // peers cannot keep the places from agents.
@@ -219,6 +221,7 @@ asio::awaitable<std::error_code> Server::admit(Handshake& hs) {
   if (!hs.transport.is_open() || stopping_) co_return asio::error::operation_aborted;
   if (hs.transport.peer_closed()) co_return asio::error::connection_reset;
   hs.state = Handshake::State::waiting;
+  hs.queued_at = std::chrono::steady_clock::now();
   handshake_queue_.push_back(hs.slot);
   ++handshakes_waiting_;
   admit_waiting();
@@ -248,7 +251,12 @@ void Server::admit_waiting() {
   const auto now = std::chrono::steady_clock::now();
   while (!handshake_queue_.empty()) {
     if (handshakes_admitted_ < options_.max_handshakes) {
-      Handshake& next = handshake_queue_.pop_front()->h;
+      // Oldest first while the queue moves; newest first once its oldest has waited past
+      // handshake_queue_lifo_after: the server is behind, the oldest clients are closest to
+      // giving up, and the newest have the most time left to finish (adaptive LIFO).
+      const bool behind =
+          handshake_queue_.front()->h.queued_at + options_.handshake_queue_lifo_after <= now;
+      Handshake& next = (behind ? handshake_queue_.pop_back() : handshake_queue_.pop_front())->h;
       --handshakes_waiting_;
       next.state = Handshake::State::admitted;
       next.admitted_at = now;

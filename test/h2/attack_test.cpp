@@ -1091,6 +1091,30 @@ TEST_F(HandshakeAdmissionTest, AStalledHandshakeLosesItsPlaceWhenOthersWait) {
   EXPECT_TRUE(settled());
 }
 
+TEST_F(HandshakeAdmissionTest, ABehindQueueAdmitsTheNewestFirst) {
+  auto o = tls_options(1, 10s);
+  o.handshake_queue_lifo_after = 0ms;  // always "behind"
+  start(o);
+  auto holder = stalled_hello();
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshakes_admitted() == 1; }));
+  auto old1 = stalled_hello();
+  auto old2 = stalled_hello();
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshakes_waiting() == 2; }));
+  // grpc++ arrives last; when the place frees up it goes to it, not to the older waiters
+  // (oldest first, it would wait behind a stalled handshake for 10 s, past its 5 s deadline).
+  ::testing::AssertionResult result = ::testing::AssertionFailure() << "not run";
+  std::thread client([&] { result = tls_served(server().address()); });
+  ASSERT_TRUE(server().eventually([&] { return server().server().handshakes_waiting() == 3; }));
+  holder->close();
+  client.join();
+  EXPECT_TRUE(result);
+  EXPECT_EQ(waiting(), 1u);  // the place went on to the newest of the other two
+  EXPECT_EQ(admitted(), 1u);
+  old1->close();
+  old2->close();
+  EXPECT_TRUE(settled());
+}
+
 TEST_F(HandshakeAdmissionTest, ClientsGoneWhileWaitingAreDroppedWithoutAHandshake) {
   start(tls_options(1, 10s));
   auto holder = stalled_hello();

@@ -37,6 +37,8 @@ struct Options {
   std::size_t max_handshakes = 256;
   // While handshakes wait, one that has held its place this long without finishing loses it.
   std::chrono::milliseconds handshake_slot_timeout{2000};
+  // Once the oldest waiting handshake has waited this long, the newest is admitted first.
+  std::chrono::milliseconds handshake_queue_lifo_after{1000};
   std::size_t max_connections = 200000;
   h2::Settings h2;
   grpc::ServerOptions grpc;
@@ -121,8 +123,9 @@ class Server {
   // Waits for the client's first bytes, then for a place among --max-handshakes.
   asio::awaitable<std::error_code> admit(Handshake& hs);
   void leave(Handshake& hs);
-  // Gives free places to waiting handshakes, oldest first; takes the place of a handshake that
-  // has held one past handshake_slot_timeout while others wait.
+  // Gives free places to waiting handshakes (oldest first, newest first once the oldest waited
+  // past handshake_queue_lifo_after); takes the place of a handshake that has held one past
+  // handshake_slot_timeout while others wait.
   void admit_waiting();
 
   Options options_;
@@ -140,7 +143,7 @@ class Server {
   std::shared_ptr<net::TlsContext> tls_;
   co::IntrusiveList<Handshake> handshakes_;
   std::size_t handshake_count_ = 0;
-  co::IntrusiveList<HandshakeSlot> handshake_queue_;    // waiting, oldest first
+  co::IntrusiveList<HandshakeSlot> handshake_queue_;    // waiting, in arrival order
   co::IntrusiveList<HandshakeSlot> handshake_holders_;  // admitted, oldest first
   std::size_t handshakes_waiting_ = 0;
   std::size_t handshakes_admitted_ = 0;

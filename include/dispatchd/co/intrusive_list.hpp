@@ -59,6 +59,14 @@ class IntrusiveList {
     return t;
   }
 
+  T* back() noexcept { return empty() ? nullptr : static_cast<T*>(head_.prev_); }
+
+  T* pop_back() noexcept {
+    T* t = back();
+    if (t) static_cast<ListHook&>(*t).unlink();
+    return t;
+  }
+
   void clear() noexcept {
     while (!empty())
       head_.next_->unlink();
