@@ -188,8 +188,9 @@ int main(int argc, char** argv) {
             "connections served at once; more are refused",
             uint_setter(opt.max_connections, 1, 10000000));
   flags.add("max-handshakes", "N", std::to_string(opt.max_handshakes),
-            "TLS handshakes run at once past their ClientHello; more wait their turn, oldest "
-            "first, and one stalled for 2s while others wait loses its place (0: no limit)",
+            "TLS handshakes run at once past their ClientHello; more wait their turn (oldest "
+            "first, newest first once the oldest waited 1s), and one stalled for 2s while others "
+            "wait loses its place (0: no limit)",
             uint_setter(opt.max_handshakes, 0, 10000000));
   flags.add("drain-timeout", "DURATION", "5s",
             "on shutdown, how long in-flight calls may take after GOAWAY",
