@@ -1,15 +1,48 @@
 #include "dispatchd/log.hpp"
 
+#include <fcntl.h>
+#include <limits.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <string>
+#include <thread>
+#include <utility>
 
 namespace dispatchd::log {
 namespace {
 Level g_level = Level::info;
 Format g_format = Format::text;
+
+// Asynchronous mode: the write end of the pipe (non-blocking) and its drainer.
+int g_pipe_w = -1;
+int g_pipe_r = -1;
+std::thread g_drainer;
+std::atomic<std::uint64_t> g_dropped{0};
+std::atomic<std::uint64_t> g_unreported{0};
+
+void write_all(int fd, const char* p, std::size_t left) {
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
+
+// One write to the pipe; lines up to PIPE_BUF bytes go in whole or not at all.
+bool try_enqueue(const std::string& line) {
+  for (;;) {
+    ssize_t n = ::write(g_pipe_w, line.data(), line.size());
+    if (n >= 0) return true;
+    if (errno != EINTR) return false;
+  }
+}
 
 const char* name(Level l) {
   switch (l) {
@@ -142,15 +175,63 @@ void write(Level l, std::string_view msg) {
   std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%S", &tm);
   std::string line =
       format_line(l, g_format, fmt::format("{}.{:03d}Z", ts, static_cast<int>(ms.count())), msg);
-  // One write(2) per line keeps lines whole when several processes share stderr.
-  const char* p = line.data();
-  std::size_t left = line.size();
-  while (left > 0) {
-    ssize_t n = ::write(STDERR_FILENO, p, left);
-    if (n <= 0) break;
-    p += n;
-    left -= static_cast<std::size_t>(n);
+  if (g_pipe_w < 0) {
+    // One write(2) per line keeps lines whole when several processes share stderr.
+    write_all(STDERR_FILENO, line.data(), line.size());
+    return;
   }
+  if (line.size() > PIPE_BUF) {
+    line.resize(PIPE_BUF - 4);
+    line += "...\n";
+  }
+  if (auto n = g_unreported.exchange(0, std::memory_order_relaxed); n > 0) {
+    auto report = format_line(Level::warn, g_format,
+                              fmt::format("{}.{:03d}Z", ts, static_cast<int>(ms.count())),
+                              fmt::format("log: {} lines dropped: stderr is not keeping up", n));
+    if (!try_enqueue(report)) {
+      g_unreported.fetch_add(n + 1, std::memory_order_relaxed);
+      g_dropped.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+  if (!try_enqueue(line)) {
+    g_unreported.fetch_add(1, std::memory_order_relaxed);
+    g_dropped.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+std::string start_async(std::size_t buffer_bytes) {
+  if (g_pipe_w >= 0) return "";
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return std::string("pipe: ") + std::strerror(errno);
+  // The kernel rounds up to a power-of-two number of pages and refuses more than
+  // /proc/sys/fs/pipe-max-size to unprivileged processes; the default 64 KiB stays then.
+  if (buffer_bytes > 0) ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(buffer_bytes));
+  ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+  g_pipe_r = fds[0];
+  g_drainer = std::thread([r = fds[0]] {
+    char buf[65536];
+    for (;;) {
+      ssize_t n = ::read(r, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;
+      write_all(STDERR_FILENO, buf, static_cast<std::size_t>(n));
+    }
+  });
+  g_pipe_w = fds[1];
+  return "";
+}
+
+void stop_async() {
+  if (g_pipe_w < 0) return;
+  int w = std::exchange(g_pipe_w, -1);
+  ::close(w);  // the drainer writes what is left, reads EOF and ends
+  g_drainer.join();
+  ::close(std::exchange(g_pipe_r, -1));
+}
+
+std::uint64_t dropped_lines() {
+  return g_dropped.load(std::memory_order_relaxed);
 }
 
 }  // namespace dispatchd::log

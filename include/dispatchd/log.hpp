@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -17,6 +19,18 @@ void set_format(Format f);
 Level level();
 bool parse_level(std::string_view s, Level& out);
 void write(Level l, std::string_view msg);
+
+// Moves writing to stderr off the calling threads: lines go into a pipe of `buffer_bytes` that a
+// thread of its own drains into stderr, so a stderr nobody reads (a stuck terminal, a full
+// container log pipe) never blocks the io thread. A line that does not fit is dropped and counted;
+// the next line that fits is preceded by one saying how many were dropped. Lines longer than the
+// pipe's atomic write size (4 KiB) are cut there. Without it (tests, tools) lines are written
+// synchronously. Returns an error message, or "" on success.
+std::string start_async(std::size_t buffer_bytes);
+// Writes what is buffered, then goes back to synchronous writes. Call at exit.
+void stop_async();
+// Lines dropped because the buffer was full.
+std::uint64_t dropped_lines();
 // One line as write() prints it. JSON: {"ts","level","msg"} plus one field per logfmt-style
 // `key=value` word of the message (session lines: node, session, peer, reason, duration). Text:
 // the message as is, control characters escaped.

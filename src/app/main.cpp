@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   app::Options opt;
   std::string log_level = "info";
   std::string log_format = "text";
+  std::size_t log_buffer = 1 << 20;
   std::string advertise;
 
   app::Flags flags;
@@ -221,6 +222,11 @@ int main(int argc, char** argv) {
               log_format = v;
               return std::nullopt;
             });
+  flags.add("log-buffer", "BYTES", "1MiB",
+            "log lines wait here for stderr, written by a thread of their own so that a stderr "
+            "nobody reads never stalls the server; lines that do not fit are dropped and counted "
+            "(0: write each line to stderr at once, blocking)",
+            size_setter(log_buffer, 0, 1ull << 30));
 
   bool help = false;
   std::vector<std::string> unknown_env;
@@ -267,6 +273,9 @@ int main(int argc, char** argv) {
     return refuse(
         "--insecure turns TLS off but --tls-cert/--tls-key/--tls-ca were given: choose one");
   }
+  if (opt.insecure && opt.tls.openssl_records) {
+    return refuse("--tls-openssl-records has no effect with --insecure (no TLS): choose one");
+  }
   if (opt.h2.keepalive_time.count() > 0 && opt.h2.keepalive_timeout >= opt.h2.keepalive_time) {
     return refuse("--keepalive-timeout must be shorter than --keepalive-time");
   }
@@ -293,6 +302,16 @@ int main(int argc, char** argv) {
       return 2;
     }
     tls = *ctx;
+  }
+
+  // From here on stderr is written by a thread of its own (stopped, and drained, at return).
+  struct AsyncLog {
+    ~AsyncLog() { log::stop_async(); }
+  } async_log;
+  if (log_buffer > 0) {
+    if (auto err = log::start_async(log_buffer); !err.empty()) {
+      log::warn("log lines are written synchronously: {}", err);
+    }
   }
 
   asio::io_context io(1);

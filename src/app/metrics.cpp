@@ -9,6 +9,7 @@
 
 #include "dispatchd/app/server.hpp"
 #include "dispatchd/h2/frame_memory.hpp"
+#include "dispatchd/log.hpp"
 
 namespace dispatchd::app {
 
@@ -51,6 +52,9 @@ std::string Server::render_metrics() const {
   scalar("dispatchd_connections", "gauge", "HTTP/2 connections open.", d(connection_count_));
   scalar("dispatchd_tls_handshakes_in_progress", "gauge", "TLS handshakes not finished yet.",
          d(handshake_count_));
+  scalar("dispatchd_log_lines_dropped_total", "counter",
+         "Log lines dropped because stderr did not keep up (--log-buffer full).",
+         d(log::dropped_lines()));
   scalar("dispatchd_tls_handshakes_waiting", "gauge",
          "TLS handshakes whose ClientHello arrived, waiting for a place (--max-handshakes).",
          d(handshakes_waiting_));

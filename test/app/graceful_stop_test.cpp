@@ -278,6 +278,8 @@ TEST(GracefulStopTest, BadConfigurationIsRefusedWithTheFlagsName) {
       {{"--max-connections", "0"}, {}, "--max-connections"},
       {{"--listen", "127.0.0.1:4300", "--admin-listen", "127.0.0.1:4300"}, {}, "own port"},
       {{"--tls-cert", "/x.pem"}, {}, "choose one"},
+      {{"--tls-openssl-records"}, {}, "--tls-openssl-records has no effect with --insecure"},
+      {{"--log-buffer", "lots"}, {}, "--log-buffer"},
       {{}, {"DISPATCHD_GRACE_MULTIPLIER=zero"}, "DISPATCHD_GRACE_MULTIPLIER"},
       {{"--no-such-flag"}, {}, "unknown flag --no-such-flag"},
   };
