@@ -15,12 +15,17 @@ bool is_grpc_content_type(std::string_view ct) {
   return ct.substr(base.size()) == "+proto" || ct.starts_with("application/grpc+proto;");
 }
 
+// A request that is not gRPC at all (another method, another content type) gets an HTTP answer a
+// generic client can read: the status, a short text body saying why, and for gRPC clients that
+// got here by mistake the grpc-status and grpc-message headers too.
 void refuse_http(h2::Stream& s, std::string_view http_status, const Status& st) {
   std::vector<h2::Header> h = {{":status", std::string(http_status)},
-                               {"content-type", "application/grpc"},
+                               {"content-type", "text/plain; charset=utf-8"},
                                {"grpc-status", std::to_string(static_cast<int>(st.code()))},
                                {"grpc-message", percent_encode(st.message())}};
-  s.submit_trailers_only(h);
+  s.submit_headers(h);
+  s.enqueue(h2::Segment::own(st.message() + "\n"));
+  s.finish({});
 }
 
 // "/package.Service/Method" → {service, method}; false if malformed.

@@ -29,6 +29,9 @@ std::uint8_t* read_buffer() {
 struct Callbacks {
   static Connection& self(void* ud) { return *static_cast<Connection*>(ud); }
 
+  static int on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, void* ud) {
+    return self(ud).on_begin_frame(*hd);
+  }
   static int on_begin_headers(nghttp2_session*, const nghttp2_frame* frame, void* ud) {
     return self(ud).on_begin_headers(frame);
   }
@@ -64,6 +67,7 @@ Connection::Connection(std::unique_ptr<net::Transport> transport, RequestSink& s
       handlers_(wheel.io().get_executor()) {
   nghttp2_session_callbacks* cbs = nullptr;
   nghttp2_session_callbacks_new(&cbs);
+  nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, &Callbacks::on_begin_frame);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, &Callbacks::on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cbs, &Callbacks::on_header);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &Callbacks::on_frame_recv);
@@ -179,10 +183,16 @@ asio::awaitable<void> Connection::read_loop() {
               "(GOAWAY ENHANCE_YOUR_CALM)",
               peer(), kMaxOutboundAcks);
           calmed_ = true;
+        } else if (unexpected_stream_id_ != 0) {
+          log::info(
+              "{}: closing connection: HEADERS on stream {}, which the client skipped before "
+              "opening stream {} (RFC 9113 §5.1.1)",
+              peer(), unexpected_stream_id_, highest_stream_id_);
         } else {
           log::info("{}: closing connection: HTTP/2 error: {}", peer(), nghttp2_strerror(rv));
         }
-        close_reason_ = nghttp2_strerror(rv);
+        close_reason_ =
+            unexpected_stream_id_ != 0 ? "unexpected stream identifier" : nghttp2_strerror(rv);
         nghttp2_session_terminate_session(
             session_, flooded ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
         writer_wakeup_.notify();
@@ -426,6 +436,32 @@ void Connection::fail_streams() noexcept {
   while (Stream* s = streams_.front())
     s->on_closed(kConnectionLost);
   open_streams_ = 0;
+}
+
+// nghttp2 ignores HEADERS on a client stream ID below the highest one opened (it cannot tell a
+// never-used ID from a stream it has forgotten, and a late trailer is not an attack). We can for
+// the usual case: clients open IDs in order, so the IDs a client skipped are a few ranges, and
+// HEADERS on one of those can only open a stream the client already implicitly closed.
+int Connection::on_begin_frame(const nghttp2_frame_hd& hd) {
+  if (hd.type != NGHTTP2_HEADERS || hd.stream_id <= 0 || hd.stream_id % 2 == 0) return 0;
+  const std::int32_t id = hd.stream_id;
+  if (id > highest_stream_id_) {
+    if (id > highest_stream_id_ + 2) {
+      // Bounded: a client that keeps skipping loses the oldest ranges (those IDs are then
+      // left to nghttp2, which ignores them).
+      if (skipped_stream_ids_.size() == 8) skipped_stream_ids_.erase(skipped_stream_ids_.begin());
+      skipped_stream_ids_.emplace_back(highest_stream_id_ + 2, id - 2);
+    }
+    highest_stream_id_ = id;
+    return 0;
+  }
+  for (const auto& [first, last] : skipped_stream_ids_) {
+    if (id >= first && id <= last) {
+      unexpected_stream_id_ = id;
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    }
+  }
+  return 0;
 }
 
 int Connection::on_begin_headers(const nghttp2_frame* frame) {

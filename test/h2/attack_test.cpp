@@ -1136,6 +1136,83 @@ TEST_F(HandshakeAdmissionTest, ClientsGoneWhileWaitingAreDroppedWithoutAHandshak
   EXPECT_TRUE(settled());
 }
 
+// --- 6c. RFC 9113 stream rules ------------------------------------------------------------------
+
+TEST_F(AttackTest, HeadersOnAStreamIdLowerThanOneOpenedIsAConnectionError) {
+  start();
+  Wire w(port());
+  // Stream 5 opened (its request body still to come), then stream 3: stream IDs only grow
+  // (RFC 9113 §5.1.1), so 3 is no longer idle and HEADERS on it is a PROTOCOL_ERROR.
+  w.send(opening() + frames::settings_ack() +
+         frames::headers(5, frames::grpc_request_block(kCheck), frames::kEndHeaders) +
+         grpc_request(3, kCheck, health_request()));
+  ASSERT_TRUE(w.read_until([&] { return !w.goaways().empty(); }, 5s))
+      << "no GOAWAY for HEADERS on a lower stream ID";
+  EXPECT_EQ(w.goaways().back().code, static_cast<std::uint32_t>(NGHTTP2_PROTOCOL_ERROR));
+  EXPECT_TRUE(w.read_until_closed(5s));
+  EXPECT_TRUE(settled());
+  EXPECT_TRUE(served());
+}
+
+TEST_F(AttackTest, TrailersOnAnEarlierStreamStillOpenAreNoError) {
+  // The other side of the rule above: HEADERS on a lower ID that was opened (request trailers)
+  // is legal and must not end the connection.
+  start();
+  Wire w(port());
+  w.send(opening() + frames::settings_ack() +
+         frames::headers(1, frames::grpc_request_block(kCheck), frames::kEndHeaders) +
+         grpc_request(3, kCheck, health_request()) + frames::data(1, health_request(), false) +
+         frames::headers(1, frames::hpack_block({{"x-trailer", "1"}}),
+                         frames::kEndHeaders | frames::kEndStream));
+  std::vector<std::uint32_t> answered;
+  auto done = [&] {
+    for (const auto& f : w.new_frames()) {
+      if (f.type == frames::kHeaders && (f.flags & frames::kEndStream))
+        answered.push_back(f.stream_id);
+    }
+    return answered.size() == 2;
+  };
+  EXPECT_TRUE(w.read_until(done, 5s)) << "answered " << answered.size() << " of 2";
+  EXPECT_TRUE(w.goaways().empty());
+  w.close();
+  EXPECT_TRUE(settled());
+}
+
+TEST_F(AttackTest, StreamsBeyondMaxConcurrentStreamsAreRefused) {
+  auto o = attack_options();
+  o.h2.max_concurrent_streams = 2;
+  start(o);
+  Wire w(port());
+  w.send(opening() + frames::settings_ack());
+  // Three requests whose bodies never come: the third exceeds the advertised limit of 2
+  // (RFC 9113 §5.1.2: a stream error PROTOCOL_ERROR or REFUSED_STREAM, which §5.4.1 lets an
+  // endpoint treat as a connection error; nghttp2 does that once the limit is acknowledged).
+  for (std::uint32_t id : {1u, 3u, 5u}) {
+    w.send(frames::headers(id, frames::grpc_request_block(kCheck), frames::kEndHeaders));
+  }
+  bool refused = false;
+  bool answered = false;
+  auto done = [&] {
+    for (const auto& f : w.new_frames()) {
+      if (f.type == frames::kHeaders && f.stream_id == 5) answered = true;
+      if (f.type == frames::kRstStream && f.stream_id == 5) {
+        auto code = frames::get_u32(f.payload, 0);
+        refused |= code == NGHTTP2_REFUSED_STREAM || code == NGHTTP2_PROTOCOL_ERROR;
+      }
+      if (f.type == frames::kGoaway && f.payload.size() >= 8) {
+        refused |= frames::get_u32(f.payload, 4) == NGHTTP2_PROTOCOL_ERROR &&
+                   (frames::get_u32(f.payload, 0) & 0x7fffffffu) < 5;
+      }
+    }
+    return refused;
+  };
+  ASSERT_TRUE(w.read_until(done, 5s)) << "the stream over the limit was not refused";
+  EXPECT_FALSE(answered) << "the stream over the limit was served";
+  w.close();
+  EXPECT_TRUE(settled());
+  EXPECT_TRUE(served());
+}
+
 // --- 7. Connection cap --------------------------------------------------------------------------
 
 TEST_F(AttackTest, ConnectionsBeyondTheCapAreRefused) {

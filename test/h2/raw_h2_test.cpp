@@ -5,12 +5,14 @@
 #include <thread>
 
 #include "grpc/health/v1/health.pb.h"
+#include "support/frames.hpp"
 #include "support/raw_client.hpp"
 #include "support/test_server.hpp"
 #include "support/test_service.hpp"
 
 namespace {
 
+namespace frames = dispatchd::test::frames;
 using dispatchd::test::grpc_frame;
 using dispatchd::test::RawClient;
 using dispatchd::test::TestServer;
@@ -185,6 +187,9 @@ TEST_F(RawH2Test, WrongContentTypeIs415) {
   const auto& r = c.wait(id);
   EXPECT_EQ(r.header(":status"), "415");
   EXPECT_NE(r.grpc_message().find("application/json"), std::string::npos);
+  // A body a generic HTTP client can show, as grpc-go's answer has.
+  EXPECT_EQ(r.header("content-type"), "text/plain; charset=utf-8");
+  EXPECT_EQ(r.data, "invalid gRPC request content-type \"application/json\"\n");
 }
 
 TEST_F(RawH2Test, NonPostMethodIs415) {
@@ -198,6 +203,27 @@ TEST_F(RawH2Test, NonPostMethodIs415) {
                       std::nullopt);
   const auto& r = c.wait(id);
   EXPECT_EQ(r.header(":status"), "415");
+  EXPECT_EQ(r.data, "invalid gRPC request method \"GET\"\n");
+}
+
+TEST_F(RawH2Test, AHalfClosedStreamTakesWindowUpdateAndPriorityWhileItsAnswerIsSent) {
+  // A generic HTTP/2 client: GET / with END_STREAM, then WINDOW_UPDATE and PRIORITY on the
+  // half-closed stream. They are legal there (RFC 9113 §5.1); the answer still arrives whole
+  // and the connection stays usable.
+  RawClient c(server_.port());
+  c.start();
+  auto id = c.request(
+      {{":method", "GET"}, {":scheme", "http"}, {":authority", "localhost"}, {":path", "/"}},
+      std::nullopt);
+  c.flush();
+  c.send_raw(frames::window_update(static_cast<std::uint32_t>(id), 1000) +
+             frames::priority(static_cast<std::uint32_t>(id), 0, 16));
+  const auto& r = c.wait(id);
+  EXPECT_EQ(r.header(":status"), "415");
+  EXPECT_FALSE(r.data.empty());
+  EXPECT_FALSE(c.goaway_received());
+  auto next = c.grpc_call(kCheck, health_request());
+  EXPECT_EQ(c.wait(next).grpc_status(), 0);
 }
 
 TEST_F(RawH2Test, UnknownMethodGetsTrailersOnlyResponse) {

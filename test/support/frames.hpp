@@ -18,6 +18,7 @@ namespace dispatchd::test::frames {
 enum Type : std::uint8_t {
   kData = 0x0,
   kHeaders = 0x1,
+  kPriority = 0x2,
   kRstStream = 0x3,
   kSettings = 0x4,
   kPing = 0x6,
@@ -129,6 +130,15 @@ inline std::string rst_stream(std::uint32_t stream_id, std::uint32_t code = kCan
   std::string payload;
   put_u32(payload, code);
   return frame(kRstStream, kNoFlags, stream_id, payload);
+}
+
+// PRIORITY (RFC 9113 §6.3, deprecated but legal in every stream state).
+inline std::string priority(std::uint32_t stream_id, std::uint32_t depends_on,
+                            std::uint8_t weight) {
+  std::string payload;
+  put_u32(payload, depends_on & 0x7fffffffu);
+  payload += static_cast<char>(weight);
+  return frame(kPriority, kNoFlags, stream_id, payload);
 }
 
 inline std::string window_update(std::uint32_t stream_id, std::uint32_t increment) {

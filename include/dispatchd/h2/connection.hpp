@@ -187,6 +187,7 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   void fail_streams() noexcept;
 
   // nghttp2 callbacks
+  int on_begin_frame(const nghttp2_frame_hd& hd);
   int on_begin_headers(const nghttp2_frame* frame);
   int on_header(const nghttp2_frame* frame, const std::uint8_t* name, std::size_t namelen,
                 const std::uint8_t* value, std::size_t valuelen);
@@ -220,6 +221,12 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   std::uint64_t stall_bytes_out_ = 0, stall_data_out_ = 0;
   std::string close_reason_;
   std::size_t open_streams_ = 0;
+  // Client stream IDs: the highest one opened, the ranges it skipped (implicitly closed, never
+  // opened: HEADERS on one is an unexpected stream identifier, RFC 9113 §5.1.1), and the one
+  // that broke that rule.
+  std::int32_t highest_stream_id_ = -1;
+  std::vector<std::pair<std::int32_t, std::int32_t>> skipped_stream_ids_;
+  std::int32_t unexpected_stream_id_ = 0;
   ConnectionStats stats_;
   std::string out_;
   bool preface_seen_ = false;
