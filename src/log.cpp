@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <future>
 #include <string>
 #include <thread>
 #include <utility>
@@ -22,6 +23,7 @@ Format g_format = Format::text;
 int g_pipe_w = -1;
 int g_pipe_r = -1;
 std::thread g_drainer;
+std::future<void> g_drained;  // ready when the drainer has written everything and ended
 std::atomic<std::uint64_t> g_dropped{0};
 std::atomic<std::uint64_t> g_unreported{0};
 
@@ -209,14 +211,17 @@ std::string start_async(std::size_t buffer_bytes) {
   if (buffer_bytes > 0) ::fcntl(fds[1], F_SETPIPE_SZ, static_cast<int>(buffer_bytes));
   ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
   g_pipe_r = fds[0];
-  g_drainer = std::thread([r = fds[0]] {
+  std::promise<void> drained;
+  g_drained = drained.get_future();
+  g_drainer = std::thread([r = fds[0], drained = std::move(drained)]() mutable {
     char buf[65536];
     for (;;) {
       ssize_t n = ::read(r, buf, sizeof buf);
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return;
+      if (n <= 0) break;
       write_all(STDERR_FILENO, buf, static_cast<std::size_t>(n));
     }
+    drained.set_value();
   });
   g_pipe_w = fds[1];
   return "";
@@ -226,8 +231,14 @@ void stop_async() {
   if (g_pipe_w < 0) return;
   int w = std::exchange(g_pipe_w, -1);
   ::close(w);  // the drainer writes what is left, reads EOF and ends
-  g_drainer.join();
-  ::close(std::exchange(g_pipe_r, -1));
+  // ...unless stderr itself is stuck (nobody reads it): then exit without the rest rather than
+  // hang in write(2) forever.
+  if (g_drained.wait_for(std::chrono::seconds(2)) == std::future_status::ready) {
+    g_drainer.join();
+    ::close(std::exchange(g_pipe_r, -1));
+  } else {
+    g_drainer.detach();
+  }
 }
 
 std::uint64_t dropped_lines() {

@@ -211,10 +211,10 @@ asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
 // point and the CPU goes to handshakes nobody waits for any more. So only --max-handshakes run
 // past their ClientHello at a time; the rest wait (in arrival order, newest first once the
 // queue stops moving), and a waiter whose client has closed meanwhile is dropped without any
-// cryptography. A connection that sends nothing
-// takes no place (it only holds its socket until --tls-handshake-timeout), and one that stalls
-// mid-handshake loses its place after handshake_slot_timeout once others wait, so idle or slow
-// peers cannot keep the places from agents.
+// cryptography. A connection that sends nothing takes no place (it only holds its socket until
+// --tls-handshake-timeout), and one that stalls mid-handshake loses its place after
+// handshake_slot_timeout once others wait, so idle or slow peers cannot keep the places from
+// agents (docs/operations.md, "Handshake admission").
 asio::awaitable<std::error_code> Server::admit(Handshake& hs) {
   if (options_.max_handshakes == 0) co_return std::error_code{};
   if (auto ec = co_await hs.transport.wait(net::Transport::Direction::read)) co_return ec;

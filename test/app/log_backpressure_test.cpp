@@ -75,7 +75,8 @@ class Child {
       out_.append(buf, static_cast<std::size_t>(n));
     }
   }
-  std::optional<int> stop(std::chrono::seconds timeout) {
+  // SIGTERM, then wait for the exit; with `read_meanwhile` false stderr stays unread.
+  std::optional<int> stop(std::chrono::seconds timeout, bool read_meanwhile = true) {
     ::kill(pid_, SIGTERM);
     auto deadline = Clock::now() + timeout;
     while (Clock::now() < deadline) {
@@ -88,7 +89,11 @@ class Child {
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       }
       // Keep reading stderr meanwhile, so the exit is never blocked by the test itself.
-      read_available(10);
+      if (read_meanwhile) {
+        read_available(10);
+      } else {
+        ::usleep(10000);  // polling the exit status, not synchronising with the child
+      }
     }
     return std::nullopt;
   }
@@ -209,6 +214,23 @@ TEST(LogBackpressure, AStderrNobodyReadsDoesNotStopTheServer) {
   // A graceful stop still writes its last lines.
   EXPECT_EQ(server.stop(30s), 0);
   EXPECT_NE(server.output().find("dispatchd stopped"), std::string::npos);
+}
+
+TEST(LogBackpressure, SigtermExitsEvenWhenStderrIsStuck) {
+  Child server({DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0",
+                "--admin-listen=", "--log-level", "debug", "--log-buffer", "64KiB"});
+  ASSERT_TRUE(server.started());
+  auto listening = server.read_until("dispatchd listening on ", 30s);
+  ASSERT_TRUE(listening);
+  const std::string address = address_in(*listening, "listening on ");
+  for (int i = 0; i < 3000; ++i) {
+    int fd = connect_to(address);
+    ASSERT_GE(fd, 0);
+    ::close(fd);
+  }
+  ASSERT_TRUE(health_served(address));
+  // Nobody ever reads stderr again: the log thread is stuck in write(2), the stop must not be.
+  EXPECT_EQ(server.stop(20s, /*read_meanwhile=*/false), 0);
 }
 
 }  // namespace
