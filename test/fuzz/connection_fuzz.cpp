@@ -43,6 +43,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -224,6 +225,15 @@ class FuzzTransport final : public net::Transport {
   }
 
   void on_data(std::uint32_t stream, std::span<const std::uint8_t> data) {
+    // The one body that is not gRPC: the text answer to a request that is not gRPC at all
+    // (another method or content type, HTTP 415).
+    static constexpr std::string_view kRefusal = "invalid gRPC request ";
+    if (plain_.contains(stream)) return;
+    if (!decoders_.contains(stream) && data.size() >= kRefusal.size() &&
+        std::string_view(reinterpret_cast<const char*>(data.data()), kRefusal.size()) == kRefusal) {
+      plain_.insert(stream);
+      return;
+    }
     auto& d = decoders_.try_emplace(stream, kMaxResponseSize).first->second;
     for (;;) {
       auto r = d.feed(data);
@@ -261,6 +271,7 @@ class FuzzTransport final : public net::Transport {
   co::Wakeup reader_;
   std::string out_;
   std::map<std::uint32_t, grpc::MessageDecoder> decoders_;
+  std::set<std::uint32_t> plain_;  // streams answered with a text body
   const std::string peer_ = "127.0.0.1:40000";
 };
 
