@@ -241,7 +241,6 @@ void Server::leave(Handshake& hs) {
   } else if (hs.state == Handshake::State::admitted) {
     hs.slot.unlink();
     --handshakes_admitted_;
-    hs.state = Handshake::State::left;
     admit_waiting();
   }
   hs.state = Handshake::State::left;

@@ -1,13 +1,8 @@
 // The operators' HTTP endpoint of a whole server: what agents and operators do over gRPC shows
 // up in /metrics, and /readyz follows the server's life.
 
-#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <regex>
@@ -16,52 +11,20 @@
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
 #include "support/grpc_client.hpp"
+#include "support/http_get.hpp"
 #include "support/test_server.hpp"
 
 namespace {
 
 namespace api = docker::swarmkit::v1;
 namespace pb = dispatchd::control::v1;
+using dispatchd::test::HttpReply;
 using dispatchd::test::TestServer;
 using namespace std::chrono_literals;
 
-struct HttpReply {
-  int status = 0;
-  std::string body;
-};
-
-// One HTTP/1.1 GET over a plain socket; every wait is bounded by poll().
+// GET on the admin endpoint (loopback).
 HttpReply http_get(unsigned short port, const std::string& path) {
-  HttpReply r;
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return r;
-  }
-  std::string req = "GET " + path + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
-  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
-    ::close(fd);
-    return r;
-  }
-  std::string in;
-  char buf[65536];
-  for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 10000) <= 0) break;
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    in.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fd);
-  if (in.rfind("HTTP/1.1 ", 0) != 0) return r;
-  r.status = std::stoi(in.substr(9, 3));
-  auto end = in.find("\r\n\r\n");
-  if (end != std::string::npos) r.body = in.substr(end + 4);
-  return r;
+  return dispatchd::test::http_get("127.0.0.1", port, path);
 }
 
 // The value of the sample whose line starts with `series` (name and labels, exactly).

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "support/http_get.hpp"
 
 namespace {
 
@@ -139,28 +140,6 @@ int connect_to(const std::string& address) {
   return fd;
 }
 
-// GET over HTTP/1.1; the whole answer.
-std::string http_get(const std::string& address, const std::string& path) {
-  int fd = connect_to(address);
-  if (fd < 0) return "";
-  std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) < 0) {
-    ::close(fd);
-    return "";
-  }
-  std::string out;
-  char buf[65536];
-  for (;;) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 10000) <= 0) break;
-    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-    if (n <= 0) break;
-    out.append(buf, static_cast<std::size_t>(n));
-  }
-  ::close(fd);
-  return out;
-}
-
 double metric(const std::string& page, const std::string& name) {
   auto at = page.find("\n" + name + " ");
   if (at == std::string::npos) return -1;
@@ -197,7 +176,12 @@ TEST(LogBackpressure, AStderrNobodyReadsDoesNotStopTheServer) {
   }
   // Synchronous logging would have the io thread blocked in write(2) by now.
   EXPECT_TRUE(health_served(address));
-  auto page = http_get(admin_address, "/metrics");
+  auto colon = admin_address.rfind(':');
+  auto page =
+      dispatchd::test::http_get(
+          admin_address.substr(0, colon),
+          static_cast<unsigned short>(std::stoi(admin_address.substr(colon + 1))), "/metrics")
+          .body;
   EXPECT_GT(metric(page, "dispatchd_log_lines_dropped_total"), 0) << page.substr(0, 300);
 
   // Once stderr is read again, the next lines say how many were lost.
