@@ -49,6 +49,17 @@ void route_protobuf_logs() {
 }
 }  // namespace
 
+std::optional<control::AgentSession> Server::AgentDirectory::session_of(
+    const std::string& node_id) const {
+  auto v = dispatcher_.session_view(node_id);
+  if (!v) return std::nullopt;
+  return control::AgentSession{.session_id = v->session_id,
+                               .registered_at = v->registered_at,
+                               .last_heartbeat = v->last_heartbeat,
+                               .deadline = v->deadline,
+                               .streaming = v->streaming};
+}
+
 Server::Server(asio::io_context& io, Options options)
     : options_(std::move(options)),
       wheel_(io),
@@ -57,7 +68,7 @@ Server::Server(asio::io_context& io, Options options)
           {"docker.swarmkit.v1.Dispatcher", "grpc.health.v1.Health", control::kServiceName}),
       store_(options_.dispatcher.cluster_id),
       dispatcher_(wheel_, store_, options_.dispatcher),
-      control_(store_, dispatcher_),
+      control_(store_, dispatcher_.authorizer(), agents_, options_.dispatcher.manager_node_id),
       acceptor_(io),
       connections_scope_(io.get_executor()),
       admin_(io, admin::HttpOptions{.listen = options_.admin_listen}),

@@ -1,23 +1,24 @@
 #include "dispatchd/control/control.hpp"
 
+#include <google/protobuf/util/time_util.h>
+
 #include <algorithm>
 #include <chrono>
 
-#include "dispatchd/dispatcher/session_id.hpp"
+#include "dispatchd/id.hpp"
 #include "dispatchd/log.hpp"
 
 namespace dispatchd::control {
 
-namespace api = ::docker::swarmkit::v1;
+using google::protobuf::util::TimeUtil;
 using grpc::Status;
 using grpc::StatusCode;
 
 namespace {
 
 void set_timestamp(google::protobuf::Timestamp* ts, std::chrono::system_clock::time_point t) {
-  auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
-  ts->set_seconds(ns / 1000000000);
-  ts->set_nanos(static_cast<std::int32_t>(ns % 1000000000));
+  *ts = TimeUtil::NanosecondsToTimestamp(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
 }
 
 // Steady-clock instants as wall-clock time for operators.
@@ -43,8 +44,9 @@ bool contains(const google::protobuf::RepeatedField<int>& list, T v) {
 
 }  // namespace
 
-ControlService::ControlService(store::Store& store, dispatcher::Dispatcher& dispatcher)
-    : store_(store), dispatcher_(dispatcher) {}
+ControlService::ControlService(store::Store& store, const auth::Authorizer& authorizer,
+                               const AgentDirectory& agents, std::string self)
+    : store_(store), authorizer_(authorizer), agents_(agents), self_(std::move(self)) {}
 
 template <class Req, class Resp, class F>
 void ControlService::add(grpc::Server& server, const char* method, F f) {
@@ -53,8 +55,8 @@ void ControlService::add(grpc::Server& server, const char* method, F f) {
       [this, f](grpc::ServerContext& ctx,
                 const Req& req) -> asio::awaitable<std::expected<Resp, Status>> {
         // Operators are managers of this cluster; no forwarding.
-        static const std::vector<std::string> managers = {dispatcher::kManagerRole};
-        auto id = dispatcher_.authorize(ctx, managers, false);
+        static const std::vector<std::string> managers = {auth::kManagerRole};
+        auto id = authorizer_.authorize(ctx, managers, false);
         if (!id) co_return std::unexpected(id.error());
         co_return f(req, id->node_id + "@" + id->remote_addr);
       });
@@ -103,7 +105,7 @@ pb::NodeSummary ControlService::summarize(const store::ReadTx& tx, const api::No
   s.set_state(n.status().state());
   s.set_status_message(n.status().message());
   s.set_addr(n.status().addr());
-  if (auto v = dispatcher_.session_view(n.id())) {
+  if (auto v = agents_.session_of(n.id())) {
     auto* si = s.mutable_session();
     si->set_session_id(v->session_id);
     set_steady(si->mutable_registered_at(), v->registered_at);
@@ -189,7 +191,7 @@ std::expected<pb::UpdateNodeResponse, Status> ControlService::update_node(
 std::expected<pb::RemoveNodeResponse, Status> ControlService::remove_node(
     const pb::RemoveNodeRequest& r, const std::string& who) {
   if (r.node_id().empty()) return std::unexpected(invalid("node_id is required"));
-  if (r.node_id() == dispatcher_.config().manager_node_id) {
+  if (r.node_id() == self_) {
     return std::unexpected(Status(StatusCode::failed_precondition,
                                   "node " + r.node_id() + " is this manager and can't be removed"));
   }
@@ -219,7 +221,7 @@ std::expected<pb::CreateTaskResponse, Status> ControlService::create_task(
     const pb::CreateTaskRequest& r, const std::string& who) {
   api::Task t = r.task();
   if (t.node_id().empty()) return std::unexpected(invalid("task.node_id is required"));
-  if (t.id().empty()) t.set_id(dispatcher::new_session_id());
+  if (t.id().empty()) t.set_id(new_id());
   if (!api::TaskState_IsValid(t.desired_state()) || !api::TaskState_IsValid(t.status().state())) {
     return std::unexpected(invalid("unknown task state"));
   }

@@ -135,6 +135,15 @@ class Server {
   grpc::ReflectionService reflection_;
   store::Store store_;
   dispatcher::Dispatcher dispatcher_;
+  // Control's view of the Dispatcher's registrations.
+  class AgentDirectory final : public control::AgentDirectory {
+   public:
+    explicit AgentDirectory(const dispatcher::Dispatcher& d) : dispatcher_(d) {}
+    std::optional<control::AgentSession> session_of(const std::string& node_id) const override;
+
+   private:
+    const dispatcher::Dispatcher& dispatcher_;
+  } agents_{dispatcher_};
   control::ControlService control_;
   net::Acceptor acceptor_;
   co::Scope connections_scope_;

@@ -2,23 +2,46 @@
 // The operator API (proto/control.proto): reads and changes the store the Dispatcher serves
 // from. Every change is one store transaction, so agents see it on their streams.
 
+#include <chrono>
 #include <expected>
+#include <optional>
 #include <string>
 
 #include "control.pb.h"
-#include "dispatchd/dispatcher/dispatcher.hpp"
+#include "dispatchd/auth/authorizer.hpp"
 #include "dispatchd/grpc/server.hpp"
 #include "dispatchd/store/store.hpp"
 
 namespace dispatchd::control {
 
 namespace pb = ::dispatchd::control::v1;
+namespace api = ::docker::swarmkit::v1;
+
+// What Control shows of a registered agent (the Dispatcher's registry knows it; the app wires
+// an AgentDirectory to it, so that Control does not depend on the Dispatcher).
+struct AgentSession {
+  std::string session_id;
+  std::chrono::steady_clock::time_point registered_at;
+  std::chrono::steady_clock::time_point last_heartbeat;
+  std::chrono::steady_clock::time_point deadline;  // DOWN without a heartbeat by then
+  bool streaming = false;                          // a Session stream is open
+};
+
+class AgentDirectory {
+ public:
+  virtual ~AgentDirectory() = default;
+  // The node's registration, if it has one.
+  virtual std::optional<AgentSession> session_of(const std::string& node_id) const = 0;
+};
 
 inline constexpr const char* kServiceName = "dispatchd.control.v1.Control";
 
 class ControlService {
  public:
-  ControlService(store::Store& store, dispatcher::Dispatcher& dispatcher);
+  // `self`: this manager's node ID (it cannot be removed). Operators are managers of the cluster,
+  // as `authorizer` checks them.
+  ControlService(store::Store& store, const auth::Authorizer& authorizer,
+                 const AgentDirectory& agents, std::string self);
   ControlService(const ControlService&) = delete;
   ControlService& operator=(const ControlService&) = delete;
 
@@ -46,10 +69,12 @@ class ControlService {
  private:
   template <class Req, class Resp, class F>
   void add(grpc::Server& server, const char* method, F f);
-  pb::NodeSummary summarize(const store::ReadTx& tx, const dispatcher::api::Node& n) const;
+  pb::NodeSummary summarize(const store::ReadTx& tx, const api::Node& n) const;
 
   store::Store& store_;
-  dispatcher::Dispatcher& dispatcher_;
+  const auth::Authorizer& authorizer_;
+  const AgentDirectory& agents_;
+  std::string self_;
 };
 
 }  // namespace dispatchd::control

@@ -1,8 +1,8 @@
-#include "dispatchd/dispatcher/utf8.hpp"
+#include "dispatchd/auth/utf8.hpp"
 
 #include <cstddef>
 
-namespace dispatchd::dispatcher {
+namespace dispatchd::auth {
 
 // Well-formed UTF-8 as the Unicode standard defines it (and Go's utf8.ValidString checks it):
 // the shortest encoding of a code point in 0..U+D7FF or U+E000..U+10FFFF. The lead byte gives
@@ -50,4 +50,4 @@ bool valid_utf8(std::string_view s) {
   return true;
 }
 
-}  // namespace dispatchd::dispatcher
+}  // namespace dispatchd::auth

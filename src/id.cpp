@@ -1,4 +1,4 @@
-#include "dispatchd/dispatcher/session_id.hpp"
+#include "dispatchd/id.hpp"
 
 #include <sys/random.h>
 
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 
-namespace dispatchd::dispatcher {
+namespace dispatchd {
 
 namespace {
 void random_bytes(std::uint8_t* out, std::size_t n) {
@@ -35,7 +35,7 @@ void random_bytes(std::uint8_t* out, std::size_t n) {
 }
 }  // namespace
 
-std::string new_session_id() {
+std::string new_id() {
   std::array<std::uint8_t, 17> num;
   random_bytes(num.data(), num.size());
   num[0] |= 0x80;
@@ -59,4 +59,4 @@ std::string new_session_id() {
   return out.substr(1, 25);
 }
 
-}  // namespace dispatchd::dispatcher
+}  // namespace dispatchd

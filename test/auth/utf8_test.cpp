@@ -1,11 +1,11 @@
-#include "dispatchd/dispatcher/utf8.hpp"
+#include "dispatchd/auth/utf8.hpp"
 
 #include <gtest/gtest.h>
 
 #include <string>
 #include <string_view>
 
-namespace dispatchd::dispatcher {
+namespace dispatchd::auth {
 namespace {
 
 // Bytes given as a string literal with escapes; the length keeps embedded NULs.
@@ -82,4 +82,4 @@ TEST(Utf8, RejectsBrokenSequences) {
 }
 
 }  // namespace
-}  // namespace dispatchd::dispatcher
+}  // namespace dispatchd::auth

@@ -1,0 +1,216 @@
+// The Session stream (docs/behaviour.md §4): registration, the node object and the cluster's
+// shared fields, one message per change, and the final message when the node must go.
+
+#include "dispatchd/co/queue.hpp"
+#include "dispatchd/co/select.hpp"
+#include "dispatchd/dispatcher/services.hpp"
+#include "dispatchd/grpc/spliced_message.hpp"
+#include "dispatchd/log.hpp"
+
+namespace dispatchd::dispatcher {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// "ip:port" → "ip" ("[v6]:port" → "v6"); empty if unparsable.
+std::string host_of(const std::string& addr) {
+  if (addr.empty()) return {};
+  if (addr[0] == '[') {
+    auto close = addr.find(']');
+    return close == std::string::npos ? std::string() : addr.substr(1, close - 1);
+  }
+  auto colon = addr.rfind(':');
+  if (colon == std::string::npos) return {};
+  return addr.substr(0, colon);
+}
+
+// The node's updates, queued for its stream.
+class NodeWatcher final : public store::Watcher {
+ public:
+  explicit NodeWatcher(co::Queue<store::Ptr<api::Node>>& q) : q_(q) {}
+  void on_event(const store::Event& e) override { q_.push(e.ptr<api::Node>()); }
+
+ private:
+  co::Queue<store::Ptr<api::Node>>& q_;
+};
+
+// The session's own fields, then the cluster's shared ones by reference.
+std::vector<h2::Segment> encode_session_message(const std::string& session_id,
+                                                const api::Node* node,
+                                                const ClusterSnapshot& cluster) {
+  grpc::SplicedMessage m;
+  m.bytes_field(api::SessionMessage::kSessionIdFieldNumber, session_id);
+  if (node) m.message_field(api::SessionMessage::kNodeFieldNumber, *node);
+  return m.finish(cluster.encoded);
+}
+
+// A node the cluster does not know yet, as SwarmKit's CA leaves it after issuing the node's
+// certificate (docs/behaviour.md §0.2).
+api::Node admitted_node(const std::string& node_id, bool manager) {
+  api::Node n;
+  n.set_id(node_id);
+  n.mutable_spec()->set_membership(api::NodeSpec::ACCEPTED);
+  n.mutable_spec()->set_desired_role(manager ? api::MANAGER : api::WORKER);
+  n.set_role(manager ? api::MANAGER : api::WORKER);
+  n.mutable_spec()->mutable_annotations();
+  n.mutable_certificate()->set_cn(node_id);
+  n.mutable_certificate()->set_role(manager ? api::MANAGER : api::WORKER);
+  n.mutable_certificate()->mutable_status()->set_state(api::IssuanceStatus::ISSUED);
+  n.mutable_status()->set_state(api::NodeStatus::UNKNOWN);
+  return n;
+}
+
+// Counts the registration's open streams for operators (Control.GetNode) while it lives.
+class StreamMark {
+ public:
+  StreamMark(NodeRegistry& r, const std::string& node_id, const std::string& session_id)
+      : registry_(r), node_id_(node_id), session_id_(session_id) {
+    if (auto rec = registry_.check_session(node_id_, session_id_)) ++(*rec)->streams;
+  }
+  ~StreamMark() {
+    if (auto rec = registry_.check_session(node_id_, session_id_); rec && (*rec)->streams)
+      --(*rec)->streams;
+  }
+  StreamMark(const StreamMark&) = delete;
+  StreamMark& operator=(const StreamMark&) = delete;
+
+ private:
+  NodeRegistry& registry_;
+  const std::string& node_id_;
+  const std::string& session_id_;
+};
+
+}  // namespace
+
+asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
+                                      const api::SessionRequest& req,
+                                      grpc::Writer<api::SessionMessage>& writer) {
+  if (!s.running) co_return stopped_status();
+  auto id = s.authorizer.authorize_agent(ctx);
+  if (!id) co_return id.error();
+  const std::string node_id = id->node_id;
+  const std::string ip = host_of(id->remote_addr);
+  auto started = Clock::now();
+
+  // Resume the node's current session, or register a new one (docs/behaviour.md §4.3).
+  std::string session_id;
+  auto mark_ready = [&]() {
+    NodeUpdate u;
+    api::NodeStatus st;
+    st.set_state(api::NodeStatus::READY);
+    st.set_addr(ip);
+    u.status = std::move(st);
+    if (req.has_description()) u.description = req.description();
+    s.registry.node_ready(node_id);
+    return s.batcher.queue_node_update(node_id, std::move(u));
+  };
+  if (s.registry.check_session(node_id, req.session_id())) {
+    session_id = req.session_id();
+    // Stop while waiting for the flush: the client sees the dispatcher's cancellation.
+    if (!co_await s.batcher.wait_flushed(mark_ready(), ctx) || !s.running)
+      co_return canceled_status();
+  } else {
+    if (auto st = s.registry.check_rate_limit(node_id); !st.is_ok()) co_return st;
+    bool exists =
+        s.store.view([&](const store::ReadTx& tx) { return tx.node(node_id) != nullptr; });
+    if (!exists) {
+      if (s.config.require_known_nodes) co_return Status(StatusCode::unknown, "node not found");
+      // Admission (docs/behaviour.md §0.2): a caller authorized for the cluster gets its node
+      // object.
+      bool manager = auth::has_role(id->roles, auth::kManagerRole);
+      auto st = s.store.update([&](store::WriteTx& tx) {
+        if (tx.node(node_id)) return Status::ok();
+        return tx.create(admitted_node(node_id, manager));
+      });
+      if (!st.is_ok()) co_return st;
+      log::info("node {} admitted (role {})", node_id, manager ? "manager" : "worker");
+    }
+    if (!co_await s.batcher.wait_flushed(mark_ready(), ctx) || !s.running)
+      co_return canceled_status();
+    session_id = s.registry.register_node(node_id).session_id;
+  }
+
+  // The node's updates, subscribed together with the snapshot (one synchronous step).
+  co::Wakeup wakeup;
+  co::Queue<store::Ptr<api::Node>> node_updates(wakeup, s.config.watch_buffer);
+  NodeWatcher node_watcher(node_updates);
+  s.store.watch(node_watcher, {store::ObjectType::node, node_id, false, true, false});
+  store::Ptr<api::Node> node =
+      s.store.view([&](const store::ReadTx& tx) { return tx.node(node_id); });
+
+  auto rec = s.registry.check_session(node_id, session_id);
+  if (!rec) co_return rec.error();
+  StreamMark stream_mark(s.registry, node_id, session_id);
+  const std::shared_ptr<co::Event> disconnect_event = (*rec)->disconnect;
+  const std::shared_ptr<co::Event> superseded_event = (*rec)->superseded;
+  co::Watch<ClusterSnapshot>::Subscription cluster_updates(s.cluster.updates(), wakeup);
+  ClusterSnapshot cluster = s.cluster.current();
+  co::Event::Listener cancelled(ctx.cancelled(), wakeup);
+  co::Event::Listener stopped(s.stopped, wakeup);
+  co::Event::Listener disconnect(*disconnect_event, wakeup);
+  co::Event::Listener superseded(*superseded_event, wakeup);
+  Counted open(s.counters.open_sessions);
+
+  auto send = [&]() {
+    return writer.write_framed(encode_session_message(session_id, node.get(), cluster));
+  };
+  if (!co_await send()) co_return canceled_status();
+  log::info("session started node={} session={} peer={}", node_id, session_id, id->remote_addr);
+  auto end = [&](const char* reason, Status st) {
+    log::info(
+        "session ended node={} session={} peer={} reason={} duration={}ms", node_id, session_id,
+        id->remote_addr, reason,
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
+    return st;
+  };
+
+  for (;;) {
+    // Stop and Disconnect come first: Stop also clears the registrations.
+    bool must_disconnect = disconnect.ready() || stopped.ready();
+    if (!must_disconnect) {
+      if (auto r = s.registry.check_session(node_id, session_id); !r) {
+        co_return end(r.error().code() == StatusCode::not_found ? "not-registered" : "superseded",
+                      r.error());
+      }
+      co_await co::select(wakeup, cancelled, node_updates, cluster_updates, disconnect, stopped,
+                          superseded);
+      must_disconnect = disconnect.ready() || stopped.ready();
+    }
+    if (cancelled.ready()) co_return end("client-gone", canceled_status());
+    if (node_updates.overflowed()) {
+      ++s.counters.watch_overflows;
+      co_return end("fell-behind", fell_behind("node", s.config.watch_buffer));
+    }
+    if (cluster_updates.overflowed()) {
+      ++s.counters.watch_overflows;
+      co_return end("fell-behind", fell_behind("cluster", s.config.watch_buffer));
+    }
+    if (must_disconnect) {
+      // One final message with the latest state, then the node is sent away.
+      while (!node_updates.empty())
+        node = node_updates.pop();
+      while (cluster_updates.has_next())
+        cluster = cluster_updates.next();
+      bool sent = co_await send();
+      if (s.running) {
+        s.registry.mark_not_ready(node_id, api::NodeStatus::DISCONNECTED,
+                                  "node is currently trying to find new manager");
+      }
+      if (!sent) co_return end("client-gone", canceled_status());
+      co_return end(stopped.ready() ? "dispatcher-stopped" : "disconnected",
+                    Status(StatusCode::aborted, "node must disconnect"));
+    }
+    // One message per event, as SwarmKit sends them.
+    while (!node_updates.empty()) {
+      node = node_updates.pop();
+      if (!co_await send()) co_return end("client-gone", canceled_status());
+    }
+    while (cluster_updates.has_next()) {
+      cluster = cluster_updates.next();
+      if (!co_await send()) co_return end("client-gone", canceled_status());
+    }
+  }
+}
+
+}  // namespace dispatchd::dispatcher
