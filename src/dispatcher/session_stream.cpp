@@ -81,54 +81,66 @@ class StreamMark {
   const std::string& session_id_;
 };
 
-}  // namespace
-
-asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
-                                      const api::SessionRequest& req,
-                                      grpc::Writer<api::SessionMessage>& writer) {
-  if (!s.running) co_return stopped_status();
-  auto id = s.authorizer.authorize_agent(ctx);
-  if (!id) co_return id.error();
-  const std::string node_id = id->node_id;
-  const std::string ip = host_of(id->remote_addr);
-  auto started = Clock::now();
-
-  // Resume the node's current session, or register a new one (docs/behaviour.md §4.3).
-  std::string session_id;
+// Resumes the node's current session, or registers a new one (docs/behaviour.md §4.3); the
+// session ID. A coroutine of its own: its frame (admission, the flush wait) is freed before the
+// stream goes idle.
+asio::awaitable<std::expected<std::string, Status>> register_or_resume(
+    Services& s, grpc::ServerContext& ctx, const api::SessionRequest& req,
+    const auth::Identity& id) {
+  const std::string& node_id = id.node_id;
   auto mark_ready = [&]() {
     NodeUpdate u;
     api::NodeStatus st;
     st.set_state(api::NodeStatus::READY);
-    st.set_addr(ip);
+    st.set_addr(host_of(id.remote_addr));
     u.status = std::move(st);
     if (req.has_description()) u.description = req.description();
     s.registry.node_ready(node_id);
     return s.batcher.queue_node_update(node_id, std::move(u));
   };
   if (s.registry.check_session(node_id, req.session_id())) {
-    session_id = req.session_id();
     // Stop while waiting for the flush: the client sees the dispatcher's cancellation.
     if (!co_await s.batcher.wait_flushed(mark_ready(), ctx) || !s.running)
-      co_return canceled_status();
-  } else {
-    if (auto st = s.registry.check_rate_limit(node_id); !st.is_ok()) co_return st;
-    bool exists =
-        s.store.view([&](const store::ReadTx& tx) { return tx.node(node_id) != nullptr; });
-    if (!exists) {
-      if (s.config.require_known_nodes) co_return Status(StatusCode::unknown, "node not found");
-      // Admission (docs/behaviour.md §0.2): a caller authorized for the cluster gets its node
-      // object.
-      bool manager = auth::has_role(id->roles, auth::kManagerRole);
-      auto st = s.store.update([&](store::WriteTx& tx) {
-        if (tx.node(node_id)) return Status::ok();
-        return tx.create(admitted_node(node_id, manager));
-      });
-      if (!st.is_ok()) co_return st;
-      log::info("node {} admitted (role {})", node_id, manager ? "manager" : "worker");
-    }
-    if (!co_await s.batcher.wait_flushed(mark_ready(), ctx) || !s.running)
-      co_return canceled_status();
-    session_id = s.registry.register_node(node_id).session_id;
+      co_return std::unexpected(canceled_status());
+    co_return req.session_id();
+  }
+  if (auto st = s.registry.check_rate_limit(node_id); !st.is_ok()) co_return std::unexpected(st);
+  bool exists = s.store.view([&](const store::ReadTx& tx) { return tx.node(node_id) != nullptr; });
+  if (!exists) {
+    if (s.config.require_known_nodes)
+      co_return std::unexpected(Status(StatusCode::unknown, "node not found"));
+    // Admission (docs/behaviour.md §0.2): a caller authorized for the cluster gets its node
+    // object.
+    bool manager = auth::has_role(id.roles, auth::kManagerRole);
+    auto st = s.store.update([&](store::WriteTx& tx) {
+      if (tx.node(node_id)) return Status::ok();
+      return tx.create(admitted_node(node_id, manager));
+    });
+    if (!st.is_ok()) co_return std::unexpected(st);
+    log::info("node {} admitted (role {})", node_id, manager ? "manager" : "worker");
+  }
+  if (!co_await s.batcher.wait_flushed(mark_ready(), ctx) || !s.running)
+    co_return std::unexpected(canceled_status());
+  co_return s.registry.register_node(node_id).session_id;
+}
+
+}  // namespace
+
+asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
+                                      const api::SessionRequest& req,
+                                      grpc::Writer<api::SessionMessage>& writer) {
+  if (!s.running) co_return stopped_status();
+  auto started = Clock::now();
+  std::string node_id, peer;
+  std::string session_id;
+  {
+    auto id = s.authorizer.authorize_agent(ctx);
+    if (!id) co_return id.error();
+    auto registered = co_await register_or_resume(s, ctx, req, *id);
+    if (!registered) co_return registered.error();
+    session_id = std::move(*registered);
+    node_id = std::move(id->node_id);
+    peer = std::move(id->remote_addr);
   }
 
   // The node's updates, subscribed together with the snapshot (one synchronous step).
@@ -156,11 +168,11 @@ asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
     return writer.write_framed(encode_session_message(session_id, node.get(), cluster));
   };
   if (!co_await send()) co_return canceled_status();
-  log::info("session started node={} session={} peer={}", node_id, session_id, id->remote_addr);
+  log::info("session started node={} session={} peer={}", node_id, session_id, peer);
   auto end = [&](const char* reason, Status st) {
     log::info(
         "session ended node={} session={} peer={} reason={} duration={}ms", node_id, session_id,
-        id->remote_addr, reason,
+        peer, reason,
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
     return st;
   };
