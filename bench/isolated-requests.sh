@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# What one request costs a server when every request arrives alone on its own connection, as an
+# agent's Heartbeat does: h2load holds N connections and sends one request per connection every
+# 1/RPS seconds (-m 1 --rps), server and h2load pinned to different cores. Compares dispatchd
+# (Dispatcher.Heartbeat over h2c) with nghttpd serving a 9-byte file on the same nghttp2 — the
+# HTTP/2 floor for such a request on this machine. Reports server CPU per request (utime+stime
+# from /proc/PID/stat over a window after warm-up) for each, interleaved REPS times.
+#
+#   bench/isolated-requests.sh [--conns N] [--rps R] [--reps K] [--window SECONDS]
+#
+# Defaults: 10000 connections × 0.2 requests/s each (2,000 requests/s: the rate of 10,000
+# agents at the default 5 s heartbeat), 3 reps, 20 s windows. Needs nghttp2-client and
+# nghttp2-server (h2load, nghttp, nghttpd).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+conns=10000 rps=0.2 reps=3 window=20
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --conns) conns=$2; shift 2 ;;
+    --conns=*) conns=${1#*=}; shift ;;
+    --rps) rps=$2; shift 2 ;;
+    --rps=*) rps=${1#*=}; shift ;;
+    --reps) reps=$2; shift 2 ;;
+    --reps=*) reps=${1#*=}; shift ;;
+    --window) window=$2; shift 2 ;;
+    --window=*) window=${1#*=}; shift ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    *) echo "isolated-requests.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+for t in h2load nghttp nghttpd; do
+  command -v "$t" >/dev/null || { echo "isolated-requests.sh: needs $t (nghttp2-client, nghttp2-server)" >&2; exit 1; }
+done
+[ -x build/dispatchd ] || { echo "isolated-requests.sh: build first (scripts/build.sh)" >&2; exit 1; }
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" -lt $((conns + 100)) ]; then
+  echo "isolated-requests.sh: RLIMIT_NOFILE $(ulimit -n) is too low for $conns connections" >&2
+  exit 1
+fi
+work=$(mktemp -d)
+server=
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+hz=$(getconf CLK_TCK)
+warmup=$((conns / 1000 + 10))  # h2load opens the connections first
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# run KIND: starts the server, loads it, prints "KIND us_per_request requests_in_window".
+run() {
+  local kind=$1 port url extra=()
+  port=$((4900 + RANDOM % 500))
+  if [ "$kind" = nghttpd ]; then
+    mkdir -p "$work/htdocs" && printf 'heartbeat' >"$work/htdocs/hb"
+    taskset -c 0 nghttpd --no-tls -d "$work/htdocs" "$port" >/dev/null 2>&1 &
+    server=$!
+    url=http://127.0.0.1:$port/hb
+    sleep 0.5
+  else
+    taskset -c 0 build/dispatchd --insecure --listen "127.0.0.1:$port" --admin-listen= \
+      --log-level warn 2>"$work/server.log" &
+    server=$!
+    sleep 0.5
+    # One Session gives a session ID for every Heartbeat (all connections call as one node).
+    printf '\x00\x00\x00\x00\x00' >"$work/session.bin"
+    nghttp -n -H 'content-type: application/grpc' -H 'te: trailers' -H 'node-id: bench-node' \
+      -d "$work/session.bin" "http://127.0.0.1:$port/docker.swarmkit.v1.Dispatcher/Session" \
+      >"$work/session.out" 2>/dev/null &
+    for _ in $(seq 100); do [ -s "$work/session.out" ] && break; sleep 0.05; done
+    local session
+    session=$(head -c 32 "$work/session.out" | tail -c 25)
+    { printf '\x00\x00\x00\x00\x1b\x0a\x19'; printf '%s' "$session"; } >"$work/hb.bin"
+    url=http://127.0.0.1:$port/docker.swarmkit.v1.Dispatcher/Heartbeat
+    extra=(-d "$work/hb.bin" -H 'content-type: application/grpc' -H 'te: trailers'
+           -H 'node-id: bench-node')
+  fi
+  taskset -c 1 h2load -c "$conns" -m 1 --rps "$rps" -D $((warmup + window + 5)) \
+    "${extra[@]}" "$url" >"$work/h2load.out" 2>&1 &
+  local load=$!
+  sleep "$warmup"
+  local a b
+  a=$(cpu_ticks "$server")
+  sleep "$window"
+  b=$(cpu_ticks "$server")
+  wait "$load" || true
+  kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true
+  server=
+  grep -q "0 failed, 0 errored" "$work/h2load.out" ||
+    echo "isolated-requests.sh: $kind: h2load saw failures: $(grep 'requests:' "$work/h2load.out")" >&2
+  python3 -c "import sys; t,c,r,w,hz=map(float,sys.argv[1:6]); n=c*r*w; print(f'{sys.argv[6]} {t*1e6/hz/n:.1f} {int(n)}')" \
+    "$((b - a))" "$conns" "$rps" "$window" "$hz" "$kind"
+}
+
+echo "# $conns connections x $rps requests/s each, ${window} s windows, $reps reps (server on core 0)"
+for i in $(seq 1 "$reps"); do
+  run dispatchd
+  run nghttpd
+done | tee "$work/results"
+python3 - "$work/results" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip() and not l.startswith('#')]
+by = {}
+for kind, us, _ in rows:
+    by.setdefault(kind, []).append(float(us))
+med = {k: statistics.median(v) for k, v in by.items()}
+for k, v in sorted(med.items()):
+    print(f"{k}: median {v:.1f} us of server CPU per request ({', '.join(f'{x:.1f}' for x in by[k])})")
+if 'dispatchd' in med and 'nghttpd' in med:
+    print(f"dispatchd / nghttpd = {med['dispatchd'] / med['nghttpd']:.2f}")
+PY
