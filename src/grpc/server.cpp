@@ -140,8 +140,6 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
       }
       if (call->deadline_exceeded()) {
         result = Status(StatusCode::deadline_exceeded, "context deadline exceeded");
-      } else if (const Status* overflow = call->overflow_status()) {
-        result = *overflow;
       } else if (call->is_cancelled() && s.closed()) {
         result = Status(StatusCode::cancelled, "context canceled");
       }

@@ -60,6 +60,7 @@ ServerCall::ServerCall(h2::StreamRef stream, co::TimerWheel& wheel, std::size_t 
 }
 
 ServerCall::~ServerCall() {
+  return_held();
   wheel_.disarm(deadline_entry_);
   stream_->set_listener(nullptr);
   stream_->set_drain_waiter(nullptr);
@@ -81,23 +82,26 @@ void ServerCall::on_deadline() {
 }
 
 void ServerCall::on_data(std::span<const std::uint8_t> data) {
+  const std::size_t n = data.size();
+  decode(data);
+  // Flow control: while the handler has messages it has not read, what arrives stays counted
+  // against the stream's window, so a peer ahead of its handler stops at the window's end.
+  // Otherwise (a message still incomplete, DATA ignored after the request or an error) the
+  // bytes go back at once: a message larger than the window can always arrive whole.
+  if (has_unread()) {
+    held_ += static_cast<std::uint32_t>(n);
+  } else {
+    stream_->return_window(n);
+  }
+}
+
+void ServerCall::decode(std::span<const std::uint8_t> data) {
   while (!data.empty()) {
     if (single_message_ || !error_.is_ok()) return;
     switch (decoder_.feed(data)) {
       case MessageDecoder::Result::need_more:
         break;
       case MessageDecoder::Result::message:
-        if (messages_.size() - next_message_ >= kMaxUnreadMessages) {
-          // The peer is this far ahead of the handler: end the call rather than buffer more.
-          // Cancelling wakes a handler that waits on something else (a write, an event).
-          error_ = Status(StatusCode::resource_exhausted,
-                          "grpc: more than " + std::to_string(kMaxUnreadMessages) +
-                              " request messages received and not yet read");
-          overflowed_ = true;
-          cancelled_.set();
-          wakeup_.notify();
-          return;
-        }
         messages_.push_back(decoder_.take());
         wakeup_.notify();
         break;
@@ -107,6 +111,12 @@ void ServerCall::on_data(std::span<const std::uint8_t> data) {
         return;
     }
   }
+}
+
+void ServerCall::return_held() {
+  if (held_ == 0) return;
+  stream_->return_window(held_);
+  held_ = 0;
 }
 
 void ServerCall::on_end_stream() {
@@ -124,6 +134,7 @@ std::string ServerCall::take_unread() {
   if (next_message_ == messages_.size()) {
     messages_.clear();  // keeps the capacity: a streaming call reuses it for the next batch
     next_message_ = 0;
+    return_held();  // everything read: the peer may send a window's worth again
   }
   return m;
 }
@@ -137,6 +148,7 @@ asio::awaitable<std::expected<std::string, Status>> ServerCall::read_request() {
       single_message_ = true;
       std::vector<std::string>().swap(messages_);  // long-lived calls keep no buffer
       next_message_ = 0;
+      return_held();
       co_return m;
     }
     if (!error_.is_ok()) co_return std::unexpected(error_);
@@ -155,7 +167,6 @@ asio::awaitable<std::expected<std::string, Status>> ServerCall::read_request() {
 
 asio::awaitable<std::expected<std::optional<std::string>, Status>> ServerCall::read_message() {
   for (;;) {
-    if (overflowed_) co_return std::unexpected(error_);
     // Cancellation wins over buffered messages: the handler should stop, not drain them.
     if (cancelled_.is_set()) {
       co_return std::unexpected(Status(StatusCode::cancelled, "context canceled"));

@@ -91,6 +91,10 @@ Connection::Connection(std::unique_ptr<net::Transport> transport, RequestSink& s
   // for RFC 7540 priorities, which we do not use: an agent's Heartbeat every 5 s would pile up a
   // stream object per call for hours (~1.5 MiB per connection at the cap). Drop them at close.
   nghttp2_option_set_no_closed_streams(opt, 1);
+  // Flow control of request DATA is ours (docs/architecture.md, "Flow control of requests"):
+  // the connection's window comes back as soon as DATA is read, a stream's only as its handler
+  // takes the messages, so a peer ahead of its handler is held back by the stream window.
+  nghttp2_option_set_no_auto_window_update(opt, 1);
   nghttp2_session_server_new3(&session_, cbs, this, opt, frame_memory_.nghttp2());
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
@@ -168,7 +172,10 @@ asio::awaitable<void> Connection::read_loop() {
       if (!preface_seen_ && reject_non_h2(data)) co_return;
       last_recv_ = std::chrono::steady_clock::now();
       ping_outstanding_ = false;
+      receiving_ = true;
       ssize_t rv = nghttp2_session_mem_recv(session_, data.data(), data.size());
+      receiving_ = false;
+      if (rv >= 0 && !calm_down_) return_windows();
       if (calm_down_) {
         nghttp2_session_terminate_session(session_, NGHTTP2_ENHANCE_YOUR_CALM);
         writer_wakeup_.notify();
@@ -565,9 +572,37 @@ int Connection::on_frame_recv(const nghttp2_frame* frame) {
 }
 
 int Connection::on_data_chunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t len) {
+  connection_window_to_return_ += len;
   auto* s = static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, stream_id));
-  if (s && s->listener_) s->listener_->on_data({data, len});
+  if (s && s->listener_) {
+    s->listener_->on_data({data, len});  // the listener returns the stream's window
+  } else {
+    return_stream_window(stream_id, len);  // nobody will read it
+  }
   return 0;
+}
+
+void Connection::return_stream_window(std::int32_t stream_id, std::size_t n) {
+  if (!session_ || n == 0) return;
+  if (receiving_) {
+    stream_windows_to_return_.emplace_back(stream_id, n);
+    return;
+  }
+  nghttp2_session_consume_stream(session_, stream_id, n);
+  writer_wakeup_.notify();  // a WINDOW_UPDATE may be due
+}
+
+void Connection::return_windows() {
+  if (connection_window_to_return_ == 0 && stream_windows_to_return_.empty()) return;
+  if (connection_window_to_return_ > 0) {
+    nghttp2_session_consume_connection(session_, connection_window_to_return_);
+    connection_window_to_return_ = 0;
+  }
+  for (auto [id, n] : stream_windows_to_return_)
+    nghttp2_session_consume_stream(session_, id, n);
+  // Freed, not kept: an idle connection holds no buffer (this one is rarely needed).
+  std::vector<std::pair<std::int32_t, std::size_t>>().swap(stream_windows_to_return_);
+  writer_wakeup_.notify();
 }
 
 int Connection::on_stream_close(std::int32_t stream_id, std::uint32_t error_code) {

@@ -49,6 +49,10 @@ std::string_view Stream::header(std::string_view name) const noexcept {
   return {};
 }
 
+void Stream::return_window(std::size_t n) {
+  if (!closed_) conn_->return_stream_window(id_, n);
+}
+
 void Stream::release_headers() noexcept {
   std::vector<Header>().swap(headers_);
   std::string().swap(method_);

@@ -5,8 +5,12 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dispatchd/grpc/server_call.hpp"
@@ -204,35 +208,164 @@ TEST_F(StreamingTest, ClientResetCancelsAHandlerWaitingForTheNextMessage) {
   EXPECT_TRUE(server_.eventually([&] { return server_.server().grpc().active_calls() == 0; }));
 }
 
-TEST_F(StreamingTest, UnreadMessagesUpToTheBoundWaitForTheHandler) {
+// Flow control instead of a bound on unread messages (docs/architecture.md, "Flow control of
+// requests"): a peer ahead of its handler is held back by the stream's window, never failed.
+
+// DATA frames of at most the default SETTINGS_MAX_FRAME_SIZE.
+void send_chunked(RawClient& c, std::int32_t id, const std::string& bytes, bool end) {
+  std::size_t at = 0;
+  do {
+    std::size_t n = std::min<std::size_t>(16384, bytes.size() - at);
+    bool last = at + n == bytes.size();
+    c.send_raw(frames::data(static_cast<std::uint32_t>(id), bytes.substr(at, n), end && last));
+    at += n;
+  } while (at < bytes.size());
+}
+
+std::string empty_messages(std::size_t n) {
+  std::string bytes;
+  for (std::size_t i = 0; i < n; ++i)
+    bytes += grpc_frame("");
+  return bytes;
+}
+
+constexpr std::size_t kStreamWindow = 65535;  // the server's SETTINGS_INITIAL_WINDOW_SIZE
+
+TEST_F(StreamingTest, ThousandsOfUnreadMessagesWaitForTheHandler) {
   RawClient c(server_.port());
   c.start();
   auto id = open_call(c, kStall);
-  std::string bytes;
-  for (std::size_t i = 0; i < ServerCall::kMaxUnreadMessages; ++i)
-    bytes += grpc_frame("");
-  send_data(c, id, bytes, true);
+  // 13,000 messages of 5 bytes: within the window, far more than a call used to buffer (32).
+  send_chunked(c, id, empty_messages(13000), true);
   round_trip(c);
   ASSERT_TRUE(server_.eventually([&] { return state_.stall_started == 1; }));
   server_.call([&] { state_.stall_release.set(); });
   ASSERT_EQ(wait_status(c, id), 0) << c.response(id).grpc_message();
-  EXPECT_EQ(echo_replies(c.response(id).data),
-            std::vector<std::string>{std::to_string(ServerCall::kMaxUnreadMessages)});
+  EXPECT_EQ(echo_replies(c.response(id).data), std::vector<std::string>{"13000"});
 }
 
-TEST_F(StreamingTest, OneMessageBeyondTheBoundEndsTheCallWithResourceExhausted) {
+TEST_F(StreamingTest, TheStreamWindowHoldsAPeerAheadOfItsHandler) {
   RawClient c(server_.port());
   c.start();
   auto id = open_call(c, kStall);
-  std::string bytes;
-  for (std::size_t i = 0; i <= ServerCall::kMaxUnreadMessages; ++i)
-    bytes += grpc_frame("");
-  send_data(c, id, bytes, false);
-  ASSERT_EQ(wait_status(c, id), static_cast<int>(StatusCode::resource_exhausted));
-  EXPECT_TRUE(c.response(id).data.empty());
-  // The handler was woken by the cancellation and its read saw why.
+  ASSERT_TRUE(server_.eventually([&] { return state_.stall_started == 1; }));
+  // One whole window of messages the handler does not read yet.
+  send_chunked(c, id, empty_messages(kStreamWindow / 5), false);
+  round_trip(c);  // the server has processed all of it
+  EXPECT_EQ(c.window_increments(id), 0) << "the stream's window was given back before a read";
+  EXPECT_GE(c.window_increments(0), static_cast<std::int64_t>(kStreamWindow / 2))
+      << "the connection's window must come back as DATA is read";
+  // The connection is not blocked by the stalled stream: another call completes.
+  auto other = c.grpc_call("/dispatchd.test.TestService/Echo", echo_request("beside"));
+  const auto& r = c.wait(other);
+  ASSERT_EQ(r.grpc_status(), 0) << r.grpc_message();
+  EXPECT_EQ(echo_replies(r.data), std::vector<std::string>{"beside"});
+  EXPECT_EQ(c.window_increments(id), 0);
+
+  // The handler reads: the window opens again and the peer finishes.
+  server_.call([&] { state_.stall_release.set(); });
+  ASSERT_TRUE(c.pump_until([&] { return c.window_increments(id) > 0; }));
+  send_chunked(c, id, empty_messages(100), true);
+  ASSERT_EQ(wait_status(c, id), 0) << c.response(id).grpc_message();
+  EXPECT_EQ(echo_replies(c.response(id).data),
+            std::vector<std::string>{std::to_string(kStreamWindow / 5 + 100)});
+}
+
+TEST_F(StreamingTest, APeerThatIgnoresTheWindowIsStopped) {
+  RawClient c(server_.port());
+  c.start();
+  auto id = open_call(c, kStall);
+  ASSERT_TRUE(server_.eventually([&] { return state_.stall_started == 1; }));
+  send_chunked(c, id, empty_messages(kStreamWindow / 5 + 1), false);  // 5 bytes too many
+  ASSERT_TRUE(c.pump_until([&] { return c.response(id).closed || c.goaway_received(); }));
+  if (c.goaway_received()) {
+    EXPECT_EQ(c.goaway_code(), static_cast<std::uint32_t>(NGHTTP2_FLOW_CONTROL_ERROR));
+  } else {
+    EXPECT_EQ(c.response(id).close_code, static_cast<std::uint32_t>(NGHTTP2_FLOW_CONTROL_ERROR));
+  }
   ASSERT_TRUE(server_.eventually([&] { return state_.stall_ended; }));
-  EXPECT_EQ(server_.call([&] { return state_.stall_read_end; }), StatusCode::resource_exhausted);
+}
+
+TEST_F(StreamingTest, DataOfEndedCallsStillReturnsTheConnectionWindow) {
+  RawClient c(server_.port());
+  c.start();
+  // Three windows' worth of request DATA that no handler reads: each call is answered after its
+  // first message while the client goes on sending. All of it must come back to the connection.
+  for (int i = 0; i < 6; ++i) {
+    auto id = open_call(c, "/dispatchd.test.TestService/Echo");
+    send_data(c, id, echo_request("x"), false);
+    ASSERT_EQ(wait_status(c, id), 0);
+    send_chunked(c, id, empty_messages(kStreamWindow / 10), false);
+    round_trip(c);
+  }
+  auto last = c.grpc_call("/dispatchd.test.TestService/Echo", echo_request("still"));
+  const auto& r = c.wait(last);
+  ASSERT_EQ(r.grpc_status(), 0) << r.grpc_message();
+  EXPECT_EQ(echo_replies(r.data), std::vector<std::string>{"still"});
+  EXPECT_FALSE(c.goaway_received());
+  EXPECT_GE(c.window_increments(0), static_cast<std::int64_t>(kStreamWindow))
+      << "the ignored DATA never came back to the connection's window";
+}
+
+TEST_F(StreamingTest, PaddingComesBackToBothWindows) {
+  RawClient c(server_.port());
+  c.start();
+  auto id = open_call(c, kStall);
+  ASSERT_TRUE(server_.eventually([&] { return state_.stall_started == 1; }));
+  server_.call([&] { state_.stall_release.set(); });
+  // Seven windows' worth of DATA frames that are mostly padding (255 bytes, the most a frame
+  // carries), with one 5-byte message each.
+  // Sent in rounds under one window each: the padding must have come back before the next.
+  constexpr int kRound = 200, kFrames = 7 * kRound;  // 7 x 52 KB
+  std::string payload(1, static_cast<char>(255));    // Pad Length
+  payload += grpc_frame("");
+  payload += std::string(255, '\0');
+  const std::string padded =
+      frames::frame(frames::kData, 0x8 /* PADDED */, static_cast<std::uint32_t>(id), payload);
+  for (int round = 0; round < kFrames / kRound; ++round) {
+    std::string out;
+    for (int i = 0; i < kRound; ++i)
+      out += padded;
+    c.send_raw(out);
+    round_trip(c);
+    ASSERT_TRUE(server_.eventually([&] { return state_.stall_read == (round + 1) * kRound; }));
+  }
+  send_data(c, id, "", true);
+  ASSERT_EQ(wait_status(c, id), 0) << c.response(id).grpc_message();
+  EXPECT_EQ(echo_replies(c.response(id).data), std::vector<std::string>{std::to_string(kFrames)});
+  EXPECT_FALSE(c.goaway_received());
+}
+
+TEST_F(StreamingTest, ARealClientStreamingFarAheadOfASlowHandlerCompletes) {
+  auto channel = grpc::CreateChannel(server_.address(), grpc::InsecureChannelCredentials());
+  auto stub = tpb::TestService::NewStub(channel);
+  grpc::ClientContext ctx;
+  tpb::EchoReply reply;
+  auto writer = stub->Stall(&ctx, &reply);
+  constexpr int kMessages = 30000;  // 150 KB of messages: more than two stream windows
+  std::mutex m;
+  std::condition_variable cv;
+  int written = 0;
+  std::thread client([&] {
+    tpb::Empty e;
+    for (int i = 0; i < kMessages && writer->Write(e); ++i) {
+      std::lock_guard lock(m);
+      ++written;
+      cv.notify_all();
+    }
+    writer->WritesDone();
+  });
+  {
+    // Well past the old bound of 32 unread messages before the handler reads anything.
+    std::unique_lock lock(m);
+    EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(20), [&] { return written >= 1000; }));
+  }
+  server_.call([&] { state_.stall_release.set(); });
+  client.join();
+  grpc::Status st = writer->Finish();
+  ASSERT_TRUE(st.ok()) << st.error_code() << " " << st.error_message();
+  EXPECT_EQ(written, kMessages);
+  EXPECT_EQ(reply.payload(), std::to_string(kMessages));
 }
 
 TEST_F(StreamingTest, UnaryCallReadsOnlyTheFirstOfSeveralMessages) {

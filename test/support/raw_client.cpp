@@ -239,6 +239,8 @@ int RawClient::on_frame_recv(nghttp2_session*, const nghttp2_frame* frame, void*
     ++self->ping_acks_;
   } else if (frame->hd.type == NGHTTP2_RST_STREAM) {
     self->responses_[frame->hd.stream_id].reset_by_server = true;
+  } else if (frame->hd.type == NGHTTP2_WINDOW_UPDATE) {
+    self->window_increments_[frame->hd.stream_id] += frame->window_update.window_size_increment;
   }
   return 0;
 }

@@ -48,6 +48,11 @@ class RawClient {
   void rst_stream(std::int32_t stream_id, std::uint32_t code = NGHTTP2_CANCEL);
   void ping();
   int ping_acks() const { return ping_acks_; }
+  // The sum of the WINDOW_UPDATE increments the server sent for a stream (0: the connection).
+  std::int64_t window_increments(std::int32_t stream_id) const {
+    auto it = window_increments_.find(stream_id);
+    return it == window_increments_.end() ? 0 : it->second;
+  }
 
   // Everything nghttp2 has queued, as bytes (removed from the session's queue).
   std::string take_output();
@@ -99,6 +104,7 @@ class RawClient {
   bool eof_ = false;
   bool goaway_ = false;
   int ping_acks_ = 0;
+  std::map<std::int32_t, std::int64_t> window_increments_;
   std::uint32_t goaway_code_ = 0;
   std::int32_t goaway_last_stream_ = 0;
 };

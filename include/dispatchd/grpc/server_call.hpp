@@ -29,22 +29,16 @@ class ServerCall final : public ServerContext, public co::ListHook, private h2::
   // Arms the deadline (grpc-timeout).
   void set_timeout(std::chrono::nanoseconds d);
 
-  // Decoded request messages the handler has not read yet, at most; one more fails the call with
-  // RESOURCE_EXHAUSTED. (nghttp2 returns flow-control window as DATA arrives, so the bound is
-  // what keeps a peer that outpaces its handler from growing our memory.)
-  static constexpr std::size_t kMaxUnreadMessages = 32;
-
   // The single request message of a unary or server-streaming call. Any later DATA is ignored.
   asio::awaitable<std::expected<std::string, Status>> read_request();
 
   // The next message of a client- or bidi-streaming call; nullopt once the client has half-closed
   // on a message boundary. Errors: CANCELLED once the call is cancelled (client reset, deadline,
-  // shutdown), INTERNAL for a message cut by END_STREAM or malformed framing, RESOURCE_EXHAUSTED
-  // after kMaxUnreadMessages. Reads and writes of one call come from one coroutine at a time.
+  // shutdown), INTERNAL for a message cut by END_STREAM or malformed framing. A peer that sends
+  // faster than the handler reads is held back by HTTP/2 flow control: the bytes of messages
+  // not yet read keep the stream's window closed. Reads and writes of one call come from one
+  // coroutine at a time.
   asio::awaitable<std::expected<std::optional<std::string>, Status>> read_message();
-
-  // Set when the call overran kMaxUnreadMessages: the status the call must end with.
-  const Status* overflow_status() const noexcept { return overflowed_ ? &error_ : nullptr; }
 
   // Sends one framed message (prefix included) and waits until nghttp2 has taken all of it,
   // which happens only as fast as the peer's flow-control window allows: a writer never runs
@@ -75,6 +69,9 @@ class ServerCall final : public ServerContext, public co::ListHook, private h2::
   };
 
   void on_data(std::span<const std::uint8_t> data) override;
+  void decode(std::span<const std::uint8_t> data);
+  // Gives the stream's window back for the bytes held while messages were unread.
+  void return_held();
   void on_end_stream() override;
   void on_close(std::uint32_t error_code) override;
   void on_deadline();
@@ -91,8 +88,8 @@ class ServerCall final : public ServerContext, public co::ListHook, private h2::
   std::vector<std::string> messages_;
   Status error_;
   std::uint32_t next_message_ = 0;  // index of the first unread entry of messages_
+  std::uint32_t held_ = 0;          // DATA bytes received while messages were unread
   bool single_message_ = false;     // read_request took its message: ignore further DATA
-  bool overflowed_ = false;
   bool end_stream_ = false;
   bool finished_ = false;
 };

@@ -147,6 +147,10 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   // A response HEADERS frame (or trailers-only response) was submitted.
   void note_headers_sent() noexcept { ++responses_sent_; }
   void want_write() noexcept { writer_wakeup_.notify(); }
+  // `n` bytes of the stream's request DATA were taken by its reader: the peer may send them again
+  // (a WINDOW_UPDATE once nghttp2 finds enough returned). Inside nghttp2 callbacks this is
+  // deferred until nghttp2 returns.
+  void return_stream_window(std::int32_t stream_id, std::size_t n);
   bool alive() const noexcept { return session_ != nullptr && !dead_; }
 
  private:
@@ -194,6 +198,9 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   int on_frame_recv(const nghttp2_frame* frame);
   int on_data_chunk(std::int32_t stream_id, const std::uint8_t* data, std::size_t len);
   int on_stream_close(std::int32_t stream_id, std::uint32_t error_code);
+  // After nghttp2_session_mem_recv: the connection window for every DATA byte read, and the
+  // stream windows returned meanwhile.
+  void return_windows();
 
   std::unique_ptr<net::Transport> transport_;
   RequestSink& sink_;
@@ -229,6 +236,9 @@ class Connection : public std::enable_shared_from_this<Connection>, public co::L
   std::int32_t unexpected_stream_id_ = 0;
   ConnectionStats stats_;
   std::string out_;
+  bool receiving_ = false;  // inside nghttp2_session_mem_recv
+  std::size_t connection_window_to_return_ = 0;
+  std::vector<std::pair<std::int32_t, std::size_t>> stream_windows_to_return_;
   bool preface_seen_ = false;
   bool client_spoke_h2_ = false;  // the first bytes matched the client preface
   bool dead_ = false;             // socket closed or fatal error: stop everything

@@ -30,6 +30,8 @@ struct Header {
 class StreamListener {
  public:
   virtual ~StreamListener() = default;
+  // Request DATA. The bytes count against the stream's flow-control window until the listener
+  // hands them back with Stream::return_window (at once, or when its reader takes them).
   virtual void on_data(std::span<const std::uint8_t> data) = 0;
   virtual void on_end_stream() = 0;
   // The stream is gone: reset by the peer (error_code from RST_STREAM), closed normally
@@ -68,6 +70,9 @@ class Stream : public co::ListHook {
   void release_headers() noexcept;
 
   void set_listener(StreamListener* l) noexcept { listener_ = l; }
+  // The listener has taken (or dropped) `n` bytes of request DATA: the peer may send that many
+  // more. Until then they count against the stream's flow-control window.
+  void return_window(std::size_t n);
 
   // True once nghttp2 has closed the stream (reset, finished, or the connection is gone).
   bool closed() const noexcept { return closed_; }
