@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
-#include "dispatchd/app/duration.hpp"
-#include "dispatchd/ctl/parse.hpp"
+#include "dispatchd/cli/args.hpp"
+#include "dispatchd/cli/flags.hpp"
 
 namespace dispatchd::ctl {
 
@@ -21,93 +21,18 @@ std::vector<std::string> ParsedArgs::all(std::string_view name) const {
 std::expected<ParsedArgs, std::string> parse_args(std::span<const std::string> args,
                                                   std::span<const FlagSpec> specs,
                                                   bool stop_at_positional) {
+  using Operands = cli::Syntax::Operands;
+  const cli::Syntax syntax{true, stop_at_positional ? Operands::end_flags : Operands::mixed, ""};
+  std::vector<std::string_view> views(args.begin(), args.end());
   ParsedArgs out;
-  auto find_long = [&](std::string_view n) -> const FlagSpec* {
-    for (const auto& s : specs)
-      if (s.name == n) return &s;
-    return nullptr;
-  };
-  auto find_short = [&](char c) -> const FlagSpec* {
-    for (const auto& s : specs)
-      if (s.short_name && s.short_name == c) return &s;
-    return nullptr;
-  };
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    std::string_view arg = args[i];
-    if (arg == "--") {
-      out.positionals.insert(out.positionals.end(), args.begin() + static_cast<long>(i) + 1,
-                             args.end());
-      break;
-    }
-    if (arg == "-h" || arg == "--help") {
-      out.help = true;
-      continue;
-    }
-    if (arg.size() < 2 || arg[0] != '-') {
-      if (stop_at_positional) {
-        out.positionals.assign(args.begin() + static_cast<long>(i), args.end());
-        break;
-      }
-      out.positionals.emplace_back(arg);
-      continue;
-    }
-    const FlagSpec* spec = nullptr;
-    std::optional<std::string_view> value;
-    std::string shown;
-    if (arg.starts_with("--")) {
-      std::string_view name = arg.substr(2);
-      if (auto eq = name.find('='); eq != std::string_view::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-      }
-      shown = "--" + std::string(name);
-      spec = find_long(name);
-    } else {
-      shown = std::string(arg.substr(0, 2));
-      spec = find_short(arg[1]);
-      if (arg.size() > 2) {
-        if (arg[2] != '=') return std::unexpected("unknown flag " + std::string(arg));
-        value = arg.substr(3);
-      }
-    }
-    if (!spec) return std::unexpected("unknown flag " + shown);
-    std::string v;
-    if (spec->is_bool) {
-      if (value) {
-        auto b = parse_bool(*value);
-        if (!b) return std::unexpected("invalid value for " + shown + ": " + b.error());
-        v = *b ? "true" : "false";
-      } else {
-        v = "true";
-      }
-    } else if (value) {
-      v = *value;
-    } else {
-      if (i + 1 >= args.size()) return std::unexpected("flag " + shown + " needs a value");
-      v = args[++i];
-    }
-    out.values[spec->name].push_back(std::move(v));
-  }
-  return out;
-}
-
-std::string flags_help(std::span<const FlagSpec> specs) {
-  std::vector<std::string> left;
-  std::size_t width = 0;
-  for (const auto& s : specs) {
-    std::string l = "  ";
-    l += s.short_name ? std::string("-") + s.short_name + ", " : "";
-    l += "--" + s.name;
-    if (!s.value_name.empty()) l += " " + s.value_name;
-    width = std::max(width, l.size());
-    left.push_back(std::move(l));
-  }
-  std::string out;
-  for (std::size_t i = 0; i < specs.size(); ++i) {
-    out += left[i];
-    out.append(width - left[i].size() + 3, ' ');
-    out += specs[i].help + "\n";
-  }
+  auto parsed = cli::parse_args(
+      views, specs, syntax, [&out](const FlagSpec& spec, std::string_view, std::string_view value) {
+        out.values[spec.name].emplace_back(value);
+        return std::optional<std::string>();
+      });
+  if (!parsed) return std::unexpected(std::move(parsed.error()));
+  out.help = parsed->help;
+  out.positionals = std::move(parsed->operands);
   return out;
 }
 
@@ -132,8 +57,7 @@ namespace {
 std::optional<std::string> apply_global(GlobalOptions& o, const std::string& name,
                                         const std::string& v) {
   if (name == "addr") {
-    if (v.empty()) return "must not be empty";
-    o.addr = v;
+    return cli::string_setter(o.addr)(v);
   } else if (name == "tls-ca") {
     o.tls_ca = v;
   } else if (name == "tls-cert") {
@@ -143,7 +67,7 @@ std::optional<std::string> apply_global(GlobalOptions& o, const std::string& nam
   } else if (name == "server-name") {
     o.server_name = v;
   } else if (name == "insecure" || name == "json") {
-    auto b = parse_bool(v);
+    auto b = cli::parse_bool(v);
     if (!b) return b.error();
     (name == "json" ? o.json : o.insecure) = *b;
   } else if (name == "node-id") {
@@ -151,10 +75,7 @@ std::optional<std::string> apply_global(GlobalOptions& o, const std::string& nam
   } else if (name == "org") {
     o.org = v;
   } else if (name == "timeout") {
-    auto d = app::parse_duration(v);
-    if (!d) return "not a duration (write it like 300ms, 5s or 1m30s)";
-    if (d->count() <= 0) return "must be positive";
-    o.timeout = *d;
+    return cli::duration_setter(o.timeout, false)(v);
   }
   return std::nullopt;
 }
@@ -165,9 +86,7 @@ std::expected<GlobalParse, std::string> parse_global(std::span<const std::string
                                                      const Getenv& getenv) {
   GlobalParse out;
   for (const auto& spec : global_flag_specs()) {
-    std::string var = "DISPATCHCTL_";
-    for (char c : spec.name)
-      var.push_back(c == '-' ? '_' : static_cast<char>(c >= 'a' && c <= 'z' ? c - 32 : c));
+    std::string var = cli::env_name("DISPATCHCTL", spec.name);
     auto v = getenv(var);
     if (!v) continue;
     if (auto err = apply_global(out.options, spec.name, *v)) {

@@ -68,14 +68,6 @@ std::string enum_choices(const google::protobuf::EnumDescriptor* d) {
   return out;
 }
 
-std::expected<bool, std::string> parse_bool(std::string_view v) {
-  if (v == "1" || v == "t" || v == "T" || v == "true" || v == "TRUE" || v == "True") return true;
-  if (v == "0" || v == "f" || v == "F" || v == "false" || v == "FALSE" || v == "False") {
-    return false;
-  }
-  return std::unexpected("want true or false, got \"" + std::string(v) + "\"");
-}
-
 std::expected<std::uint64_t, std::string> parse_uint64(std::string_view text) {
   return parse_whole<std::uint64_t>(text);
 }

@@ -23,28 +23,12 @@
 #include <utility>
 #include <vector>
 
+#include "dispatchd/admin/http_parser.hpp"
+#include "dispatchd/admin/http_response.hpp"
 #include "dispatchd/co/wakeup.hpp"
 #include "dispatchd/net/acceptor.hpp"
 
 namespace dispatchd::admin {
-
-struct Request {
-  std::string method;
-  std::string path;       // request target up to '?', not percent-decoded
-  std::string query;      // after '?', without it
-  int version_minor = 1;  // HTTP/1.<minor>
-  // Field names lower-cased, values with surrounding whitespace removed, in arrival order.
-  std::vector<std::pair<std::string, std::string>> headers;
-
-  // The first value of header `name` (lower-case), or empty.
-  std::string_view header(std::string_view name) const noexcept;
-};
-
-struct Response {
-  int status = 200;
-  std::string content_type = "text/plain; charset=utf-8";
-  std::string body;
-};
 
 struct HttpOptions {
   std::string listen = "127.0.0.1:9090";

@@ -1,16 +1,12 @@
 #pragma once
-// Durations as Docker and SwarmKit users write them (Go's time.ParseDuration): "300ms", "5s",
-// "1m30s", "1.5h", "0". Units: ns, us (or µs), ms, s, m, h.
+// The duration parser lives in the command-line library (dispatchd/cli/duration.hpp); these
+// names stay for the code that knows it as app:: (the fleet simulator, the fuzz targets).
 
-#include <chrono>
-#include <optional>
-#include <string>
-#include <string_view>
+#include "dispatchd/cli/duration.hpp"
 
 namespace dispatchd::app {
 
-std::optional<std::chrono::nanoseconds> parse_duration(std::string_view s);
-// Go's time.Duration.String() form: "5s", "1m30s", "300ms".
-std::string format_duration(std::chrono::nanoseconds d);
+using cli::format_duration;
+using cli::parse_duration;
 
 }  // namespace dispatchd::app

@@ -1,6 +1,6 @@
 #pragma once
-// dispatchctl's command line: global options (flags, then DISPATCHCTL_* variables) and a small
-// flag parser for commands, where flags and positional arguments may be mixed.
+// dispatchctl's command line: global options (flags, then DISPATCHCTL_* variables) and the
+// flags of commands, where flags and positional arguments may be mixed.
 
 #include <chrono>
 #include <expected>
@@ -12,15 +12,13 @@
 #include <string_view>
 #include <vector>
 
+#include "dispatchd/cli/args.hpp"
+
 namespace dispatchd::ctl {
 
-struct FlagSpec {
-  std::string name;        // without dashes: "availability"
-  char short_name = 0;     // 'q' for -q
-  bool is_bool = false;    // stands alone or takes =true/=false, never the next argument
-  std::string value_name;  // "STATE" in the help text
-  std::string help;
-};
+// A command's flags: the shared command-line syntax (dispatchd/cli/args.hpp) in its
+// dispatchctl dialect ("-x" one-letter flags, "--" ends the flags).
+using cli::FlagSpec;
 
 struct ParsedArgs {
   // Every value of every flag given, in order; a bool flag's values are "true"/"false".
@@ -43,8 +41,8 @@ std::expected<ParsedArgs, std::string> parse_args(std::span<const std::string> a
                                                   std::span<const FlagSpec> specs,
                                                   bool stop_at_positional = false);
 
-// Help lines for `specs`, one per flag, aligned.
-std::string flags_help(std::span<const FlagSpec> specs);
+// Help lines for `specs`, one per flag, aligned three spaces after the widest.
+using cli::flags_help;
 
 struct GlobalOptions {
   std::string addr = "127.0.0.1:4242";

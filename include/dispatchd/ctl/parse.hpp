@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "dispatchd/cli/args.hpp"
 #include "types.pb.h"
 
 namespace dispatchd::ctl {
@@ -25,7 +26,7 @@ std::string display_enum(const google::protobuf::EnumDescriptor* d, int value);
 std::string enum_choices(const google::protobuf::EnumDescriptor* d);
 
 // Go's strconv.ParseBool, as flags and DISPATCHCTL_* variables take booleans.
-std::expected<bool, std::string> parse_bool(std::string_view text);
+using cli::parse_bool;
 
 std::expected<std::uint64_t, std::string> parse_uint64(std::string_view text);
 std::expected<std::int64_t, std::string> parse_int64(std::string_view text);

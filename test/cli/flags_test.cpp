@@ -1,4 +1,4 @@
-#include "dispatchd/app/flags.hpp"
+#include "dispatchd/cli/flags.hpp"
 
 #include <gtest/gtest.h>
 
@@ -11,9 +11,9 @@
 #include <string_view>
 #include <vector>
 
-#include "dispatchd/app/duration.hpp"
+#include "dispatchd/cli/duration.hpp"
 
-namespace dispatchd::app {
+namespace dispatchd::cli {
 namespace {
 
 using namespace std::chrono_literals;
@@ -300,4 +300,4 @@ TEST_F(FlagsTest, UnknownPrefixedVariablesAreReported) {
 }
 
 }  // namespace
-}  // namespace dispatchd::app
+}  // namespace dispatchd::cli

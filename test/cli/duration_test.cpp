@@ -1,4 +1,4 @@
-#include "dispatchd/app/duration.hpp"
+#include "dispatchd/cli/duration.hpp"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 
 // Expectations are Go's time.ParseDuration and time.Duration.String(), which is what Docker
 // and SwarmKit users write and read.
-namespace dispatchd::app {
+namespace dispatchd::cli {
 namespace {
 
 using namespace std::chrono_literals;
@@ -241,4 +241,4 @@ TEST(FormatDurationTest, ParseOfFormatIsIdentity) {
 }
 
 }  // namespace
-}  // namespace dispatchd::app
+}  // namespace dispatchd::cli

@@ -1,9 +1,9 @@
-#include "dispatchd/app/duration.hpp"
+#include "dispatchd/cli/duration.hpp"
 
 #include <cstdint>
 #include <limits>
 
-namespace dispatchd::app {
+namespace dispatchd::cli {
 
 std::optional<std::chrono::nanoseconds> parse_duration(std::string_view s) {
   // Follows Go's time.ParseDuration: [-+]?([0-9]*(\.[0-9]*)?[a-z]+)+, each fraction truncated
@@ -120,4 +120,4 @@ std::string format_duration(std::chrono::nanoseconds d) {
   return sign + out;
 }
 
-}  // namespace dispatchd::app
+}  // namespace dispatchd::cli

@@ -1,0 +1,223 @@
+#include "dispatchd/app/daemon.hpp"
+
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/signal_set.hpp>
+#include <asio/steady_timer.hpp>
+#include <csignal>
+#include <cstdio>
+#include <functional>
+#include <optional>
+#include <thread>
+#include <utility>
+
+#include "dispatchd/app/server.hpp"
+#include "dispatchd/app/state.hpp"
+#include "dispatchd/log.hpp"
+#include "dispatchd/net/tcp_transport.hpp"
+
+namespace dispatchd::app {
+
+namespace {
+
+// SIGHUP reloads the certificate and key: the files are read on a thread of their own and the
+// new context is handed back to the io thread. Live connections keep the context they started
+// with. One reload runs at a time.
+class CertificateReloader {
+ public:
+  CertificateReloader(asio::io_context& io, Server& server, net::TlsFiles files)
+      : io_(io), server_(server), files_(std::move(files)) {}
+
+  // On the io thread.
+  void reload() {
+    if (reloading_) {
+      log::info("SIGHUP: a reload is already running");
+      return;
+    }
+    reloading_ = true;
+    join();
+    thread_ = std::thread([this] {
+      auto ctx = net::TlsContext::load(files_);
+      asio::post(io_, [this, ctx = std::move(ctx)] {
+        reloading_ = false;
+        if (!ctx) {
+          log::error("SIGHUP: certificates not reloaded, keeping the old ones: {}", ctx.error());
+          return;
+        }
+        server_.set_tls(*ctx);
+        log::info("SIGHUP: certificates reloaded (CN {}, O {}); new connections use them",
+                  (*ctx)->common_name(), (*ctx)->organization());
+      });
+    });
+  }
+
+  // After the io thread has ended (a reload's result then goes nowhere).
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  asio::io_context& io_;
+  Server& server_;
+  const net::TlsFiles files_;
+  std::thread thread_;
+  bool reloading_ = false;
+};
+
+// The final write of the store, once nothing changes it any more. Logs the outcome.
+bool save_state(const StateDir& dir, const store::Store& store) {
+  auto snap = store.snapshot();
+  auto bytes = dir.save(snap);
+  if (!bytes) {
+    log::error("state NOT saved to {}: {}", dir.file(), bytes.error());
+    return false;
+  }
+  log::info("state saved to {}: {} nodes, {} tasks, {} bytes", dir.file(), snap.nodes_size(),
+            snap.tasks_size(), *bytes);
+  return true;
+}
+
+}  // namespace
+
+int run_daemon(DaemonOptions d) {
+  Options& opt = d.server;
+  log::set_level(d.log_level);
+  log::set_format(d.log_format);
+
+  auto refuse = [](const std::string& msg) {
+    std::fprintf(stderr, "dispatchd: %s\n", msg.c_str());
+    return 2;
+  };
+  for (const auto& name : d.unknown_env) {
+    log::warn("ignoring environment variable {}: no such flag (see --help)", name);
+  }
+
+  std::optional<StateDir> statedir;
+  std::optional<dispatchd::state::v1::StoreSnapshot> saved;
+  if (!d.state_dir.empty()) {
+    auto dir = StateDir::open(d.state_dir);
+    if (!dir) return refuse(dir.error());
+    auto loaded = dir->load();
+    if (!loaded) return refuse(loaded.error());
+    saved = std::move(*loaded);
+    statedir.emplace(std::move(*dir));
+  }
+
+  std::shared_ptr<net::TlsContext> tls;
+  if (!opt.insecure) {
+    auto ctx = prepare_tls(opt);
+    if (!ctx) {
+      std::fprintf(stderr, "dispatchd: %s\n", ctx.error().c_str());
+      return 2;
+    }
+    tls = *ctx;
+  }
+
+  // From here on stderr is written by a thread of its own (stopped, and drained, at return).
+  struct AsyncLog {
+    ~AsyncLog() { log::stop_async(); }
+  } async_log;
+  if (d.log_buffer > 0) {
+    if (auto err = log::start_async(d.log_buffer); !err.empty()) {
+      log::warn("log lines are written synchronously: {}", err);
+    }
+  }
+
+  asio::io_context io(1);
+  // Signal handlers go in before the listening line is logged: a SIGTERM from a supervisor that
+  // saw the server start must stop it gracefully, never kill it (asio queues the signal until
+  // the wait below is armed).
+  asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
+  Server server(io, opt);
+  if (tls) server.set_tls(tls);
+  if (saved) {
+    auto st = server.store().restore(*saved);
+    if (!st.is_ok()) {
+      return refuse("state directory " + statedir->path() + ": " + st.message() +
+                    " (move store.pb away to start empty)");
+    }
+    log::info("state restored from {}: {} nodes, {} tasks, index {}", statedir->file(),
+              saved->nodes_size(), saved->tasks_size(), saved->index());
+    saved.reset();
+  }
+  auto bound = server.listen();
+  if (!bound) {
+    log::error("{}", bound.error());
+    return 1;
+  }
+  // The manager list agents receive names this server.
+  std::string addr = d.advertise.empty() ? net::endpoint_string(*bound) : d.advertise;
+  server.dispatcher().set_manager_addr(addr);
+  if (opt.insecure) {
+    log::warn(
+        "insecure mode: plaintext HTTP/2 and no authentication; any client can claim any "
+        "node ID. Use TLS outside tests and benchmarks.");
+  }
+  log::info("dispatchd listening on {} ({}, node {}, cluster {}, advertised as {})",
+            net::endpoint_string(*bound), opt.insecure ? "h2c plaintext" : "mutual TLS",
+            opt.dispatcher.manager_node_id, opt.dispatcher.cluster_id, addr);
+  if (auto admin = server.admin_endpoint()) {
+    log::info("admin endpoint on http://{} (/metrics, /healthz, /readyz)",
+              net::endpoint_string(*admin));
+  }
+
+  CertificateReloader reloader(io, server, opt.tls);
+  std::function<void(std::error_code, int)> on_signal = [&](std::error_code ec, int sig) {
+    if (ec) return;
+    if (sig == SIGHUP) {
+      if (!tls) {
+        log::info("SIGHUP: nothing to reload in insecure mode");
+      } else {
+        reloader.reload();
+      }
+      signals.async_wait(on_signal);
+      return;
+    }
+    log::info("received {}, shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    server.stop();
+  };
+  signals.async_wait(on_signal);
+  // Periodic state sync: the io thread only captures (pointer copies); the writer thread does
+  // the rest.
+  std::optional<StateSyncer> syncer;
+  asio::steady_timer sync_timer(io);
+  std::uint64_t synced_index = server.store().index();
+  std::function<void(std::error_code)> on_sync_timer = [&](std::error_code ec) {
+    if (ec) return;
+    if (server.store().index() != synced_index) {
+      synced_index = server.store().index();
+      syncer->submit(server.store().capture());
+    }
+    sync_timer.expires_after(d.state_sync_interval);
+    sync_timer.async_wait(on_sync_timer);
+  };
+  if (statedir && d.state_sync_interval.count() > 0) {
+    syncer.emplace(*statedir);
+    sync_timer.expires_after(d.state_sync_interval);
+    sync_timer.async_wait(on_sync_timer);
+  }
+  bool done = false;
+  asio::co_spawn(io, server.run(), [&](std::exception_ptr e) {
+    done = true;
+    signals.cancel();
+    sync_timer.cancel();
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        log::error("server failed: {}", ex.what());
+      }
+    }
+  });
+  io.run();
+  reloader.join();
+  int rc = done ? 0 : 1;
+  if (syncer) syncer->stop();  // never two writers at once
+  // The io thread has ended: every acknowledged status update is in the store.
+  if (statedir && !save_state(*statedir, server.store())) rc = 1;
+  log::info("dispatchd stopped");
+  return rc;
+}
+
+}  // namespace dispatchd::app
