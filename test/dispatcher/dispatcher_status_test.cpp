@@ -1,60 +1,15 @@
 // UpdateTaskStatus and UpdateVolumeStatus (docs/behaviour.md §6, §7, §2.1, §0.5).
-// Judged over the wire by the real gRPC C++ client (test/support/agent.hpp). TestServer::call
-// only sets up or inspects server state, or acts as an operator would (store writes,
-// disconnecting a node, stopping); every behaviour itself is observed by the client.
+// Over the wire, judged by the real gRPC C++ client (test/support/agent.hpp).
 
-#include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
-#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <array>
-#include <asio/post.hpp>
-#include <atomic>
-#include <chrono>
-#include <functional>
-#include <future>
-#include <memory>
-#include <optional>
-#include <set>
-#include <string>
-#include <thread>
-#include <utility>
-#include <vector>
-
-#include "dispatcher.grpc.pb.h"
 #include "support/agent.hpp"
-#include "support/grpc_client.hpp"
 #include "support/raw_client.hpp"
-#include "support/test_server.hpp"
 
 namespace {
 
-namespace api = docker::swarmkit::v1;
-namespace dg = dispatchd::grpc;
-namespace store = dispatchd::store;
-using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
-// The agent and setup helpers of test/support/agent.hpp.
-using dispatchd::test::Agent;
-using dispatchd::test::as_node;
-using dispatchd::test::channel_to;
-using dispatchd::test::context;
-using dispatchd::test::Metadata;
-using dispatchd::test::node_object;
-using dispatchd::test::node_state;
-using dispatchd::test::options_with;
-using dispatchd::test::register_node;
-using dispatchd::test::Registered;
-using dispatchd::test::SessionStream;
-using dispatchd::test::status_update;
-using dispatchd::test::stored_node;
-using dispatchd::test::stored_task;
-using dispatchd::test::stored_volume;
-using dispatchd::test::task_object;
-using dispatchd::test::TestServer;
-using dispatchd::test::write;
+using namespace dispatchd::test;  // the agent and the setup helpers (support/agent.hpp)
 
 // =============================================================================================
 // UpdateTaskStatus (docs/behaviour.md §6, §2.1, §0.5)

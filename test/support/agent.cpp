@@ -6,27 +6,33 @@ namespace dispatchd::test {
 
 namespace api = ::docker::swarmkit::v1;
 
-std::unique_ptr<::grpc::ClientContext> context(const Metadata& md) {
-  return client_context(md, kCallTimeout);
+std::unique_ptr<::grpc::ClientContext> context(const Metadata& md, std::chrono::seconds timeout) {
+  return client_context(md, timeout);
 }
 
-std::shared_ptr<::grpc::Channel> channel_to(const TestServer& server, bool own_connection) {
-  ::grpc::ChannelArguments args;
+std::shared_ptr<::grpc::Channel> channel_to(const TestServer& server, bool own_connection,
+                                            ::grpc::ChannelArguments args) {
   args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, -1);
   if (own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   return ::grpc::CreateCustomChannel(server.address(), ::grpc::InsecureChannelCredentials(), args);
 }
 
-SessionStream::SessionStream(api::Dispatcher::Stub& stub, const Metadata& md,
-                             const api::SessionRequest& req)
-    : ctx_(context(md)), reader_(stub.Session(ctx_.get(), req)) {}
-
-::grpc::Status SessionStream::finish() {
-  api::SessionMessage m;
-  while (reader_->Read(&m))
-    rest_.push_back(m);
-  return reader_->Finish();
+std::string describe(const ::grpc::Status& st) {
+  return std::to_string(st.error_code()) + " \"" + st.error_message() + "\"";
 }
+
+namespace {
+
+std::unique_ptr<SessionStream> session_stream(api::Dispatcher::Stub& stub, const Metadata& md,
+                                              const api::SessionRequest& req,
+                                              std::chrono::seconds timeout) {
+  auto s = std::make_unique<SessionStream>();
+  s->ctx = context(md, timeout);
+  s->reader = stub.Session(s->ctx.get(), req);
+  return s;
+}
+
+}  // namespace
 
 Agent::Agent(const TestServer& server, bool own_connection)
     : channel_(channel_to(server, own_connection)), stub_(api::Dispatcher::NewStub(channel_)) {}
@@ -36,7 +42,28 @@ std::unique_ptr<SessionStream> Agent::session(const Metadata& md, const std::str
   api::SessionRequest req;
   req.set_session_id(session_id);
   if (description) *req.mutable_description() = *description;
-  return std::make_unique<SessionStream>(*stub_, md, req);
+  return session_stream(*stub_, md, req, kCallTimeout);
+}
+
+std::unique_ptr<AssignmentsStream> Agent::assignments(const Metadata& md,
+                                                      const std::string& session_id,
+                                                      std::chrono::seconds timeout) {
+  auto s = std::make_unique<AssignmentsStream>();
+  s->ctx = context(md, timeout);
+  api::AssignmentsRequest req;
+  req.set_session_id(session_id);
+  s->reader = stub_->Assignments(s->ctx.get(), req);
+  return s;
+}
+
+std::unique_ptr<TasksStream> Agent::tasks(const Metadata& md, const std::string& session_id,
+                                          std::chrono::seconds timeout) {
+  auto s = std::make_unique<TasksStream>();
+  s->ctx = context(md, timeout);
+  api::TasksRequest req;
+  req.set_session_id(session_id);
+  s->reader = stub_->Tasks(s->ctx.get(), req);
+  return s;
 }
 
 ::grpc::Status Agent::heartbeat(const Metadata& md, const std::string& session_id,
@@ -71,6 +98,49 @@ Registered register_node(Agent& agent, const Metadata& md, const std::string& se
   r.ok = r.stream->read(r.first);
   if (!r.ok) r.status = r.stream->finish();
   return r;
+}
+
+std::unique_ptr<Registered> open_session(api::Dispatcher::Stub& stub, const Metadata& md,
+                                         std::chrono::seconds timeout) {
+  auto r = std::make_unique<Registered>();
+  r->stream = session_stream(stub, md, api::SessionRequest{}, timeout);
+  r->ok = r->stream->read(r->first);
+  if (!r->ok) {
+    r->status = r->stream->finish();
+    std::string who;
+    for (const auto& [k, v] : md)
+      who += " " + k + "=" + v;
+    ADD_FAILURE() << "no first SessionMessage for" << who << ": " << describe(r->status);
+  }
+  return r;
+}
+
+std::unique_ptr<Registered> open_session(api::Dispatcher::Stub& stub, const std::string& node_id,
+                                         std::chrono::seconds timeout) {
+  return open_session(stub, as_node(node_id), timeout);
+}
+
+std::unique_ptr<AssignmentsStream> open_assignments(api::Dispatcher::Stub& stub,
+                                                    const std::string& node_id,
+                                                    const std::string& session_id,
+                                                    std::chrono::seconds timeout) {
+  auto s = std::make_unique<AssignmentsStream>();
+  s->ctx = context(as_node(node_id), timeout);
+  api::AssignmentsRequest req;
+  req.set_session_id(session_id);
+  s->reader = stub.Assignments(s->ctx.get(), req);
+  return s;
+}
+
+std::unique_ptr<TasksStream> open_tasks(api::Dispatcher::Stub& stub, const std::string& node_id,
+                                        const std::string& session_id,
+                                        std::chrono::seconds timeout) {
+  auto s = std::make_unique<TasksStream>();
+  s->ctx = context(as_node(node_id), timeout);
+  api::TasksRequest req;
+  req.set_session_id(session_id);
+  s->reader = stub.Tasks(s->ctx.get(), req);
+  return s;
 }
 
 api::UpdateTaskStatusRequest::TaskStatusUpdate status_update(const std::string& task_id,
