@@ -29,16 +29,7 @@ namespace {
 
 namespace api = docker::swarmkit::v1;
 using dispatchd::store::WriteTx;
-using dispatchd::test::as_node;
-using dispatchd::test::channel_to;
-using dispatchd::test::ClientStream;
-using dispatchd::test::context;
-using dispatchd::test::describe;
-using dispatchd::test::open_assignments;
-using dispatchd::test::open_session;
-using dispatchd::test::open_tasks;
-using dispatchd::test::Registered;
-using dispatchd::test::TestServer;
+using namespace dispatchd::test;  // the agent and the setup helpers (support/agent.hpp)
 using StoreStatus = dispatchd::grpc::Status;
 using StoreCode = dispatchd::grpc::StatusCode;
 using Clock = std::chrono::steady_clock;

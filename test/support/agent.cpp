@@ -32,6 +32,36 @@ std::unique_ptr<SessionStream> session_stream(api::Dispatcher::Stub& stub, const
   return s;
 }
 
+template <class Stream, class Request, class Open>
+std::unique_ptr<Stream> open_stream(const Metadata& md, const std::string& session_id,
+                                    std::chrono::seconds timeout, Open open) {
+  auto s = std::make_unique<Stream>();
+  s->ctx = context(md, timeout);
+  Request req;
+  req.set_session_id(session_id);
+  s->reader = open(s->ctx.get(), req);
+  return s;
+}
+
+std::unique_ptr<AssignmentsStream> assignments_stream(api::Dispatcher::Stub& stub,
+                                                      const Metadata& md,
+                                                      const std::string& session_id,
+                                                      std::chrono::seconds timeout) {
+  return open_stream<AssignmentsStream, api::AssignmentsRequest>(
+      md, session_id, timeout, [&](::grpc::ClientContext* ctx, const api::AssignmentsRequest& req) {
+        return stub.Assignments(ctx, req);
+      });
+}
+
+std::unique_ptr<TasksStream> tasks_stream(api::Dispatcher::Stub& stub, const Metadata& md,
+                                          const std::string& session_id,
+                                          std::chrono::seconds timeout) {
+  return open_stream<TasksStream, api::TasksRequest>(
+      md, session_id, timeout, [&](::grpc::ClientContext* ctx, const api::TasksRequest& req) {
+        return stub.Tasks(ctx, req);
+      });
+}
+
 }  // namespace
 
 Agent::Agent(const TestServer& server, bool own_connection)
@@ -48,22 +78,12 @@ std::unique_ptr<SessionStream> Agent::session(const Metadata& md, const std::str
 std::unique_ptr<AssignmentsStream> Agent::assignments(const Metadata& md,
                                                       const std::string& session_id,
                                                       std::chrono::seconds timeout) {
-  auto s = std::make_unique<AssignmentsStream>();
-  s->ctx = context(md, timeout);
-  api::AssignmentsRequest req;
-  req.set_session_id(session_id);
-  s->reader = stub_->Assignments(s->ctx.get(), req);
-  return s;
+  return assignments_stream(*stub_, md, session_id, timeout);
 }
 
 std::unique_ptr<TasksStream> Agent::tasks(const Metadata& md, const std::string& session_id,
                                           std::chrono::seconds timeout) {
-  auto s = std::make_unique<TasksStream>();
-  s->ctx = context(md, timeout);
-  api::TasksRequest req;
-  req.set_session_id(session_id);
-  s->reader = stub_->Tasks(s->ctx.get(), req);
-  return s;
+  return tasks_stream(*stub_, md, session_id, timeout);
 }
 
 ::grpc::Status Agent::heartbeat(const Metadata& md, const std::string& session_id,
@@ -124,23 +144,13 @@ std::unique_ptr<AssignmentsStream> open_assignments(api::Dispatcher::Stub& stub,
                                                     const std::string& node_id,
                                                     const std::string& session_id,
                                                     std::chrono::seconds timeout) {
-  auto s = std::make_unique<AssignmentsStream>();
-  s->ctx = context(as_node(node_id), timeout);
-  api::AssignmentsRequest req;
-  req.set_session_id(session_id);
-  s->reader = stub.Assignments(s->ctx.get(), req);
-  return s;
+  return assignments_stream(stub, as_node(node_id), session_id, timeout);
 }
 
 std::unique_ptr<TasksStream> open_tasks(api::Dispatcher::Stub& stub, const std::string& node_id,
                                         const std::string& session_id,
                                         std::chrono::seconds timeout) {
-  auto s = std::make_unique<TasksStream>();
-  s->ctx = context(as_node(node_id), timeout);
-  api::TasksRequest req;
-  req.set_session_id(session_id);
-  s->reader = stub.Tasks(s->ctx.get(), req);
-  return s;
+  return tasks_stream(stub, as_node(node_id), session_id, timeout);
 }
 
 api::UpdateTaskStatusRequest::TaskStatusUpdate status_update(const std::string& task_id,
