@@ -10,6 +10,7 @@
 
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
+#include "support/agent.hpp"
 #include "support/grpc_client.hpp"
 #include "support/http_get.hpp"
 #include "support/test_server.hpp"
@@ -51,10 +52,9 @@ TEST(AdminEndpointTest, MetricsCountWhatAgentsAndOperatorsDo) {
   auto dispatcher = api::Dispatcher::NewStub(channel);
   auto control = pb::Control::NewStub(channel);
 
-  auto sctx = as("node-a");
-  auto session = dispatcher->Session(sctx.get(), api::SessionRequest{});
-  api::SessionMessage first;
-  ASSERT_TRUE(session->Read(&first));
+  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
+  ASSERT_TRUE(session->ok);
+  const api::SessionMessage& first = session->first;
   for (int i = 0; i < 3; ++i) {
     api::HeartbeatRequest hb;
     hb.set_session_id(first.session_id());
@@ -114,7 +114,7 @@ TEST(AdminEndpointTest, MetricsCountWhatAgentsAndOperatorsDo) {
   EXPECT_EQ(http_get(port, "/healthz").status, 200);
   EXPECT_EQ(http_get(port, "/readyz").status, 200);
   EXPECT_EQ(http_get(port, "/nope").status, 404);
-  sctx->TryCancel();
+  session->stream->cancel();
 }
 
 TEST(AdminEndpointTest, ReadyzFailsOnceTheServerStops) {

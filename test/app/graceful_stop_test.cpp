@@ -19,6 +19,7 @@
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "support/agent.hpp"
 #include "support/child_process.hpp"
 #include "support/grpc_client.hpp"
 
@@ -91,11 +92,9 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   auto dispatcher = api::Dispatcher::NewStub(channel);
   auto control = pb::Control::NewStub(channel);
 
-  auto sctx = as("node-a");
-  auto session = dispatcher->Session(sctx.get(), api::SessionRequest{});
-  api::SessionMessage first_message;
-  ASSERT_TRUE(session->Read(&first_message));
-  const std::string session_id = first_message.session_id();
+  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
+  ASSERT_TRUE(session->ok);
+  const std::string session_id = session->id();
 
   constexpr int kTasks = 2000;
   ASSERT_TRUE(create_tasks(*control, "node-a", kTasks));
@@ -138,11 +137,11 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   // The Session is sent away: its last message carries the manager list, then ABORTED.
   api::SessionMessage m, last;
   bool got_final = false;
-  while (session->Read(&m)) {
+  while (session->stream->read(m)) {
     last = m;
     got_final = true;
   }
-  auto st = session->Finish();
+  auto st = session->stream->finish();
   EXPECT_TRUE(got_final);
   EXPECT_GT(last.managers_size(), 0);
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
@@ -198,10 +197,8 @@ TEST(GracefulStopTest, AKilledServerRestartsFromItsLastPeriodicSync) {
   auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
   auto dispatcher = api::Dispatcher::NewStub(channel);
   auto control = pb::Control::NewStub(channel);
-  auto sctx = as("node-a");
-  auto session = dispatcher->Session(sctx.get(), api::SessionRequest{});
-  api::SessionMessage m;
-  ASSERT_TRUE(session->Read(&m));
+  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
+  ASSERT_TRUE(session->ok);
   ASSERT_TRUE(create_tasks(*control, "node-a", 10));
   // The writer thread reports each sync; wait for one that has every task, then crash.
   ASSERT_TRUE(first.process->wait_for_line(", 10 tasks,", 30s)) << first.process->output();

@@ -12,6 +12,7 @@
 
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
+#include "support/agent.hpp"
 #include "support/grpc_client.hpp"
 #include "support/test_server.hpp"
 
@@ -26,9 +27,8 @@ using dispatchd::test::Metadata;
 
 const Metadata kOperator = {{"node-id", "ops-1"}, {"node-role", "swarm-manager"}};
 
-std::unique_ptr<grpc::ClientContext> context(const Metadata& md) {
-  return dispatchd::test::client_context(md);
-}
+using dispatchd::test::context;
+using dispatchd::test::Registered;
 
 class ControlTest : public ::testing::Test {
  protected:
@@ -45,17 +45,8 @@ class ControlTest : public ::testing::Test {
   }
 
   // An agent's open Session with its first message read.
-  struct Session {
-    std::unique_ptr<grpc::ClientContext> ctx;
-    std::unique_ptr<grpc::ClientReader<api::SessionMessage>> reader;
-    api::SessionMessage first;
-  };
-  std::unique_ptr<Session> open_session(const std::string& node_id) {
-    auto s = std::make_unique<Session>();
-    s->ctx = context(as_node(node_id));
-    s->reader = dispatcher_->Session(s->ctx.get(), api::SessionRequest{});
-    EXPECT_TRUE(s->reader->Read(&s->first));
-    return s;
+  std::unique_ptr<Registered> open_session(const std::string& node_id) {
+    return dispatchd::test::open_session(*dispatcher_, node_id);
   }
 
   pb::NodeSummary node_summary(const std::string& id) {
@@ -113,8 +104,8 @@ TEST_F(ControlTest, ListNodesShowsSessionsAndFilters) {
   EXPECT_EQ(resp.nodes_size(), 0);
 
   // When the stream goes, the registration stays but is no longer streaming.
-  a->ctx->TryCancel();
-  a->reader->Finish();
+  a->stream->cancel();
+  a->stream->finish();
   ASSERT_TRUE(server_.eventually([&] {
     auto v = server_.server().dispatcher().session_view("node-a");
     return v && !v->streaming;
@@ -133,7 +124,7 @@ TEST_F(ControlTest, DrainReachesTheNodesSession) {
   EXPECT_EQ(resp.node().spec().availability(), api::NodeSpec::DRAIN);
 
   api::SessionMessage m;
-  ASSERT_TRUE(s->reader->Read(&m));
+  ASSERT_TRUE(s->stream->read(m));
   EXPECT_EQ(m.node().spec().availability(), api::NodeSpec::DRAIN);
   EXPECT_EQ(node_summary("node-a").availability(), api::NodeSpec::DRAIN);
 }
@@ -168,9 +159,9 @@ TEST_F(ControlTest, RemovingALiveNodeNeedsForceAndDisconnectsIt) {
   ASSERT_TRUE(st.ok()) << st.error_message();
   // The session is told to go: a final message, then ABORTED.
   api::SessionMessage m;
-  ASSERT_TRUE(s->reader->Read(&m));
-  EXPECT_FALSE(s->reader->Read(&m));
-  st = s->reader->Finish();
+  ASSERT_TRUE(s->stream->read(m));
+  EXPECT_FALSE(s->stream->read(m));
+  st = s->stream->finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED);
   EXPECT_EQ(st.error_message(), "node must disconnect");
   // Its registration is gone too (nothing left to heartbeat against or to count).
@@ -204,12 +195,9 @@ TEST_F(ControlTest, TheManagerCannotRemoveItself) {
 
 TEST_F(ControlTest, CreatedTasksReachTheOpenAssignmentsStreamAndRemovalsToo) {
   auto s = open_session("node-a");
-  auto actx = context(as_node("node-a"));
-  api::AssignmentsRequest areq;
-  areq.set_session_id(s->first.session_id());
-  auto assignments = dispatcher_->Assignments(actx.get(), areq);
+  auto assignments = dispatchd::test::open_assignments(*dispatcher_, "node-a", s->id());
   api::AssignmentsMessage m;
-  ASSERT_TRUE(assignments->Read(&m));
+  ASSERT_TRUE(assignments->read(m));
   EXPECT_EQ(m.type(), api::AssignmentsMessage::COMPLETE);
   EXPECT_EQ(m.changes_size(), 0);
 
@@ -224,7 +212,7 @@ TEST_F(ControlTest, CreatedTasksReachTheOpenAssignmentsStreamAndRemovalsToo) {
   EXPECT_EQ(created.task().status().state(), api::ASSIGNED);
   EXPECT_EQ(created.task().desired_state(), api::RUNNING);
 
-  ASSERT_TRUE(assignments->Read(&m));
+  ASSERT_TRUE(assignments->read(m));
   EXPECT_EQ(m.type(), api::AssignmentsMessage::INCREMENTAL);
   ASSERT_EQ(m.changes_size(), 1);
   EXPECT_EQ(m.changes(0).action(), api::AssignmentChange::UPDATE);
@@ -242,7 +230,7 @@ TEST_F(ControlTest, CreatedTasksReachTheOpenAssignmentsStreamAndRemovalsToo) {
   rm.set_task_id(task_id);
   pb::RemoveTaskResponse removed;
   ASSERT_TRUE(call(&pb::Control::Stub::RemoveTask, rm, &removed).ok());
-  ASSERT_TRUE(assignments->Read(&m));
+  ASSERT_TRUE(assignments->read(m));
   ASSERT_EQ(m.changes_size(), 1);
   EXPECT_EQ(m.changes(0).action(), api::AssignmentChange::REMOVE);
   EXPECT_EQ(call(&pb::Control::Stub::RemoveTask, rm, &removed).error_code(),
@@ -256,7 +244,7 @@ TEST_F(ControlTest, CreatedTasksReachTheOpenAssignmentsStreamAndRemovalsToo) {
   EXPECT_TRUE(call(&pb::Control::Stub::CreateTask, create, &created).ok());
   EXPECT_EQ(call(&pb::Control::Stub::CreateTask, create, &created).error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
-  actx->TryCancel();
+  assignments->cancel();
 }
 
 TEST_F(ControlTest, ManagerListAndKeysReachEverySession) {
@@ -269,7 +257,7 @@ TEST_F(ControlTest, ManagerListAndKeysReachEverySession) {
   pb::SetManagersResponse done;
   ASSERT_TRUE(call(&pb::Control::Stub::SetManagers, set, &done).ok());
   api::SessionMessage m;
-  ASSERT_TRUE(s->reader->Read(&m));
+  ASSERT_TRUE(s->stream->read(m));
   ASSERT_EQ(m.managers_size(), 1);
   EXPECT_EQ(m.managers(0).peer().addr(), "10.0.0.2:4242");
   pb::GetManagersResponse managers;
@@ -286,13 +274,13 @@ TEST_F(ControlTest, ManagerListAndKeysReachEverySession) {
   k->set_lamport_time(3);
   pb::SetNetworkKeysResponse keys_done;
   ASSERT_TRUE(call(&pb::Control::Stub::SetNetworkKeys, keys, &keys_done).ok());
-  ASSERT_TRUE(s->reader->Read(&m));
+  ASSERT_TRUE(s->stream->read(m));
   ASSERT_EQ(m.network_bootstrap_keys_size(), 1);
   EXPECT_EQ(m.network_bootstrap_keys(0).lamport_time(), 3u);
   pb::GetNetworkKeysResponse got;
   ASSERT_TRUE(call(&pb::Control::Stub::GetNetworkKeys, pb::GetNetworkKeysRequest{}, &got).ok());
   EXPECT_EQ(got.keys_size(), 1);
-  s->ctx->TryCancel();
+  s->stream->cancel();
 }
 
 }  // namespace

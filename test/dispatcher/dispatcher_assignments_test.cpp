@@ -22,13 +22,14 @@
 #include <vector>
 
 #include "dispatcher.grpc.pb.h"
+#include "support/agent.hpp"
 #include "support/test_server.hpp"
 
 namespace {
 
 namespace api = docker::swarmkit::v1;
 using dispatchd::store::WriteTx;
-using dispatchd::test::TestServer;
+using namespace dispatchd::test;  // the agent and the setup helpers (support/agent.hpp)
 using StoreStatus = dispatchd::grpc::Status;
 using StoreCode = dispatchd::grpc::StatusCode;
 using Clock = std::chrono::steady_clock;
@@ -43,95 +44,11 @@ dispatchd::app::Options options_with_batch_wait(std::chrono::milliseconds wait) 
   return o;
 }
 
-// Each channel gets a connection of its own (grpc++ otherwise shares one between channels whose
+// A channel with a connection of its own (grpc++ otherwise shares one between channels whose
 // arguments are equal).
 std::shared_ptr<grpc::Channel> make_channel(const TestServer& server,
                                             grpc::ChannelArguments args = {}) {
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, -1);
-  return grpc::CreateCustomChannel(server.address(), grpc::InsecureChannelCredentials(), args);
-}
-
-// Insecure mode: the metadata stands in for the node certificate (role defaults to worker).
-std::unique_ptr<grpc::ClientContext> node_context(const std::string& node_id) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
-  ctx->AddMetadata("node-id", node_id);
-  ctx->set_deadline(std::chrono::system_clock::now() + kStreamDeadline);
-  return ctx;
-}
-
-std::string describe(const grpc::Status& st) {
-  return std::to_string(st.error_code()) + " \"" + st.error_message() + "\"";
-}
-
-// A server-streaming call; if the test did not finish it, it is cancelled and finished on
-// destruction.
-template <class Msg>
-struct ClientStream {
-  std::unique_ptr<grpc::ClientContext> ctx;
-  std::unique_ptr<grpc::ClientReader<Msg>> reader;
-  bool finished = false;
-
-  ClientStream() = default;
-  ClientStream(const ClientStream&) = delete;
-  ClientStream& operator=(const ClientStream&) = delete;
-  ~ClientStream() {
-    if (reader && !finished) {
-      ctx->TryCancel();
-      finish();
-    }
-  }
-
-  bool read(Msg& m) { return reader->Read(&m); }
-  // Reads what is left (counting it in `left`) and returns the stream's status.
-  grpc::Status finish(int* left = nullptr) {
-    Msg m;
-    int n = 0;
-    while (reader->Read(&m))
-      ++n;
-    if (left) *left = n;
-    finished = true;
-    return reader->Finish();
-  }
-};
-
-struct Session {
-  ClientStream<api::SessionMessage> stream;
-  api::SessionMessage first;
-  const std::string& id() const { return first.session_id(); }
-};
-
-// An agent's session: Session with the node's identity; the first message names the session.
-std::unique_ptr<Session> open_session(api::Dispatcher::Stub& stub, const std::string& node_id) {
-  auto s = std::make_unique<Session>();
-  s->stream.ctx = node_context(node_id);
-  s->stream.reader = stub.Session(s->stream.ctx.get(), api::SessionRequest{});
-  if (!s->stream.read(s->first)) {
-    ADD_FAILURE() << "no first SessionMessage for " << node_id << ": "
-                  << describe(s->stream.finish());
-  }
-  return s;
-}
-
-std::unique_ptr<ClientStream<api::AssignmentsMessage>> open_assignments(
-    api::Dispatcher::Stub& stub, const std::string& node_id, const std::string& session_id) {
-  auto s = std::make_unique<ClientStream<api::AssignmentsMessage>>();
-  s->ctx = node_context(node_id);
-  api::AssignmentsRequest req;
-  req.set_session_id(session_id);
-  s->reader = stub.Assignments(s->ctx.get(), req);
-  return s;
-}
-
-std::unique_ptr<ClientStream<api::TasksMessage>> open_tasks(api::Dispatcher::Stub& stub,
-                                                            const std::string& node_id,
-                                                            const std::string& session_id) {
-  auto s = std::make_unique<ClientStream<api::TasksMessage>>();
-  s->ctx = node_context(node_id);
-  api::TasksRequest req;
-  req.set_session_id(session_id);
-  s->reader = stub.Tasks(s->ctx.get(), req);
-  return s;
+  return channel_to(server, /*own_connection=*/true, std::move(args));
 }
 
 // ---- the store, written on the server thread -------------------------------------------------
@@ -267,8 +184,8 @@ class DispatcherAssignmentsTest : public ::testing::Test {
   // Opens the node's session and its Assignments stream, and reads the COMPLETE message.
   std::unique_ptr<ClientStream<api::AssignmentsMessage>> follow(const std::string& node_id,
                                                                 api::AssignmentsMessage& first) {
-    sessions_.push_back(open_session(*stub_, node_id));
-    auto stream = open_assignments(*stub_, node_id, sessions_.back()->id());
+    sessions_.push_back(open_session(*stub_, node_id, kStreamDeadline));
+    auto stream = open_assignments(*stub_, node_id, sessions_.back()->id(), kStreamDeadline);
     if (!stream->read(first)) {
       ADD_FAILURE() << "no first AssignmentsMessage for " << node_id << ": "
                     << describe(stream->finish());
@@ -279,7 +196,7 @@ class DispatcherAssignmentsTest : public ::testing::Test {
   TestServer server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<api::Dispatcher::Stub> stub_;
-  std::vector<std::unique_ptr<Session>> sessions_;
+  std::vector<std::unique_ptr<Registered>> sessions_;
 };
 
 class DispatcherAssignmentsDefaultTimingTest : public DispatcherAssignmentsTest {
@@ -594,23 +511,23 @@ TEST_F(DispatcherAssignmentsDefaultTimingTest, ModificationsWithinTheQuietPeriod
 
 TEST_F(DispatcherAssignmentsTest, AssignmentsWithoutTheCurrentSessionIsInvalidArgument) {
   const std::string node = "node-session";
-  auto first = open_session(*stub_, node);
+  auto first = open_session(*stub_, node, kStreamDeadline);
   ASSERT_FALSE(first->id().empty());
   // Registering again supersedes the first session ID.
-  auto second = open_session(*stub_, node);
+  auto second = open_session(*stub_, node, kStreamDeadline);
   ASSERT_FALSE(second->id().empty());
   ASSERT_NE(first->id(), second->id());
 
   for (const std::string& sid : {std::string(), std::string("not-a-session"), first->id()}) {
     SCOPED_TRACE("session_id \"" + sid + "\"");
-    auto stream = open_assignments(*stub_, node, sid);
+    auto stream = open_assignments(*stub_, node, sid, kStreamDeadline);
     api::AssignmentsMessage m;
     EXPECT_FALSE(stream->read(m)) << "a message before the error: " << summary(m);
     auto st = stream->finish();
     EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << describe(st);
     EXPECT_EQ(st.error_message(), "session invalid");
 
-    auto tasks = open_tasks(*stub_, node, sid);
+    auto tasks = open_tasks(*stub_, node, sid, kStreamDeadline);
     api::TasksMessage tm;
     EXPECT_FALSE(tasks->read(tm)) << "a Tasks message before the error";
     st = tasks->finish();
@@ -618,7 +535,7 @@ TEST_F(DispatcherAssignmentsTest, AssignmentsWithoutTheCurrentSessionIsInvalidAr
     EXPECT_EQ(st.error_message(), "session invalid");
   }
   // The current session still works.
-  auto stream = open_assignments(*stub_, node, second->id());
+  auto stream = open_assignments(*stub_, node, second->id(), kStreamDeadline);
   api::AssignmentsMessage m;
   EXPECT_TRUE(stream->read(m));
   EXPECT_EQ(m.type(), api::AssignmentsMessage::COMPLETE);
@@ -627,7 +544,7 @@ TEST_F(DispatcherAssignmentsTest, AssignmentsWithoutTheCurrentSessionIsInvalidAr
 TEST_F(DispatcherAssignmentsTest, AssignmentsForAnUnregisteredNodeIsNotFound) {
   for (const std::string& sid : {std::string(), std::string("some-session")}) {
     SCOPED_TRACE("session_id \"" + sid + "\"");
-    auto stream = open_assignments(*stub_, "node-never-registered", sid);
+    auto stream = open_assignments(*stub_, "node-never-registered", sid, kStreamDeadline);
     api::AssignmentsMessage m;
     EXPECT_FALSE(stream->read(m)) << "a message before the error: " << summary(m);
     auto st = stream->finish();
@@ -644,7 +561,7 @@ TEST_F(DispatcherAssignmentsTest, AssignmentsAndTasksEndWithCanceledWhenTheDispa
   api::AssignmentsMessage m;
   auto assignments = follow(node, m);
   ASSERT_EQ(m.changes_size(), 1);
-  auto tasks = open_tasks(*stub_, node, sessions_.back()->id());
+  auto tasks = open_tasks(*stub_, node, sessions_.back()->id(), kStreamDeadline);
   api::TasksMessage tm;
   ASSERT_TRUE(tasks->read(tm));
 
@@ -675,9 +592,9 @@ TEST_F(DispatcherTasksTest, ListsTheNodesAssignedTasksThenTheFullListAfterEachCh
                    tx.create(make_task("tk-pending", node, api::PENDING)),
                    tx.create(make_task("tk-foreign", "node-other", api::ASSIGNED))});
   }));
-  auto session = open_session(*stub_, node);
+  auto session = open_session(*stub_, node, kStreamDeadline);
   ASSERT_FALSE(session->id().empty());
-  auto stream = open_tasks(*stub_, node, session->id());
+  auto stream = open_tasks(*stub_, node, session->id(), kStreamDeadline);
 
   api::TasksMessage m;
   ASSERT_TRUE(stream->read(m));
@@ -719,7 +636,7 @@ TEST(DispatcherSelectRuleTest, SessionLosesNothingWhenEverySourceIsReadyAtOnce) 
   auto channel = make_channel(server);
   auto stub = api::Dispatcher::NewStub(channel);
   const std::string node = "node-select";
-  auto session = open_session(*stub, node);
+  auto session = open_session(*stub, node, kStreamDeadline);
   ASSERT_FALSE(session->id().empty());
 
   constexpr std::uint64_t kRounds = 2000;
@@ -744,7 +661,7 @@ TEST(DispatcherSelectRuleTest, SessionLosesNothingWhenEverySourceIsReadyAtOnce) 
   auto reader_finished = reader_done.get_future();
   std::thread reader([&] {
     api::SessionMessage m;
-    while (session->stream.read(m)) {
+    while (session->stream->read(m)) {
       ++messages;
       Values v = values_of(m);
       if (v.node < last.node || v.managers < last.managers || v.keys < last.keys) {
@@ -772,7 +689,7 @@ TEST(DispatcherSelectRuleTest, SessionLosesNothingWhenEverySourceIsReadyAtOnce) 
       if (done.wait_for(0s) != std::future_status::ready) s.ctx->TryCancel();
       t.join();
     }
-  } join_reader{reader, session->stream, reader_finished};
+  } join_reader{reader, *session->stream, reader_finished};
 
   for (std::uint64_t r = 1; r <= kRounds; ++r) {
     bool ok = server.call([&] {
@@ -876,12 +793,12 @@ TEST(DispatcherSlowConsumerTest, StalledSessionIsCutOffWhileAnotherKeepsReceivin
   auto slow_channel = make_channel(server, small_window);
   auto slow_stub = api::Dispatcher::NewStub(slow_channel);
 
-  auto fast = open_session(*fast_stub, "node-fast");
+  auto fast = open_session(*fast_stub, "node-fast", kStreamDeadline);
   ASSERT_FALSE(fast->id().empty());
   EXPECT_EQ(fast->first.rootca(), root_ca);
   // The stalled agent opens its session and never reads.
   ClientStream<api::SessionMessage> stalled;
-  stalled.ctx = node_context("node-stalled");
+  stalled.ctx = context(as_node("node-stalled"), kStreamDeadline);
   stalled.reader = slow_stub->Session(stalled.ctx.get(), api::SessionRequest{});
   auto& dispatcher = server.server().dispatcher();
   ASSERT_TRUE(server.eventually(
@@ -892,8 +809,8 @@ TEST(DispatcherSlowConsumerTest, StalledSessionIsCutOffWhileAnotherKeepsReceivin
   for (std::uint64_t i = 1; i <= kUpdates; ++i) {
     ASSERT_TRUE(set_keys(i));
     api::SessionMessage m;
-    ASSERT_TRUE(fast->stream.read(m))
-        << "the reading session ended at update " << i << ": " << describe(fast->stream.finish());
+    ASSERT_TRUE(fast->stream->read(m))
+        << "the reading session ended at update " << i << ": " << describe(fast->stream->finish());
     ASSERT_EQ(m.network_bootstrap_keys_size(), 1);
     EXPECT_EQ(m.network_bootstrap_keys(0).lamport_time(), i) << "every update, in order";
     EXPECT_EQ(m.rootca().size(), root_ca.size());
@@ -914,7 +831,7 @@ TEST(DispatcherSlowConsumerTest, StalledSessionIsCutOffWhileAnotherKeepsReceivin
   // The reader was never disturbed.
   ASSERT_TRUE(set_keys(kUpdates + 1));
   api::SessionMessage m;
-  ASSERT_TRUE(fast->stream.read(m));
+  ASSERT_TRUE(fast->stream->read(m));
   ASSERT_EQ(m.network_bootstrap_keys_size(), 1);
   EXPECT_EQ(m.network_bootstrap_keys(0).lamport_time(), kUpdates + 1);
 }

@@ -8,6 +8,7 @@
 
 #include "dispatcher.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "support/agent.hpp"
 #include "support/test_server.hpp"
 #include "support/test_service.hpp"
 #include "test_service.grpc.pb.h"
@@ -348,18 +349,14 @@ TEST_F(InteropTest, SessionSendsFirstMessageAndHeartbeatAnswersWithPeriod) {
 }
 
 TEST_F(InteropTest, GracefulStopSendsFinalSessionMessageThenAborted) {
-  grpc::ClientContext sctx;
-  sctx.AddMetadata("node-id", "node-b");
-  api::SessionRequest sreq;
-  auto session = dispatcher_->Session(&sctx, sreq);
-  api::SessionMessage msg;
-  ASSERT_TRUE(session->Read(&msg));
+  auto session = dispatchd::test::open_session(*dispatcher_, "node-b");
+  ASSERT_TRUE(session->ok);
   std::thread stopper([&] { EXPECT_TRUE(server_.stop()); });
   api::SessionMessage last;
-  EXPECT_TRUE(session->Read(&last));
-  EXPECT_EQ(last.session_id(), msg.session_id());
-  EXPECT_FALSE(session->Read(&last));
-  grpc::Status st = session->Finish();
+  EXPECT_TRUE(session->stream->read(last));
+  EXPECT_EQ(last.session_id(), session->id());
+  EXPECT_FALSE(session->stream->read(last));
+  grpc::Status st = session->stream->finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED);
   EXPECT_EQ(st.error_message(), "node must disconnect");
   stopper.join();

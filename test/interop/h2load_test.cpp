@@ -9,6 +9,7 @@
 #include <regex>
 
 #include "dispatcher.grpc.pb.h"
+#include "support/agent.hpp"
 #include "support/raw_client.hpp"
 #include "support/test_server.hpp"
 
@@ -38,13 +39,10 @@ TEST(H2LoadTest, TwentyThousandHeartbeatsOverTenConnectionsAllSucceed) {
     GTEST_FAIL() << "h2load not found: install nghttp2-client (scripts/install-deps.sh does)";
   }
   TestServer server;
-  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
-  auto stub = api::Dispatcher::NewStub(channel);
-  grpc::ClientContext sctx;
-  sctx.AddMetadata("node-id", "bench-node");
-  auto session = stub->Session(&sctx, api::SessionRequest());
-  api::SessionMessage first;
-  ASSERT_TRUE(session->Read(&first));
+  dispatchd::test::Agent agent(server);
+  auto session = dispatchd::test::open_session(agent.stub(), "bench-node");
+  ASSERT_TRUE(session->ok);
+  const api::SessionMessage& first = session->first;
 
   api::HeartbeatRequest hb;
   hb.set_session_id(first.session_id());
@@ -75,8 +73,8 @@ TEST(H2LoadTest, TwentyThousandHeartbeatsOverTenConnectionsAllSucceed) {
     return st ? st->by_code[0] : 0;
   });
   EXPECT_EQ(ok, 20000u);
-  sctx.TryCancel();
-  session->Finish();
+  session->stream->cancel();
+  session->stream->finish();
 }
 
 }  // namespace

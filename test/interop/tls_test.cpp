@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "dispatcher.grpc.pb.h"
+#include "support/agent.hpp"
 #include "support/certs.hpp"
 #include "support/frames.hpp"
 #include "support/raw_client.hpp"
@@ -22,6 +23,7 @@
 
 namespace {
 
+using dispatchd::test::Metadata;
 using dispatchd::test::read_file;
 
 namespace api = docker::swarmkit::v1;
@@ -78,31 +80,29 @@ const std::string kWrap =
 
 TEST_F(TlsTest, ValidWorkerCertificateIsAcceptedAndItsCommonNameIsTheNodeId) {
   auto stub = api::Dispatcher::NewStub(channel("node-1"));
-  grpc::ClientContext ctx;
-  ctx.AddMetadata("node-id", "somebody-else");  // metadata cannot claim an identity under TLS
-  auto session = stub->Session(&ctx, api::SessionRequest());
-  api::SessionMessage first;
-  ASSERT_TRUE(session->Read(&first));
+  // Metadata cannot claim an identity under TLS.
+  auto session = dispatchd::test::open_session(*stub, Metadata{{"node-id", "somebody-else"}});
+  ASSERT_TRUE(session->ok);
+  const api::SessionMessage& first = session->first;
   EXPECT_EQ(first.node().id(), "node-1");
   EXPECT_EQ(first.node().role(), api::WORKER);
   ASSERT_EQ(first.managers_size(), 1);
   EXPECT_EQ(first.managers(0).peer().node_id(), "mgr-0");  // the server certificate's CN
   EXPECT_EQ(first.rootca(), read_file(cert_dir() + "/ca.pem"));
   EXPECT_TRUE(heartbeat("node-1", first.session_id()).ok());
-  ctx.TryCancel();
-  session->Finish();
+  session->stream->cancel();
+  session->stream->finish();
 }
 
 TEST_F(TlsTest, ManagerCertificateRegistersAManagerNode) {
   auto stub = api::Dispatcher::NewStub(channel("manager"));
-  grpc::ClientContext ctx;
-  auto session = stub->Session(&ctx, api::SessionRequest());
-  api::SessionMessage first;
-  ASSERT_TRUE(session->Read(&first));
+  auto session = dispatchd::test::open_session(*stub, Metadata{});
+  ASSERT_TRUE(session->ok);
+  const api::SessionMessage& first = session->first;
   EXPECT_EQ(first.node().id(), "node-m1");
   EXPECT_EQ(first.node().role(), api::MANAGER);
-  ctx.TryCancel();
-  session->Finish();
+  session->stream->cancel();
+  session->stream->finish();
 }
 
 TEST_F(TlsTest, NoClientCertificateIsPermissionDeniedWithSwarmKitsMessage) {
@@ -142,19 +142,18 @@ TEST_F(TlsTest, RemovedNodeIsRefused) {
 
 TEST_F(TlsTest, ForwardedRequestFromAManagerUsesTheForwardedIdentity) {
   auto stub = api::Dispatcher::NewStub(channel("manager"));
-  grpc::ClientContext ctx;
-  ctx.AddMetadata("forwarded_cert", "true");
-  ctx.AddMetadata("forwarded_cert_cn", "node-far");
-  ctx.AddMetadata("forwarded_cert_ou", "swarm-worker");
-  ctx.AddMetadata("forwarded_cert_org", "myorg");
-  ctx.AddMetadata("remote_addr", "10.1.2.3:4567");
-  auto session = stub->Session(&ctx, api::SessionRequest());
-  api::SessionMessage first;
-  ASSERT_TRUE(session->Read(&first));
+  auto session =
+      dispatchd::test::open_session(*stub, Metadata{{"forwarded_cert", "true"},
+                                                    {"forwarded_cert_cn", "node-far"},
+                                                    {"forwarded_cert_ou", "swarm-worker"},
+                                                    {"forwarded_cert_org", "myorg"},
+                                                    {"remote_addr", "10.1.2.3:4567"}});
+  ASSERT_TRUE(session->ok);
+  const api::SessionMessage& first = session->first;
   EXPECT_EQ(first.node().id(), "node-far");
   EXPECT_EQ(first.node().status().addr(), "10.1.2.3");  // the original agent's address
-  ctx.TryCancel();
-  session->Finish();
+  session->stream->cancel();
+  session->stream->finish();
 }
 
 TEST_F(TlsTest, ForwardedRequestsAreRefusedUnlessEveryRuleHolds) {
@@ -313,10 +312,8 @@ TEST_F(TlsTest, Tls12IsAcceptedAndOlderVersionsAreNot) {
 
 TEST_F(TlsTest, ReloadedCertificatesServeNewConnectionsWithoutDroppingLiveSessions) {
   auto stub = api::Dispatcher::NewStub(channel("node-1"));
-  grpc::ClientContext ctx;
-  auto session = stub->Session(&ctx, api::SessionRequest());
-  api::SessionMessage first;
-  ASSERT_TRUE(session->Read(&first));
+  auto session = dispatchd::test::open_session(*stub, Metadata{});
+  ASSERT_TRUE(session->ok);
   std::string before;
   {
     RawTls probe(server_.port(), "h2", TLS1_3_VERSION, "node-1");
@@ -348,11 +345,11 @@ TEST_F(TlsTest, ReloadedCertificatesServeNewConnectionsWithoutDroppingLiveSessio
     });
   });
   api::SessionMessage next;
-  ASSERT_TRUE(session->Read(&next));
+  ASSERT_TRUE(session->stream->read(next));
   ASSERT_EQ(next.managers_size(), 1);
   EXPECT_EQ(next.managers(0).peer().node_id(), "mgr-9");
-  ctx.TryCancel();
-  session->Finish();
+  session->stream->cancel();
+  session->stream->finish();
 }
 
 // Two TLS records in one TCP segment: OpenSSL returns one record per read, and the server then
