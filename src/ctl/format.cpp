@@ -1,5 +1,7 @@
 #include "dispatchd/ctl/format.hpp"
 
+#include <google/protobuf/util/time_util.h>
+
 #include <algorithm>
 #include <ctime>
 
@@ -80,9 +82,8 @@ std::string format_age(Clock::time_point now, Clock::time_point then) {
 }
 
 Clock::time_point to_time_point(const google::protobuf::Timestamp& t) {
-  using namespace std::chrono;
-  return Clock::time_point(
-      duration_cast<Clock::duration>(seconds(t.seconds()) + nanoseconds(t.nanos())));
+  return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+      std::chrono::nanoseconds(google::protobuf::util::TimeUtil::TimestampToNanoseconds(t))));
 }
 
 std::string format_age(Clock::time_point now, const google::protobuf::Timestamp& t) {
