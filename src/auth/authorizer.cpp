@@ -97,7 +97,7 @@ std::expected<Identity, Status> Authorizer::authorize(const Credentials& c,
                                                       bool allow_forwarded) const {
   const bool forwarding = allow_forwarded && c.forwarded;
   auto peer_error = [&](const std::vector<std::string>& wanted) -> std::optional<Status> {
-    if (!c.peer) return Status(StatusCode::permission_denied, "no client certificates in request");
+    if (!c.peer) return denied("no client certificates in request");
     return check(*c.peer, wanted);
   };
   if (!forwarding) {

@@ -12,16 +12,6 @@ namespace dispatchd::dispatcher {
 
 namespace {
 
-// Store events for one stream.
-class EventWatcher final : public store::Watcher {
- public:
-  explicit EventWatcher(co::Queue<store::Event>& q) : q_(q) {}
-  void on_event(const store::Event& e) override { q_.push(e); }
-
- private:
-  co::Queue<store::Event>& q_;
-};
-
 // The batching window of docs/behaviour.md §8.1: a batch is sent when it holds `limit` changes,
 // or `wait` after its latest change. One timer on the wheel, disarmed when destroyed.
 class BatchWindow final : public co::TimerWheel::Entry {
@@ -83,7 +73,7 @@ asio::awaitable<Status> serve_assignments(Services& s, grpc::ServerContext& ctx,
   co::Wakeup wakeup;
   co::Queue<store::Event> task_events(wakeup, s.config.watch_buffer);
   co::Queue<store::Event> volume_events(wakeup, s.config.watch_buffer);
-  EventWatcher task_watcher(task_events), volume_watcher(volume_events);
+  QueueWatcher task_watcher(task_events), volume_watcher(volume_events);
   // Task creations are not watched: a task is created unassigned and assigned by an update.
   s.store.watch(task_watcher, {store::ObjectType::task, node_id, false, true, true});
   s.store.watch(volume_watcher, {store::ObjectType::volume, node_id, false, true, false});
@@ -168,7 +158,7 @@ asio::awaitable<Status> serve_tasks(Services& s, grpc::ServerContext& ctx,
 
   co::Wakeup wakeup;
   co::Queue<store::Event> events(wakeup, s.config.watch_buffer);
-  EventWatcher watcher(events);
+  QueueWatcher watcher(events);
   s.store.watch(watcher, {store::ObjectType::task, node_id});
   std::map<std::string, store::Ptr<api::Task>> known;
   s.store.view([&](const store::ReadTx& tx) {

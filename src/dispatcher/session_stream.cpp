@@ -25,16 +25,6 @@ std::string host_of(const std::string& addr) {
   return addr.substr(0, colon);
 }
 
-// The node's updates, queued for its stream.
-class NodeWatcher final : public store::Watcher {
- public:
-  explicit NodeWatcher(co::Queue<store::Ptr<api::Node>>& q) : q_(q) {}
-  void on_event(const store::Event& e) override { q_.push(e.ptr<api::Node>()); }
-
- private:
-  co::Queue<store::Ptr<api::Node>>& q_;
-};
-
 // The session's own fields, then the cluster's shared ones by reference.
 std::vector<h2::Segment> encode_session_message(const std::string& session_id,
                                                 const api::Node* node,
@@ -64,9 +54,11 @@ api::Node admitted_node(const std::string& node_id, bool manager) {
 // Counts the registration's open streams for operators (Control.GetNode) while it lives.
 class StreamMark {
  public:
-  StreamMark(NodeRegistry& r, const std::string& node_id, const std::string& session_id)
-      : registry_(r), node_id_(node_id), session_id_(session_id) {
-    if (auto rec = registry_.check_session(node_id_, session_id_)) ++(*rec)->streams;
+  // `r`: the registration of (node_id, session_id), found just before.
+  StreamMark(NodeRegistry& registry, NodeRegistry::Registration& r, const std::string& node_id,
+             const std::string& session_id)
+      : registry_(registry), node_id_(node_id), session_id_(session_id) {
+    ++r.streams;
   }
   ~StreamMark() {
     if (auto rec = registry_.check_session(node_id_, session_id_); rec && (*rec)->streams)
@@ -146,14 +138,14 @@ asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
   // The node's updates, subscribed together with the snapshot (one synchronous step).
   co::Wakeup wakeup;
   co::Queue<store::Ptr<api::Node>> node_updates(wakeup, s.config.watch_buffer);
-  NodeWatcher node_watcher(node_updates);
+  QueueWatcher node_watcher(node_updates);
   s.store.watch(node_watcher, {store::ObjectType::node, node_id, false, true, false});
   store::Ptr<api::Node> node =
       s.store.view([&](const store::ReadTx& tx) { return tx.node(node_id); });
 
   auto rec = s.registry.check_session(node_id, session_id);
   if (!rec) co_return rec.error();
-  StreamMark stream_mark(s.registry, node_id, session_id);
+  StreamMark stream_mark(s.registry, **rec, node_id, session_id);
   const std::shared_ptr<co::Event> disconnect_event = (*rec)->disconnect;
   const std::shared_ptr<co::Event> superseded_event = (*rec)->superseded;
   co::Watch<ClusterSnapshot>::Subscription cluster_updates(s.cluster.updates(), wakeup);

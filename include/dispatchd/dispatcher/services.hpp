@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <expected>
 #include <string>
+#include <type_traits>
 
 #include "dispatchd/auth/authorizer.hpp"
 #include "dispatchd/co/event.hpp"
+#include "dispatchd/co/queue.hpp"
 #include "dispatchd/co/timer_wheel.hpp"
 #include "dispatchd/dispatcher/cluster_fields.hpp"
 #include "dispatchd/dispatcher/config.hpp"
@@ -25,6 +27,24 @@ struct StreamCounters {
   std::size_t open_sessions = 0;
   std::size_t open_streams = 0;  // Assignments and Tasks
   std::uint64_t watch_overflows = 0;
+};
+
+// A store watcher that queues a stream's events: the events themselves (Queue<store::Event>) or
+// the objects they carry (Queue<store::Ptr<T>>).
+template <class T>
+class QueueWatcher final : public store::Watcher {
+ public:
+  explicit QueueWatcher(co::Queue<T>& q) : q_(q) {}
+  void on_event(const store::Event& e) override {
+    if constexpr (std::is_same_v<T, store::Event>) {
+      q_.push(e);
+    } else {
+      q_.push(e.ptr<typename T::element_type>());
+    }
+  }
+
+ private:
+  co::Queue<T>& q_;
 };
 
 // Counts itself in `n` while it lives (open sessions, open streams).
