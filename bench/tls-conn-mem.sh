@@ -17,6 +17,7 @@
 # SERVER_WRAP="heaptrack -o /tmp/ht" to profile. DISPATCHD_BIN: another server binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 n=2000 session=() modes="h2c tls13 tls12" extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,13 +55,7 @@ for mode in $modes; do
   ${SERVER_WRAP:-} "$bin" "${sflags[@]}" --listen 127.0.0.1:0 --admin-listen '' \
     --heartbeat-period 1h --log-level info "${extra[@]}" 2>"$work/server.log" &
   server=$!
-  port=
-  for _ in $(seq 200); do
-    port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/server.log" | grep -o '[0-9]*$' || true)
-    [ -n "$port" ] && break
-    sleep 0.05
-  done
-  [ -n "$port" ] || { echo "server did not start:" >&2; cat "$work/server.log" >&2; exit 1; }
+  port=$(server_port "$work/server.log")
   # The process that listens (with a wrapper, not $server itself).
   pid=$(ss -Hltnp "sport = :$port" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
   heap=()

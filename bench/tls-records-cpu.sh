@@ -6,6 +6,7 @@
 #   bench/tls-records-cpu.sh [ROUNDS]        GHZ=path/to/ghz (default ../shared/tools/ghz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 rounds=${1:-3}
 ghz=${GHZ:-../shared/tools/ghz}
 bin=${DISPATCHD_BIN:-build/dispatchd}
@@ -24,13 +25,7 @@ for round in $(seq "$rounds"); do
     "$bin" --tls-cert "$work/server.pem" --tls-key "$work/server.key" --tls-ca "$work/ca.pem" \
       --listen 127.0.0.1:0 --admin-listen '' --log-level info "${extra[@]}" 2>"$work/log" &
     pid=$!
-    port=
-    for _ in $(seq 200); do
-      port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/log" | grep -o '[0-9]*$' || true)
-      [ -n "$port" ] && break
-      sleep 0.05
-    done
-    [ -n "$port" ] || { echo "server did not start:" >&2; cat "$work/log" >&2; exit 1; }
+    port=$(server_port "$work/log")
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     "$ghz" --cacert "$work/ca.pem" --cert "$work/node-1.pem" --key "$work/node-1.key" \
       --cname swarm-manager --proto third_party/grpc/health/v1/health.proto \

@@ -157,6 +157,13 @@ int run_daemon(DaemonOptions d) {
   log::info("dispatchd listening on {} ({}, node {}, cluster {}, advertised as {})",
             net::endpoint_string(*bound), opt.insecure ? "h2c plaintext" : "mutual TLS",
             opt.dispatcher.manager_node_id, opt.dispatcher.cluster_id, addr);
+  if (!opt.insecure) {
+    log::info("TLS handshakes on {}",
+              opt.tls_handshake_threads == 0
+                  ? std::string("the io thread")
+                  : fmt::format("{} thread{} of their own", opt.tls_handshake_threads,
+                                opt.tls_handshake_threads == 1 ? "" : "s"));
+  }
   if (auto admin = server.admin_endpoint()) {
     log::info("admin endpoint on http://{} (/metrics, /healthz, /readyz)",
               net::endpoint_string(*admin));

@@ -52,6 +52,9 @@ std::string Server::render_metrics() const {
   scalar("dispatchd_connections", "gauge", "HTTP/2 connections open.", d(connection_count_));
   scalar("dispatchd_tls_handshakes_in_progress", "gauge", "TLS handshakes not finished yet.",
          d(handshake_count_));
+  scalar("dispatchd_tls_handshake_threads", "gauge",
+         "Threads running TLS handshake cryptography (--tls-handshake-threads; 0: the io thread).",
+         d(handshake_pool_ ? handshake_pool_->threads() : 0));
   scalar("dispatchd_log_lines_dropped_total", "counter",
          "Log lines dropped because stderr did not keep up (--log-buffer full).",
          d(log::dropped_lines()));

@@ -105,6 +105,20 @@ void add_flags(Flags& flags, DaemonOptions& o) {
             "first, newest first once the oldest waited 1s), and one stalled for 2s while others "
             "wait loses its place (0: no limit)",
             uint_setter(o.server.max_handshakes, 0, 10000000));
+  flags.add("tls-handshake-threads", "N|auto", "auto",
+            "threads that run the TLS handshakes' cryptography, so a reconnecting fleet is not "
+            "bound by the io thread; auto: one less than the CPUs this process may run on, at "
+            "most 4 (0: handshakes on the io thread)",
+            [&o](std::string_view v) -> std::optional<std::string> {
+              if (v == "auto") {
+                o.server.tls_handshake_threads = net::default_handshake_threads();
+                return std::nullopt;
+              }
+              std::uint64_t n = 0;
+              if (auto err = cli::parse_uint(v, 0, 64, n)) return err;
+              o.server.tls_handshake_threads = static_cast<unsigned>(n);
+              return std::nullopt;
+            });
   flags.add("drain-timeout", "DURATION", "5s",
             "on shutdown, how long in-flight calls may take after GOAWAY",
             duration_setter(o.server.h2.drain_timeout, true));

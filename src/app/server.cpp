@@ -146,6 +146,9 @@ asio::awaitable<void> Server::run() {
   if (!stopping_) dispatcher_.start();
   running_ = true;
   if (admin_endpoint_) admin_scope_.spawn(admin_.run());
+  if (tls_ && options_.tls_handshake_threads > 0 && !handshake_pool_) {
+    handshake_pool_ = std::make_unique<net::HandshakePool>(options_.tls_handshake_threads);
+  }
   co_await acceptor_.run([this](asio::ip::tcp::socket socket) {
     if (stopping_) return;
     ++stats_.accepted;
@@ -183,7 +186,7 @@ asio::awaitable<void> Server::serve_tls(std::unique_ptr<net::TlsTransport> t) {
     wheel_.arm_after(hs.deadline, options_.tls_handshake_timeout);
     ec = co_await admit(hs);
     gone = ec == asio::error::connection_reset;
-    if (!ec) ec = co_await t->handshake();
+    if (!ec) ec = co_await t->handshake(handshake_pool_.get());
     leave(hs);
     wheel_.disarm(hs.deadline);
     timed_out = hs.timed_out;

@@ -218,9 +218,9 @@ TlsTransport::TlsTransport(asio::ip::tcp::socket socket, std::shared_ptr<TlsCont
 
 TlsTransport::~TlsTransport() = default;
 
-asio::awaitable<std::error_code> TlsTransport::handshake() {
+asio::awaitable<std::error_code> TlsTransport::handshake(HandshakePool* pool) {
   if (ssl_) SSL_set_accept_state(ssl_);
-  auto ec = co_await run_handshake("client did not negotiate ALPN h2");
+  auto ec = co_await run_handshake("client did not negotiate ALPN h2", pool);
   if (!ec) {
     extract_identity();
     hand_off();

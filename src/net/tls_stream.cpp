@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "dispatchd/log.hpp"
+#include "dispatchd/net/handshake_pool.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
 #include "dispatchd/net/tls13_records.hpp"
 
@@ -41,7 +42,17 @@ TlsStream::~TlsStream() {
 }
 
 std::error_code TlsStream::map_error(int ret, Direction& blocked) {
-  switch (SSL_get_error(ssl_, ret)) {
+  HandshakeStep step{.ret = ret, .ssl_error = SSL_get_error(ssl_, ret), .sys_errno = errno};
+  if (step.ssl_error == SSL_ERROR_SSL) {
+    step.errors = openssl_errors();
+  } else if (step.ssl_error == SSL_ERROR_SYSCALL) {
+    ERR_clear_error();
+  }
+  return map_step(step, blocked);
+}
+
+std::error_code TlsStream::map_step(const HandshakeStep& step, Direction& blocked) {
+  switch (step.ssl_error) {
     case SSL_ERROR_WANT_READ:
       blocked = Direction::read;
       return asio::error::would_block;
@@ -51,26 +62,37 @@ std::error_code TlsStream::map_error(int ret, Direction& blocked) {
     case SSL_ERROR_ZERO_RETURN:
       return asio::error::eof;
     case SSL_ERROR_SYSCALL:
-      ERR_clear_error();
-      return errno == 0 ? std::error_code(asio::error::eof)
-                        : std::error_code(errno, std::system_category());
+      return step.sys_errno == 0 ? std::error_code(asio::error::eof)
+                                 : std::error_code(step.sys_errno, std::system_category());
     default:
-      error_ = openssl_errors();
+      error_ = step.errors.empty() ? openssl_errors() : step.errors;
       return asio::error::connection_aborted;
   }
 }
 
-asio::awaitable<std::error_code> TlsStream::run_handshake(const char* alpn_refused) {
+asio::awaitable<std::error_code> TlsStream::run_handshake(const char* alpn_refused,
+                                                          HandshakePool* pool) {
   if (!ssl_) {
     if (error_.empty()) error_ = "SSL_new failed";
     co_return asio::error::no_memory;
   }
   for (;;) {
-    ERR_clear_error();
-    int r = SSL_do_handshake(ssl_);
-    if (r == 1) break;
+    if (!socket_.is_open()) co_return asio::error::operation_aborted;
+    HandshakeStep step;
+    if (pool) {
+      stepping_ = true;
+      step = co_await pool->step(ssl_);
+      stepping_ = false;
+      if (close_deferred_) {
+        close_now();
+        co_return asio::error::operation_aborted;
+      }
+    } else {
+      step = HandshakeStep::run(ssl_);
+    }
+    if (step.ret == 1) break;
     Direction d = Direction::read;
-    std::error_code ec = map_error(r, d);
+    std::error_code ec = map_step(step, d);
     if (ec != asio::error::would_block) {
       if (error_.empty()) error_ = ec.message();
       co_return ec;
@@ -142,6 +164,14 @@ asio::awaitable<std::error_code> TlsStream::wait(Direction d) {
 }
 
 void TlsStream::close() noexcept {
+  if (stepping_) {
+    close_deferred_ = true;
+    return;
+  }
+  close_now();
+}
+
+void TlsStream::close_now() noexcept {
   if (!socket_.is_open()) return;
   if (records_) {
     records_->close_notify(static_cast<int>(socket_.native_handle()));

@@ -124,6 +124,19 @@ TEST(OptionsTest, BadValuesNameTheFlag) {
             "invalid value for --insecure: want true or false, got \"maybe\"");
 }
 
+TEST(OptionsTest, HandshakeThreadsAreANumberOrAuto) {
+  EXPECT_EQ(accepted({}).server.tls_handshake_threads, net::default_handshake_threads());
+  EXPECT_EQ(accepted({"--tls-handshake-threads", "0"}).server.tls_handshake_threads, 0u);
+  EXPECT_EQ(accepted({"--tls-handshake-threads=3"}).server.tls_handshake_threads, 3u);
+  EXPECT_EQ(accepted({"--tls-handshake-threads=0", "--tls-handshake-threads", "auto"})
+                .server.tls_handshake_threads,
+            net::default_handshake_threads());
+  EXPECT_EQ(refused({"--tls-handshake-threads", "65"}),
+            "invalid value for --tls-handshake-threads: must be between 0 and 64");
+  EXPECT_EQ(refused({"--tls-handshake-threads", "many"}),
+            "invalid value for --tls-handshake-threads: not a whole number");
+}
+
 TEST(OptionsTest, UnknownFlagsMissingValuesAndOperandsAreRefused) {
   EXPECT_EQ(refused({"--no-such-flag"}), "unknown flag --no-such-flag (see --help)");
   EXPECT_EQ(refused({"--no-such-flag=1"}), "unknown flag --no-such-flag (see --help)");

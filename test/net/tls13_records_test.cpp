@@ -20,12 +20,17 @@
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 #include <asio/use_awaitable.hpp>
+#include <atomic>
 #include <cstring>
 #include <functional>
 #include <future>
+#include <mutex>
+#include <optional>
+#include <set>
 #include <thread>
 #include <vector>
 
+#include "dispatchd/net/handshake_pool.hpp"
 #include "dispatchd/net/tls.hpp"
 #include "dispatcher.grpc.pb.h"
 #include "support/certs.hpp"
@@ -135,8 +140,9 @@ Body send_then_close(std::size_t n) {
 // runs `body`; result(i) is what the i-th connection saw.
 class TransportServer {
  public:
-  explicit TransportServer(Body body, std::shared_ptr<TlsContext> ctx = context())
-      : ctx_(std::move(ctx)), body_(std::move(body)) {
+  explicit TransportServer(Body body, std::shared_ptr<TlsContext> ctx = context(),
+                           dispatchd::net::HandshakePool* pool = nullptr)
+      : ctx_(std::move(ctx)), body_(std::move(body)), pool_(pool) {
     acceptor_.open(asio::ip::tcp::v4());
     acceptor_.bind({asio::ip::address_v4::loopback(), 0});
     acceptor_.listen();
@@ -151,6 +157,7 @@ class TransportServer {
     thread_.join();
   }
   unsigned short port() const { return port_; }
+  std::thread::id io_thread() const { return thread_.get_id(); }
   Served result(int i) {
     if (futures_[i].wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
       ADD_FAILURE() << "connection " << i << " did not finish";
@@ -171,7 +178,7 @@ class TransportServer {
   asio::awaitable<void> serve(asio::ip::tcp::socket socket, std::size_t i) {
     auto t = std::make_unique<TlsTransport>(std::move(socket), ctx_);
     Served r;
-    r.handshake = co_await t->handshake();
+    r.handshake = co_await t->handshake(pool_);
     if (!r.handshake) {
       r.own_records = t->own_records();
       r.identity = *t->identity();
@@ -185,6 +192,7 @@ class TransportServer {
   asio::ip::tcp::acceptor acceptor_{io_};
   std::shared_ptr<TlsContext> ctx_;
   Body body_;
+  dispatchd::net::HandshakePool* pool_;
   std::array<std::promise<Served>, 16> results_;
   std::vector<std::future<Served>> futures_;
   std::thread thread_;
@@ -596,6 +604,92 @@ TEST(Tls13RecordsTest, GrpcppSessionOverOwnRecords) {
 }
 TEST(Tls13RecordsTest, GrpcppSessionWithOpenSslRecords) {
   grpc_session(true);
+}
+
+// --tls-handshake-threads: each SSL_do_handshake step runs on a pool thread, the rest of the
+// connection on the io thread.
+TEST(HandshakePool, HandshakesRunOnPoolThreadsAndTheConnectionsWork) {
+  dispatchd::net::HandshakePool pool(2);
+  std::mutex m;
+  std::set<std::thread::id> step_threads;
+  pool.before_step = [&] {
+    std::lock_guard lock(m);
+    step_threads.insert(std::this_thread::get_id());
+  };
+  constexpr int kClients = 8;
+  TransportServer server(echo(), context(), &pool);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      Client c(server.port());
+      ASSERT_TRUE(c.handshake()) << "client " << i;
+      expect_echo(c, 100000, 7000, static_cast<unsigned>(i + 1));
+    });
+  }
+  for (auto& t : clients)
+    t.join();
+  for (int i = 0; i < kClients; ++i) {
+    Served r = server.result(i);
+    EXPECT_FALSE(r.handshake) << r.handshake.message();
+    EXPECT_TRUE(r.own_records);
+    EXPECT_EQ(r.identity.common_name, "node-1");
+    EXPECT_EQ(r.bytes, 100000u);
+  }
+  std::lock_guard lock(m);
+  EXPECT_FALSE(step_threads.empty());
+  EXPECT_EQ(step_threads.count(server.io_thread()), 0u);
+  EXPECT_LE(step_threads.size(), 2u);
+}
+
+// A close (a deadline, shutdown, eviction) while a step runs on a pool thread must not close the
+// socket under that thread: it waits for the step, and the handshake ends aborted.
+TEST(HandshakePool, CloseDuringAStepWaitsForTheStep) {
+  dispatchd::net::HandshakePool pool(1);
+  std::promise<void> entered, release;
+  auto released = release.get_future().share();
+  std::atomic<bool> first{true};
+  pool.before_step = [&] {
+    if (first.exchange(false)) {
+      entered.set_value();
+      released.wait();
+    }
+  };
+  asio::io_context io{1};
+  asio::ip::tcp::acceptor acceptor(io, {asio::ip::address_v4::loopback(), 0});
+  std::unique_ptr<TlsTransport> t;
+  std::optional<std::error_code> result;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto socket = co_await acceptor.async_accept(asio::use_awaitable);
+        t = std::make_unique<TlsTransport>(std::move(socket), context());
+        result = co_await t->handshake(&pool);
+      },
+      asio::detached);
+  std::thread client([port = acceptor.local_endpoint().port()] {
+    Client c(port);
+    // A TLS 1.3 client may finish before the server has read its Finished; either way the
+    // server closes the connection.
+    if (c.handshake()) {
+      EXPECT_TRUE(c.read(1).empty());
+    }
+  });
+  auto in_step = entered.get_future();
+  for (int i = 0;
+       i < 2000 && in_step.wait_for(std::chrono::seconds(0)) != std::future_status::ready; ++i) {
+    io.run_one_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(in_step.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+  ASSERT_TRUE(t);
+  t->close();
+  EXPECT_TRUE(t->is_open()) << "the socket was closed while a pool thread used it";
+  release.set_value();
+  for (int i = 0; i < 2000 && !result; ++i)
+    io.run_one_for(std::chrono::milliseconds(10));
+  ASSERT_TRUE(result);
+  EXPECT_EQ(*result, asio::error::operation_aborted);
+  EXPECT_FALSE(t->is_open());
+  client.join();
 }
 
 }  // namespace

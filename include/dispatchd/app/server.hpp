@@ -18,6 +18,7 @@
 #include "dispatchd/grpc/server.hpp"
 #include "dispatchd/h2/connection.hpp"
 #include "dispatchd/net/acceptor.hpp"
+#include "dispatchd/net/handshake_pool.hpp"
 #include "dispatchd/net/tls.hpp"
 #include "dispatchd/store/store.hpp"
 
@@ -35,6 +36,9 @@ struct Options {
   // reconnecting herd the CPU finishes handshakes instead of starting ones whose clients give up
   // before they end (docs/operations.md, "Handshake admission").
   std::size_t max_handshakes = 256;
+  // Threads for the handshakes' cryptography (0: on the io thread); by default one less than the
+  // CPUs the process may use, at most 4 (net::default_handshake_threads).
+  unsigned tls_handshake_threads = net::default_handshake_threads();
   // While handshakes wait, one that has held its place this long without finishing loses it.
   std::chrono::milliseconds handshake_slot_timeout{2000};
   // Once the oldest waiting handshake has waited this long, the newest is admitted first.
@@ -105,6 +109,8 @@ class Server {
   std::size_t handshake_count() const noexcept { return handshake_count_; }
   std::size_t handshakes_waiting() const noexcept { return handshakes_waiting_; }
   std::size_t handshakes_admitted() const noexcept { return handshakes_admitted_; }
+  // The pool running handshake cryptography (null: the io thread does it; set once run() began).
+  net::HandshakePool* handshake_pool() noexcept { return handshake_pool_.get(); }
   const ServerStats& stats() const noexcept { return stats_; }
   // PING frames received from clients, on open and closed connections.
   std::uint64_t pings_received() const noexcept;
@@ -163,6 +169,8 @@ class Server {
   co::Scope admin_scope_;
   bool running_ = false;
   bool stopping_ = false;
+  // Last, so destroyed first: its threads are joined while every handshake is still alive.
+  std::unique_ptr<net::HandshakePool> handshake_pool_;
 };
 
 }  // namespace dispatchd::app

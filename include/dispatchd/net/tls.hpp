@@ -54,9 +54,10 @@ class TlsTransport final : public TlsStream {
 
   ~TlsTransport() override;
 
-  // Runs the server handshake. On success identity() describes the peer. A TLS 1.3 connection
-  // then moves to our own record layer (own_records()) unless the context keeps OpenSSL's.
-  asio::awaitable<std::error_code> handshake();
+  // Runs the server handshake, its cryptography on `pool`'s threads when given. On success
+  // identity() describes the peer. A TLS 1.3 connection then moves to our own record layer
+  // (own_records()) unless the context keeps OpenSSL's.
+  asio::awaitable<std::error_code> handshake(HandshakePool* pool = nullptr);
 
   const PeerIdentity* identity() const noexcept override { return &identity_; }
 

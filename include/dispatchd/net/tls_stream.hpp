@@ -21,6 +21,8 @@ namespace dispatchd::net {
 std::string openssl_errors();
 
 class Tls13Records;
+class HandshakePool;
+struct HandshakeStep;
 
 class TlsStream : public Transport {
  public:
@@ -33,7 +35,9 @@ class TlsStream : public Transport {
   Direction read_blocked_on() const noexcept override { return read_blocked_; }
   Direction write_blocked_on() const noexcept override { return write_blocked_; }
   asio::awaitable<std::error_code> wait(Direction d) override;
-  // Best-effort close_notify (never waits), then the socket is closed.
+  // Best-effort close_notify (never waits), then the socket is closed. While a handshake step
+  // runs on a HandshakePool thread, the close waits for the step to return (the pool thread is
+  // using the socket) and the handshake then ends with operation_aborted.
   void close() noexcept override;
   bool is_open() const noexcept override { return socket_.is_open(); }
   const std::string& peer() const noexcept override { return peer_; }
@@ -53,11 +57,14 @@ class TlsStream : public Transport {
   // null if SSL_new fails; the handshake then reports it).
   TlsStream(asio::ip::tcp::socket socket, SSL_CTX* ctx);
 
-  // Runs SSL_do_handshake to its end, waiting as OpenSSL asks; then requires ALPN "h2". On
-  // failure handshake_error() says why, unless the caller already set error_.
-  asio::awaitable<std::error_code> run_handshake(const char* alpn_refused);
+  // Runs SSL_do_handshake to its end, waiting as OpenSSL asks; then requires ALPN "h2". With a
+  // pool, each SSL_do_handshake step runs on one of its threads. On failure handshake_error()
+  // says why, unless the caller already set error_.
+  asio::awaitable<std::error_code> run_handshake(const char* alpn_refused,
+                                                 HandshakePool* pool = nullptr);
 
   std::error_code map_error(int ret, Direction& blocked);
+  std::error_code map_step(const HandshakeStep& step, Direction& blocked);
 
   asio::ip::tcp::socket socket_;
   SSL* ssl_ = nullptr;
@@ -67,8 +74,12 @@ class TlsStream : public Transport {
   std::string error_;
 
  private:
+  void close_now() noexcept;
+
   Direction read_blocked_ = Direction::read;
   Direction write_blocked_ = Direction::write;
+  bool stepping_ = false;        // a handshake step runs on a pool thread
+  bool close_deferred_ = false;  // close() came during it
 };
 
 }  // namespace dispatchd::net
