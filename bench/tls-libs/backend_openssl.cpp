@@ -1,6 +1,6 @@
 // OpenSSL 3 server: "default" is the library's defaults around what our mTLS needs; "tuned" adds
-// the memory knobs dispatchd sets (released buffers, no server session cache, no tickets unless
-// the run offers resumption).
+// the knobs dispatchd sets (released buffers, no server session cache, no chain built per
+// handshake, no tickets unless the run offers resumption).
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -72,7 +72,9 @@ class OpenSslBackend final : public Backend {
     // Resumption with a verified client certificate needs a session id context.
     SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof kSessionContext - 1);
     if (options_.tuned) {
-      SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+      // No chain built from the trust store in every handshake: the leaf alone is sent, as
+      // GnuTLS and wolfSSL send what they were given (dispatchd builds its chain once).
+      SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN);
       SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
       SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
       SSL_CTX_set_read_ahead(ctx, 0);

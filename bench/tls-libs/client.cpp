@@ -185,6 +185,7 @@ int main(int argc, char** argv) {
     }
   }
   long resumed = 0, alpn_ok = 0;
+  std::string group;  // the key exchange group of the first measured handshake
   for (long i = 0; i < n; ++i) {
     SSL* ssl = open(ctx, port, identity(i), sessions[static_cast<size_t>(i)]);
     resumed += SSL_session_reused(ssl);
@@ -193,14 +194,18 @@ int main(int argc, char** argv) {
     SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
     alpn_ok += alpn_len == 2 && std::memcmp(alpn, "h2", 2) == 0;
     if (!resume) count_ticket(SSL_get_session(ssl));
+    if (const char* name = SSL_group_to_name(ssl, SSL_get_negotiated_group(ssl)); i == 0) {
+      group = name != nullptr ? name : "?";
+    }
     conns.push_back(ssl);
   }
   // The server has measured when it writes 'r' on connection 0, made before its reload.
   const bool old_conn_ok = read_byte(conns.front()) == 'r';
   std::printf(
-      "client n=%ld resumed=%ld alpn_ok=%ld tickets=%ld ticket_B=%zu "
+      "client n=%ld resumed=%ld alpn_ok=%ld group=%s tickets=%ld ticket_B=%zu "
       "server_cn_before_reload=%s after=%s conn0_after_reload=%s\n",
-      n, resumed, alpn_ok, tickets, tickets > 0 ? ticket_bytes / static_cast<size_t>(tickets) : 0,
-      cn0.c_str(), cn_after.c_str(), old_conn_ok ? "ok" : "broken");
+      n, resumed, alpn_ok, group.c_str(), tickets,
+      tickets > 0 ? ticket_bytes / static_cast<size_t>(tickets) : 0, cn0.c_str(), cn_after.c_str(),
+      old_conn_ok ? "ok" : "broken");
   return 0;
 }

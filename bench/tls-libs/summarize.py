@@ -31,9 +31,21 @@ with open(sys.argv[1]) as f:
 libs = list(dict.fromkeys(k[0] for k in runs))
 
 
+def values(lib, mode, tls, field, side="server"):
+    return [float(r[side][field]) for r in runs.get((lib, mode, tls), []) if side in r]
+
+
 def median(lib, mode, tls, field, side="server"):
-    values = [float(r[side][field]) for r in runs.get((lib, mode, tls), []) if side in r]
-    return statistics.median(values) if values else None
+    v = values(lib, mode, tls, field, side)
+    return statistics.median(v) if v else None
+
+
+def spread(lib, mode, tls, field):
+    """The median, with the smallest and largest run when there were several."""
+    v = values(lib, mode, tls, field)
+    if len(v) < 2:
+        return num(median(lib, mode, tls, field))
+    return f"{num(statistics.median(v))} ({num(min(v))}–{num(max(v))})"
 
 
 def all_ok(lib, mode, tls, field):
@@ -68,13 +80,15 @@ def num(value):
     return "–" if value is None else f"{value:,.0f}"
 
 
-print("| library | versions negotiated | CN/OU/O full | CN/OU/O resumed | ALPN h2 "
+print("| library | versions negotiated | key exchange | CN/OU/O full | CN/OU/O resumed | ALPN h2 "
       "| resumed / N | ticket B | reload (server CN old → new) |")
-print("|---|---|---|---|---|---:|---:|---|")
+print("|---|---|---|---|---|---|---:|---:|---|")
 for lib in libs:
     resumed = median(lib, "resume", "1.3", "resumed")
     n = median(lib, "resume", "1.3", "n")
-    print(f"| {lib} ({library.get(lib, '?')}) | {versions(lib)} "
+    groups = {r["client"].get("group", "?") for r in runs.get((lib, "full", "1.3"), [])
+              if "client" in r}
+    print(f"| {lib} ({library.get(lib, '?')}) | {versions(lib)} | {', '.join(sorted(groups))} "
           f"| {all_ok(lib, 'full', '1.3', 'identity_ok')} "
           f"| {all_ok(lib, 'resume', '1.3', 'identity_ok')} "
           f"| {all_ok(lib, 'full', '1.3', 'alpn_ok')} "
@@ -82,14 +96,14 @@ for lib in libs:
           f"| {num(median(lib, 'resume', '1.3', 'ticket_B', 'client'))} "
           f"| {reload_seen(lib)} |")
 print()
-print("| library | full 1.3 CPU µs | resumed 1.3 CPU µs | full 1.2 CPU µs "
+print("| library | full 1.3 CPU µs (min–max) | resumed 1.3 CPU µs | full 1.2 CPU µs "
       "| heap B/conn 1.3 | RSS B/conn 1.3 | heap B/conn resumed | heap B/conn 1.2 "
       "| RSS B/conn 1.2 | peak heap B in one 1.3 handshake |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for lib in libs:
-    print(f"| {lib} | {num(median(lib, 'full', '1.3', 'cpu_us'))} "
-          f"| {num(median(lib, 'resume', '1.3', 'cpu_us'))} "
-          f"| {num(median(lib, 'full', '1.2', 'cpu_us'))} "
+    print(f"| {lib} | {spread(lib, 'full', '1.3', 'cpu_us')} "
+          f"| {spread(lib, 'resume', '1.3', 'cpu_us')} "
+          f"| {spread(lib, 'full', '1.2', 'cpu_us')} "
           f"| {num(median(lib, 'full', '1.3', 'heap_B'))} "
           f"| {num(median(lib, 'full', '1.3', 'rss_B'))} "
           f"| {num(median(lib, 'resume', '1.3', 'heap_B'))} "
