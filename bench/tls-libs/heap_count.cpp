@@ -66,6 +66,11 @@ void* realloc(void* ptr, size_t size) noexcept {
   if (moved != nullptr || size == 0) live_bytes -= old;
   return counted(moved);
 }
+// glibc's own reallocarray calls its internal realloc, past the one above.
+void* reallocarray(void* ptr, size_t count, size_t size) noexcept {
+  if (size != 0 && count > static_cast<size_t>(-1) / size) return nullptr;
+  return realloc(ptr, count * size);
+}
 void* memalign(size_t alignment, size_t size) noexcept {
   return counted(__libc_memalign(alignment, size));
 }
