@@ -1,9 +1,14 @@
 #include "dispatchd/control/control.hpp"
 
 #include <google/protobuf/util/time_util.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "dispatchd/id.hpp"
 #include "dispatchd/log.hpp"
@@ -37,6 +42,57 @@ Status node_not_found(const std::string& id) {
   return Status(StatusCode::not_found, "node " + id + " not found");
 }
 
+// Node IDs come from certificate CNs: printable ASCII without spaces, as a SwarmKit node ID is.
+bool valid_node_id(const std::string& id) {
+  if (id.empty() || id.size() > 128) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) { return c > ' ' && c < 0x7f; });
+}
+
+// Labels: non-empty keys; SwarmKit's annotations allow any value.
+std::optional<Status> check_labels(const google::protobuf::Map<std::string, std::string>& labels) {
+  for (const auto& [k, v] : labels) {
+    if (k.empty()) return invalid("label keys must not be empty");
+  }
+  return std::nullopt;
+}
+
+// Why `pem` is not a bundle of CA certificates ("" when it is one): at least one certificate,
+// every block a certificate, each a CA valid now, a self-issued one with a signature that
+// verifies (a damaged root would make every agent distrust its managers).
+std::string root_ca_problem(const std::string& pem) {
+  if (pem.find_first_not_of(" \t\r\n") == std::string::npos) return "the root CA is empty";
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  if (!bio) return "out of memory";
+  int count = 0;
+  std::string problem;
+  while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+    ++count;
+    const std::string which = "certificate " + std::to_string(count);
+    EVP_PKEY* key = X509_get0_pubkey(cert);
+    if (X509_check_ca(cert) == 0) {
+      problem = which + " is not a CA";
+    } else if (X509_cmp_current_time(X509_get0_notBefore(cert)) >= 0 ||
+               X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0) {
+      problem = which + " is expired or not yet valid";
+    } else if (!key) {
+      problem = which + " has no usable public key";
+    } else if (X509_check_issued(cert, cert) == X509_V_OK && X509_verify(cert, key) != 1) {
+      problem = which + " is self-issued but its signature does not verify";
+    }
+    X509_free(cert);
+    if (!problem.empty()) break;
+  }
+  BIO_free(bio);
+  if (problem.empty() && count == 0) problem = "no PEM certificate in the root CA";
+  // PEM_read_bio_X509 ends on "no start line" at the end, or on a damaged block.
+  unsigned long e = ERR_peek_last_error();
+  if (problem.empty() && e && ERR_GET_REASON(e) != PEM_R_NO_START_LINE) {
+    problem = "the root CA holds a block that is not a valid certificate";
+  }
+  ERR_clear_error();
+  return problem;
+}
+
 template <class T>
 bool contains(const google::protobuf::RepeatedField<int>& list, T v) {
   return list.empty() || std::find(list.begin(), list.end(), static_cast<int>(v)) != list.end();
@@ -67,6 +123,9 @@ void ControlService::add_to(grpc::Server& server) {
       server, "ListNodes", [this](const auto& r, const std::string&) { return list_nodes(r); });
   add<pb::GetNodeRequest, pb::GetNodeResponse>(
       server, "GetNode", [this](const auto& r, const std::string&) { return get_node(r); });
+  add<pb::CreateNodeRequest, pb::CreateNodeResponse>(
+      server, "CreateNode",
+      [this](const auto& r, const std::string& w) { return create_node(r, w); });
   add<pb::UpdateNodeRequest, pb::UpdateNodeResponse>(
       server, "UpdateNode",
       [this](const auto& r, const std::string& w) { return update_node(r, w); });
@@ -78,6 +137,9 @@ void ControlService::add_to(grpc::Server& server) {
       [this](const auto& r, const std::string& w) { return create_task(r, w); });
   add<pb::ListTasksRequest, pb::ListTasksResponse>(
       server, "ListTasks", [this](const auto& r, const std::string&) { return list_tasks(r); });
+  add<pb::UpdateTaskRequest, pb::UpdateTaskResponse>(
+      server, "UpdateTask",
+      [this](const auto& r, const std::string& w) { return update_task(r, w); });
   add<pb::RemoveTaskRequest, pb::RemoveTaskResponse>(
       server, "RemoveTask",
       [this](const auto& r, const std::string& w) { return remove_task(r, w); });
@@ -92,6 +154,11 @@ void ControlService::add_to(grpc::Server& server) {
   add<pb::SetNetworkKeysRequest, pb::SetNetworkKeysResponse>(
       server, "SetNetworkKeys",
       [this](const auto& r, const std::string& w) { return set_network_keys(r, w); });
+  add<pb::GetRootCARequest, pb::GetRootCAResponse>(
+      server, "GetRootCA", [this](const auto&, const std::string&) { return get_root_ca(); });
+  add<pb::SetRootCARequest, pb::SetRootCAResponse>(
+      server, "SetRootCA",
+      [this](const auto& r, const std::string& w) { return set_root_ca(r, w); });
 }
 
 // ---- nodes -------------------------------------------------------------------------------------
@@ -150,6 +217,45 @@ std::expected<pb::GetNodeResponse, Status> ControlService::get_node(const pb::Ge
   });
 }
 
+std::expected<pb::CreateNodeResponse, Status> ControlService::create_node(
+    const pb::CreateNodeRequest& r, const std::string& who) {
+  if (!valid_node_id(r.node_id())) {
+    return std::unexpected(invalid("node_id must be 1 to 128 printable characters without spaces"));
+  }
+  if (!api::NodeSpec::Availability_IsValid(r.availability())) {
+    return std::unexpected(invalid("unknown availability " + std::to_string(r.availability())));
+  }
+  if (!api::NodeRole_IsValid(r.role())) {
+    return std::unexpected(invalid("unknown role " + std::to_string(r.role())));
+  }
+  if (auto bad = check_labels(r.labels())) return std::unexpected(*bad);
+  // As a node SwarmKit accepted but that has not connected yet.
+  api::Node n;
+  n.set_id(r.node_id());
+  n.mutable_spec()->set_membership(api::NodeSpec::ACCEPTED);
+  n.mutable_spec()->set_desired_role(r.role());
+  n.mutable_spec()->set_availability(r.availability());
+  *n.mutable_spec()->mutable_annotations()->mutable_labels() = r.labels();
+  n.set_role(r.role());
+  n.mutable_certificate()->set_cn(r.node_id());
+  n.mutable_certificate()->set_role(r.role());
+  n.mutable_status()->set_state(api::NodeStatus::UNKNOWN);
+  pb::CreateNodeResponse resp;
+  auto st = store_.update([&](store::WriteTx& tx) {
+    if (tx.node(r.node_id())) {
+      return Status(StatusCode::already_exists, "node " + r.node_id() + " already exists");
+    }
+    if (auto s = tx.create(n); !s.is_ok()) return s;
+    *resp.mutable_node() = *tx.node(r.node_id());
+    return Status::ok();
+  });
+  if (!st.is_ok()) return std::unexpected(st);
+  log::info("control: node {} created (role {}, availability {}, {} label(s)) (by {})", r.node_id(),
+            api::NodeRole_Name(r.role()), api::NodeSpec::Availability_Name(r.availability()),
+            r.labels_size(), who);
+  return resp;
+}
+
 std::expected<pb::UpdateNodeResponse, Status> ControlService::update_node(
     const pb::UpdateNodeRequest& r, const std::string& who) {
   if (r.node_id().empty()) return std::unexpected(invalid("node_id is required"));
@@ -159,6 +265,7 @@ std::expected<pb::UpdateNodeResponse, Status> ControlService::update_node(
   if (r.has_role() && !api::NodeRole_IsValid(r.role())) {
     return std::unexpected(invalid("unknown role " + std::to_string(r.role())));
   }
+  if (auto bad = check_labels(r.set_labels())) return std::unexpected(*bad);
   pb::UpdateNodeResponse resp;
   std::string change;
   auto st = store_.update([&](store::WriteTx& tx) {
@@ -174,6 +281,16 @@ std::expected<pb::UpdateNodeResponse, Status> ControlService::update_node(
       copy.mutable_spec()->set_desired_role(r.role());
       copy.set_role(r.role());
       change += " role=" + api::NodeRole_Name(r.role());
+    }
+    auto* labels = copy.mutable_spec()->mutable_annotations()->mutable_labels();
+    for (const auto& [k, v] : r.set_labels()) {
+      auto it = labels->find(k);
+      if (it != labels->end() && it->second == v) continue;
+      (*labels)[k] = v;
+      change += " label " + k + "=" + v;
+    }
+    for (const auto& k : r.remove_labels()) {
+      if (labels->erase(k) > 0) change += " label -" + k;
     }
     if (change.empty()) {
       *resp.mutable_node() = *n;
@@ -268,6 +385,54 @@ std::expected<pb::ListTasksResponse, Status> ControlService::list_tasks(
   return resp;
 }
 
+std::expected<pb::UpdateTaskResponse, Status> ControlService::update_task(
+    const pb::UpdateTaskRequest& r, const std::string& who) {
+  if (r.task_id().empty()) return std::unexpected(invalid("task_id is required"));
+  if ((r.has_desired_state() && !api::TaskState_IsValid(r.desired_state())) ||
+      (r.has_state() && !api::TaskState_IsValid(r.state()))) {
+    return std::unexpected(invalid("unknown task state"));
+  }
+  if (!r.has_desired_state() && !r.has_state()) {
+    return std::unexpected(invalid("nothing to update: give desired_state and/or state"));
+  }
+  pb::UpdateTaskResponse resp;
+  std::string change;
+  auto st = store_.update([&](store::WriteTx& tx) {
+    auto t = tx.task(r.task_id());
+    if (!t) return Status(StatusCode::not_found, "task " + r.task_id() + " not found");
+    api::Task copy = *t;
+    if (r.has_desired_state() && r.desired_state() != t->desired_state()) {
+      // SwarmKit's orchestrators only ever move a desired state forward; an agent that was told
+      // to shut a task down does not start it again.
+      if (r.desired_state() < t->desired_state()) {
+        return Status(StatusCode::failed_precondition,
+                      "task " + r.task_id() + " desired state can only move forward (it is " +
+                          api::TaskState_Name(t->desired_state()) + ")");
+      }
+      copy.set_desired_state(r.desired_state());
+      change += " desired_state=" + api::TaskState_Name(r.desired_state());
+    }
+    if (r.has_state()) {
+      auto* status = copy.mutable_status();
+      status->set_state(r.state());
+      status->set_message(r.message().empty() ? "set by an operator" : r.message());
+      status->clear_err();
+      set_timestamp(status->mutable_timestamp(), std::chrono::system_clock::now());
+      change += " state=" + api::TaskState_Name(r.state());
+    }
+    if (change.empty()) {
+      *resp.mutable_task() = *t;
+      return Status::ok();
+    }
+    if (auto s = tx.update(std::move(copy)); !s.is_ok()) return s;
+    *resp.mutable_task() = *tx.task(r.task_id());
+    return Status::ok();
+  });
+  if (!st.is_ok()) return std::unexpected(st);
+  if (!change.empty()) log::info("control: task {} updated:{} (by {})", r.task_id(), change, who);
+  return resp;
+}
+
 std::expected<pb::RemoveTaskResponse, Status> ControlService::remove_task(
     const pb::RemoveTaskRequest& r, const std::string& who) {
   if (r.task_id().empty()) return std::unexpected(invalid("task_id is required"));
@@ -343,6 +508,34 @@ std::expected<pb::SetNetworkKeysResponse, Status> ControlService::set_network_ke
   if (!st.is_ok()) return std::unexpected(st);
   log::info("control: {} network bootstrap key(s) set (by {})", r.keys_size(), who);
   return pb::SetNetworkKeysResponse{};
+}
+
+std::expected<pb::GetRootCAResponse, Status> ControlService::get_root_ca() {
+  pb::GetRootCAResponse resp;
+  auto c = store_.view([](const store::ReadTx& tx) { return tx.cluster(); });
+  resp.set_ca_cert_pem(c->root_ca().ca_cert());
+  return resp;
+}
+
+std::expected<pb::SetRootCAResponse, Status> ControlService::set_root_ca(
+    const pb::SetRootCARequest& r, const std::string& who) {
+  if (auto problem = root_ca_problem(r.ca_cert_pem()); !problem.empty()) {
+    return std::unexpected(invalid(problem));
+  }
+  bool changed = false;
+  auto st = store_.update([&](store::WriteTx& tx) {
+    if (tx.cluster()->root_ca().ca_cert() == r.ca_cert_pem()) return Status::ok();
+    api::Cluster c = *tx.cluster();
+    c.mutable_root_ca()->set_ca_cert(r.ca_cert_pem());
+    changed = true;
+    return tx.update(std::move(c));
+  });
+  if (!st.is_ok()) return std::unexpected(st);
+  if (changed) {
+    log::info("control: cluster root CA set ({} bytes of PEM) (by {})", r.ca_cert_pem().size(),
+              who);
+  }
+  return pb::SetRootCAResponse{};
 }
 
 }  // namespace dispatchd::control

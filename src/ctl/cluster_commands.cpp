@@ -1,6 +1,9 @@
 // dispatchctl health, managers ... and keys ...: the server's health and the cluster-wide
 // fields every Session carries (the manager list, the network bootstrap keys).
 
+#include <iostream>
+#include <sstream>
+
 #include "dispatchd/ctl/command.hpp"
 #include "dispatchd/ctl/format.hpp"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -93,6 +96,36 @@ void add_cluster_commands(std::vector<Command>& cmds) {
                       *req.add_keys() = std::move(*k);
                     }
                     return unary(c, &Stub::SetNetworkKeys, req);
+                  }});
+
+  cmds.push_back({"cluster root-ca",
+                  "",
+                  "print the cluster root CA certificate(s) every Session carries (PEM)",
+                  {},
+                  0,
+                  0,
+                  [](Context& c, const ParsedArgs&) {
+                    return unary(c, &Stub::GetRootCA, cv1::GetRootCARequest{},
+                                 [](const auto& resp) { return resp.ca_cert_pem(); });
+                  }});
+  cmds.push_back({"cluster set-root-ca",
+                  "FILE|-",
+                  "replace the cluster root CA every Session carries with the PEM in FILE (- for "
+                  "stdin); every open Session gets it at once",
+                  {},
+                  1,
+                  1,
+                  [](Context& c, const ParsedArgs& a) {
+                    cv1::SetRootCARequest req;
+                    const std::string& path = a.positionals[0];
+                    if (path == "-") {
+                      std::stringstream ss;
+                      ss << std::cin.rdbuf();
+                      req.set_ca_cert_pem(ss.str());
+                    } else {
+                      req.set_ca_cert_pem(read_file("root CA", path));
+                    }
+                    return unary(c, &Stub::SetRootCA, req);
                   }});
 }
 

@@ -14,6 +14,15 @@ int do_update(Context& c, const cv1::UpdateNodeRequest& req) {
   return unary(c, &Stub::UpdateNode, req, [&](const auto&) { return req.node_id() + "\n"; });
 }
 
+// KEY=VALUE (a label); the value may be empty.
+std::pair<std::string, std::string> parse_label(const std::string& flag, const std::string& v) {
+  auto eq = v.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw UsageError("invalid --" + flag + " " + v + ": want KEY=VALUE");
+  }
+  return {v.substr(0, eq), v.substr(eq + 1)};
+}
+
 int availability_shortcut(Context& c, const ParsedArgs& a, api::NodeSpec::Availability av) {
   cv1::UpdateNodeRequest req;
   req.set_node_id(a.positionals[0]);
@@ -76,11 +85,40 @@ void add_node_commands(std::vector<Command>& cmds) {
                     });
                   }});
 
+  cmds.push_back({"node create",
+                  "ID",
+                  "create a node before it joins (with --require-known-nodes only known nodes "
+                  "may open a session); prints its ID",
+                  {{"role", 0, false, "ROLE", enum_choices(role_d) + " (default worker)"},
+                   {"availability", 0, false, "A", enum_choices(avail_d) + " (default active)"},
+                   {"label", 0, false, "KEY=VALUE", "a label (repeatable)"}},
+                  1,
+                  1,
+                  [=](Context& c, const ParsedArgs& a) {
+                    cv1::CreateNodeRequest req;
+                    req.set_node_id(a.positionals[0]);
+                    if (auto v = a.last("role")) {
+                      req.set_role(enum_flag<api::NodeRole>(a, "role", role_d, *v));
+                    }
+                    if (auto v = a.last("availability")) {
+                      req.set_availability(
+                          enum_flag<api::NodeSpec::Availability>(a, "availability", avail_d, *v));
+                    }
+                    for (const auto& v : a.all("label")) {
+                      auto [k, val] = parse_label("label", v);
+                      (*req.mutable_labels())[k] = val;
+                    }
+                    return unary(c, &Stub::CreateNode, req,
+                                 [](const auto& resp) { return resp.node().id() + "\n"; });
+                  }});
+
   cmds.push_back({"node update",
                   "ID",
-                  "change a node's availability and/or desired role",
+                  "change a node's availability, desired role and/or labels",
                   {{"availability", 0, false, "A", enum_choices(avail_d)},
-                   {"role", 0, false, "ROLE", enum_choices(role_d)}},
+                   {"role", 0, false, "ROLE", enum_choices(role_d)},
+                   {"label-add", 0, false, "KEY=VALUE", "add or replace a label (repeatable)"},
+                   {"label-rm", 0, false, "KEY", "remove a label (repeatable)"}},
                   1,
                   1,
                   [=](Context& c, const ParsedArgs& a) {
@@ -93,8 +131,17 @@ void add_node_commands(std::vector<Command>& cmds) {
                     if (auto v = a.last("role")) {
                       req.set_role(enum_flag<api::NodeRole>(a, "role", role_d, *v));
                     }
-                    if (!req.has_availability() && !req.has_role()) {
-                      throw UsageError("nothing to update: give --availability and/or --role");
+                    for (const auto& v : a.all("label-add")) {
+                      auto [k, val] = parse_label("label-add", v);
+                      (*req.mutable_set_labels())[k] = val;
+                    }
+                    for (const auto& k : a.all("label-rm"))
+                      req.add_remove_labels(k);
+                    if (!req.has_availability() && !req.has_role() && req.set_labels().empty() &&
+                        req.remove_labels().empty()) {
+                      throw UsageError(
+                          "nothing to update: give --availability, --role, --label-add or "
+                          "--label-rm");
                     }
                     return do_update(c, req);
                   }});

@@ -50,6 +50,35 @@ void add_task_commands(std::vector<Command>& cmds) {
                                  [](const auto& resp) { return format_task_table(resp); });
                   }});
 
+  cmds.push_back(
+      {"task update",
+       "ID",
+       "move a task's desired state forward (shutdown stops it) and/or override its "
+       "status",
+       {{"desired-state", 0, false, "STATE", "new desired state (never backwards)"},
+        {"state", 0, false, "STATE", "operator override of the task's status"},
+        {"message", 0, false, "TEXT", "status message with --state"}},
+       1,
+       1,
+       [=](Context& c, const ParsedArgs& a) {
+         cv1::UpdateTaskRequest req;
+         req.set_task_id(a.positionals[0]);
+         if (auto v = a.last("desired-state")) {
+           req.set_desired_state(enum_flag<api::TaskState>(a, "desired-state", task_d, *v));
+         }
+         if (auto v = a.last("state")) {
+           req.set_state(enum_flag<api::TaskState>(a, "state", task_d, *v));
+         }
+         if (auto v = a.last("message")) {
+           if (!req.has_state()) throw UsageError("--message needs --state");
+           req.set_message(*v);
+         }
+         if (!req.has_desired_state() && !req.has_state()) {
+           throw UsageError("nothing to update: give --desired-state and/or --state");
+         }
+         return unary(c, &Stub::UpdateTask, req, [&](const auto&) { return req.task_id() + "\n"; });
+       }});
+
   cmds.push_back({"task rm", "ID", "remove a task", {}, 1, 1, [](Context& c, const ParsedArgs& a) {
                     cv1::RemoveTaskRequest req;
                     req.set_task_id(a.positionals[0]);

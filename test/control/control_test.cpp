@@ -13,6 +13,7 @@
 #include "control.grpc.pb.h"
 #include "dispatcher.grpc.pb.h"
 #include "support/agent.hpp"
+#include "support/certs.hpp"
 #include "support/grpc_client.hpp"
 #include "support/test_server.hpp"
 
@@ -281,6 +282,175 @@ TEST_F(ControlTest, ManagerListAndKeysReachEverySession) {
   ASSERT_TRUE(call(&pb::Control::Stub::GetNetworkKeys, pb::GetNetworkKeysRequest{}, &got).ok());
   EXPECT_EQ(got.keys_size(), 1);
   s->stream->cancel();
+}
+
+TEST_F(ControlTest, UpdateTaskMovesTheDesiredStateForwardOnTheAssignmentsStream) {
+  auto s = open_session("node-a");
+  auto assignments = dispatchd::test::open_assignments(*dispatcher_, "node-a", s->id());
+  api::AssignmentsMessage m;
+  ASSERT_TRUE(assignments->read(m));
+  pb::CreateTaskRequest create;
+  create.mutable_task()->set_node_id("node-a");
+  pb::CreateTaskResponse created;
+  ASSERT_TRUE(call(&pb::Control::Stub::CreateTask, create, &created).ok());
+  ASSERT_TRUE(assignments->read(m));
+  const std::string id = created.task().id();
+
+  // Stop it, as SwarmKit's orchestrator does: the agent is told the new desired state.
+  pb::UpdateTaskRequest stop;
+  stop.set_task_id(id);
+  stop.set_desired_state(api::SHUTDOWN);
+  pb::UpdateTaskResponse updated;
+  auto st = call(&pb::Control::Stub::UpdateTask, stop, &updated);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(updated.task().desired_state(), api::SHUTDOWN);
+  ASSERT_TRUE(assignments->read(m));
+  EXPECT_EQ(m.type(), api::AssignmentsMessage::INCREMENTAL);
+  ASSERT_EQ(m.changes_size(), 1);
+  EXPECT_EQ(m.changes(0).action(), api::AssignmentChange::UPDATE);
+  EXPECT_EQ(m.changes(0).assignment().task().id(), id);
+  EXPECT_EQ(m.changes(0).assignment().task().desired_state(), api::SHUTDOWN);
+
+  // Backwards, unknown, empty: refused, nothing changes.
+  pb::UpdateTaskRequest back;
+  back.set_task_id(id);
+  back.set_desired_state(api::RUNNING);
+  st = call(&pb::Control::Stub::UpdateTask, back, &updated);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(st.error_message(),
+            "task " + id + " desired state can only move forward (it is SHUTDOWN)");
+  pb::UpdateTaskRequest unknown = stop;
+  unknown.set_task_id("no-such-task");
+  st = call(&pb::Control::Stub::UpdateTask, unknown, &updated);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(st.error_message(), "task no-such-task not found");
+  pb::UpdateTaskRequest nothing;
+  nothing.set_task_id(id);
+  EXPECT_EQ(call(&pb::Control::Stub::UpdateTask, nothing, &updated).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  // The operator override of the status reaches the store with its message.
+  pb::UpdateTaskRequest fail;
+  fail.set_task_id(id);
+  fail.set_state(api::FAILED);
+  fail.set_message("host lost");
+  ASSERT_TRUE(call(&pb::Control::Stub::UpdateTask, fail, &updated).ok());
+  pb::ListTasksResponse tasks;
+  ASSERT_TRUE(call(&pb::Control::Stub::ListTasks, pb::ListTasksRequest{}, &tasks).ok());
+  ASSERT_EQ(tasks.tasks_size(), 1);
+  EXPECT_EQ(tasks.tasks(0).status().state(), api::FAILED);
+  EXPECT_EQ(tasks.tasks(0).status().message(), "host lost");
+  EXPECT_EQ(tasks.tasks(0).desired_state(), api::SHUTDOWN);
+  assignments->cancel();
+}
+
+TEST_F(ControlTest, NodeLabelsChangeAndReachTheNodesSession) {
+  auto s = open_session("node-a");
+  pb::UpdateNodeRequest req;
+  req.set_node_id("node-a");
+  (*req.mutable_set_labels())["zone"] = "eu-1";
+  (*req.mutable_set_labels())["disk"] = "ssd";
+  pb::UpdateNodeResponse resp;
+  ASSERT_TRUE(call(&pb::Control::Stub::UpdateNode, req, &resp).ok());
+  api::SessionMessage m;
+  ASSERT_TRUE(s->stream->read(m));
+  EXPECT_EQ(m.node().spec().annotations().labels().at("zone"), "eu-1");
+  EXPECT_EQ(m.node().spec().annotations().labels().size(), 2u);
+
+  pb::UpdateNodeRequest rm;
+  rm.set_node_id("node-a");
+  rm.add_remove_labels("disk");
+  ASSERT_TRUE(call(&pb::Control::Stub::UpdateNode, rm, &resp).ok());
+  ASSERT_TRUE(s->stream->read(m));
+  EXPECT_EQ(m.node().spec().annotations().labels().size(), 1u);
+  EXPECT_EQ(resp.node().spec().annotations().labels().count("disk"), 0u);
+
+  pb::UpdateNodeRequest bad;
+  bad.set_node_id("node-a");
+  (*bad.mutable_set_labels())[""] = "x";
+  EXPECT_EQ(call(&pb::Control::Stub::UpdateNode, bad, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  s->stream->cancel();
+}
+
+TEST_F(ControlTest, RootCAReachesEverySessionAndBadBundlesAreRefused) {
+  const std::string dir = dispatchd::test::make_test_certs("control-rootca", "--nodes 1");
+  const std::string ca = dispatchd::test::read_file(dir + "/ca.pem");
+  ASSERT_FALSE(ca.empty());
+  auto a = open_session("node-a");
+  auto b = open_session("node-b");
+  pb::SetRootCARequest set;
+  set.set_ca_cert_pem(ca);
+  pb::SetRootCAResponse done;
+  auto st = call(&pb::Control::Stub::SetRootCA, set, &done);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  for (auto* s : {a.get(), b.get()}) {
+    api::SessionMessage m;
+    ASSERT_TRUE(s->stream->read(m));
+    EXPECT_EQ(m.rootca(), ca);
+  }
+  pb::GetRootCAResponse got;
+  ASSERT_TRUE(call(&pb::Control::Stub::GetRootCA, pb::GetRootCARequest{}, &got).ok());
+  EXPECT_EQ(got.ca_cert_pem(), ca);
+
+  auto refused = [&](const std::string& pem) {
+    pb::SetRootCARequest r;
+    r.set_ca_cert_pem(pem);
+    auto s = call(&pb::Control::Stub::SetRootCA, r, &done);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << pem.substr(0, 40);
+    return s.error_message();
+  };
+  EXPECT_EQ(refused(""), "the root CA is empty");
+  EXPECT_EQ(refused("not a certificate"), "no PEM certificate in the root CA");
+  EXPECT_EQ(refused(dispatchd::test::read_file(dir + "/node-1.pem")), "certificate 1 is not a CA");
+  // One character of the root's signature changed: still a well-formed certificate.
+  std::string damaged = ca;
+  auto end = damaged.find("-----END");
+  auto last = damaged.rfind('\n', end - 2);           // start of the last base64 line
+  auto sig_line = damaged.rfind('\n', last - 1) + 1;  // the line before: signature bytes
+  damaged[sig_line + 10] = damaged[sig_line + 10] == 'A' ? 'B' : 'A';
+  EXPECT_EQ(refused(ca + damaged),
+            "certificate 2 is self-issued but its signature does not verify");
+  EXPECT_EQ(refused(ca + "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+            "the root CA holds a block that is not a valid certificate");
+  ASSERT_TRUE(call(&pb::Control::Stub::GetRootCA, pb::GetRootCARequest{}, &got).ok());
+  EXPECT_EQ(got.ca_cert_pem(), ca);
+  a->stream->cancel();
+  b->stream->cancel();
+}
+
+TEST(ControlKnownNodesTest, PreCreatedNodesAreAdmittedAndOthersAreNot) {
+  TestServer server(
+      dispatchd::test::options_with([](auto& o) { o.dispatcher.require_known_nodes = true; }));
+  auto channel = grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials());
+  auto control = pb::Control::NewStub(channel);
+  auto dispatcher = api::Dispatcher::NewStub(channel);
+  pb::CreateNodeRequest create;
+  create.set_node_id("listed");
+  create.set_availability(api::NodeSpec::DRAIN);
+  (*create.mutable_labels())["rack"] = "r7";
+  pb::CreateNodeResponse created;
+  auto st = control->CreateNode(context(kOperator).get(), create, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(created.node().status().state(), api::NodeStatus::UNKNOWN);
+  EXPECT_EQ(control->CreateNode(context(kOperator).get(), create, &created).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  pb::CreateNodeRequest bad;
+  bad.set_node_id("has space");
+  EXPECT_EQ(control->CreateNode(context(kOperator).get(), bad, &created).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+
+  auto listed = dispatchd::test::open_session(*dispatcher, "listed");
+  ASSERT_TRUE(listed->status.ok()) << listed->status.error_message();
+  EXPECT_EQ(listed->first.node().spec().availability(), api::NodeSpec::DRAIN);
+  EXPECT_EQ(listed->first.node().spec().annotations().labels().at("rack"), "r7");
+  EXPECT_EQ(listed->first.node().status().state(), api::NodeStatus::READY);
+  dispatchd::test::Agent agent(server);
+  auto stranger = dispatchd::test::register_node(agent, as_node("stranger"));
+  EXPECT_FALSE(stranger.ok);
+  EXPECT_EQ(stranger.status.error_code(), grpc::StatusCode::UNKNOWN);
+  EXPECT_EQ(stranger.status.error_message(), "node not found");
+  listed->stream->cancel();
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 
 #include "control.pb.h"
 #include "dispatcher.grpc.pb.h"
+#include "support/certs.hpp"
 #include "support/process.hpp"
 #include "support/test_server.hpp"
 
@@ -395,6 +396,90 @@ TEST_F(DispatchctlControl, UsageErrorsExitTwo) {
   // Nothing changed.
   auto r = ctl({"node", "ls", "-q", "--availability", "active"});
   EXPECT_EQ(r.out, "node-a\nnode-b\nnode-down\n") << show(r);
+}
+
+TEST_F(DispatchctlControl, NodeCreateAndLabels) {
+  auto r = ctl({"node", "create", "node-new", "--availability", "drain", "--label", "rack=r1",
+                "--label=empty="});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_EQ(r.out, "node-new\n");
+  r = ctl({"--json", "node", "inspect", "node-new"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  auto got = parse_json<cv1::GetNodeResponse>(r.out);
+  EXPECT_EQ(got.node().spec().availability(), api::NodeSpec::DRAIN);
+  EXPECT_EQ(got.node().spec().annotations().labels().at("rack"), "r1");
+  EXPECT_EQ(got.node().spec().annotations().labels().at("empty"), "");
+  EXPECT_EQ(got.node().status().state(), api::NodeStatus::UNKNOWN);
+
+  r = ctl({"node", "create", "node-a"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_EQ(r.err, "dispatchctl: ALREADY_EXISTS: node node-a already exists\n");
+  r = ctl({"node", "create", "node-x", "--label", "novalue"});
+  EXPECT_EQ(r.exit_status, 2) << show(r);
+  EXPECT_EQ(r.err.find("want KEY=VALUE") == std::string::npos, false) << r.err;
+
+  r = ctl({"node", "update", "node-a", "--label-add", "zone=eu-1", "--label-rm", "absent"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_TRUE(a_->wait_for([](const api::SessionMessage& m) {
+    const auto& l = m.node().spec().annotations().labels();
+    return l.count("zone") == 1 && l.at("zone") == "eu-1";
+  }));
+  r = ctl({"node", "update", "node-a", "--label-rm", "zone"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_TRUE(a_->wait_for([](const api::SessionMessage& m) {
+    return m.node().spec().annotations().labels().count("zone") == 0;
+  }));
+}
+
+TEST_F(DispatchctlControl, TaskUpdateStopsATask) {
+  auto r = ctl({"task", "create", "--node", "node-a", "--id", "task-1"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"task", "update", "task-1", "--desired-state", "shutdown"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_EQ(r.out, "task-1\n");
+  r = ctl({"--json", "task", "ls", "--node", "node-a"});
+  auto tasks = parse_json<cv1::ListTasksResponse>(r.out);
+  ASSERT_EQ(tasks.tasks_size(), 1) << show(r);
+  EXPECT_EQ(tasks.tasks(0).desired_state(), api::SHUTDOWN);
+
+  r = ctl({"task", "update", "task-1", "--desired-state", "running"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_TRUE(r.err.starts_with("dispatchctl: FAILED_PRECONDITION: ")) << r.err;
+  r = ctl({"task", "update", "task-1", "--state", "failed", "--message", "host lost"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"task", "ls"});
+  EXPECT_NE(row(r.out, "task-1").find("host lost"), std::string::npos) << r.out;
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"task", "update", "task-1"},
+           {"task", "update", "task-1", "--message", "m"},
+           {"task", "update", "task-1", "--desired-state", "sleepy"}}) {
+    r = ctl(args);
+    EXPECT_EQ(r.exit_status, 2) << show(r);
+  }
+}
+
+TEST_F(DispatchctlControl, RootCAFromAFileReachesEverySession) {
+  const std::string dir = dispatchd::test::make_test_certs("ctl-rootca", "--nodes 0");
+  const std::string ca = dispatchd::test::read_file(dir + "/ca.pem");
+  auto r = ctl({"cluster", "set-root-ca", dir + "/ca.pem"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_EQ(r.out, "");
+  for (auto* agent : {a_.get(), b_.get()}) {
+    EXPECT_TRUE(agent->wait_for([&](const api::SessionMessage& m) { return m.rootca() == ca; }));
+  }
+  r = ctl({"cluster", "root-ca"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_EQ(r.out, ca);
+
+  r = ctl({"cluster", "set-root-ca", dir + "/missing.pem"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_TRUE(r.err.starts_with("dispatchctl: cannot read root CA " + dir + "/missing.pem"))
+      << r.err;
+  r = ctl({"cluster", "set-root-ca", dir + "/server.key"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_EQ(r.err, "dispatchctl: INVALID_ARGUMENT: no PEM certificate in the root CA\n");
+  r = ctl({"cluster", "root-ca"});
+  EXPECT_EQ(r.out, ca);
 }
 
 TEST(DispatchctlScale, TenThousandNodesInOneCall) {

@@ -395,4 +395,45 @@ TEST_F(TlsTest, RecordsArrivingTogetherAreAllRead) {
   EXPECT_TRUE(answered) << "the second record was not read";
 }
 
+// SIGHUP reloads --tls-ca with the certificates: a bundle with a new CA lets that CA's agents in,
+// for new connections, while the old CA's keep working (a root rotation, docs/operations.md).
+TEST_F(TlsTest, ReloadedCaBundleTrustsANewCaForNewConnections) {
+  const std::string other =
+      dispatchd::test::make_test_certs("tls-newca", "--org myorg --nodes 1 --manager-id mgr-0");
+  auto heartbeat_from = [&](const std::string& dir) {
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = read_file(cert_dir() + "/ca.pem");  // the server's own CA is unchanged
+    o.pem_private_key = read_file(dir + "/node-1.key");
+    o.pem_cert_chain = read_file(dir + "/node-1.pem");
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("swarm-manager");
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // a fresh connection every time
+    auto stub = api::Dispatcher::NewStub(
+        grpc::CreateCustomChannel(server_.address(), grpc::SslCredentials(o), args));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    api::HeartbeatResponse resp;
+    return stub->Heartbeat(&ctx, api::HeartbeatRequest{}, &resp).error_code();
+  };
+  ASSERT_NE(read_file(other + "/ca.pem"), read_file(cert_dir() + "/ca.pem"));
+  EXPECT_EQ(heartbeat_from(other), grpc::StatusCode::UNAVAILABLE);  // handshake refused
+
+  const std::string bundle = other + "/bundle.pem";
+  {
+    std::ofstream out(bundle, std::ios::binary);
+    out << read_file(cert_dir() + "/ca.pem") << read_file(other + "/ca.pem");
+  }
+  auto files = tls_options().tls;
+  files.ca = bundle;
+  auto ctx = dispatchd::net::TlsContext::load(files);  // what SIGHUP does
+  ASSERT_TRUE(ctx.has_value()) << ctx.error();
+  server_.call([&] {
+    server_.server().set_tls(*ctx);
+    return 0;
+  });
+  // Authenticated now: the call reaches the Dispatcher, which knows no session of node-1.
+  EXPECT_EQ(heartbeat_from(other), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(heartbeat_from(cert_dir()), grpc::StatusCode::NOT_FOUND);
+}
+
 }  // namespace

@@ -50,6 +50,8 @@ class ControlService {
   // The calls, synchronous (the store never suspends); exposed for tests.
   std::expected<pb::ListNodesResponse, grpc::Status> list_nodes(const pb::ListNodesRequest& r);
   std::expected<pb::GetNodeResponse, grpc::Status> get_node(const pb::GetNodeRequest& r);
+  std::expected<pb::CreateNodeResponse, grpc::Status> create_node(const pb::CreateNodeRequest& r,
+                                                                  const std::string& who);
   std::expected<pb::UpdateNodeResponse, grpc::Status> update_node(const pb::UpdateNodeRequest& r,
                                                                   const std::string& who);
   std::expected<pb::RemoveNodeResponse, grpc::Status> remove_node(const pb::RemoveNodeRequest& r,
@@ -57,6 +59,8 @@ class ControlService {
   std::expected<pb::CreateTaskResponse, grpc::Status> create_task(const pb::CreateTaskRequest& r,
                                                                   const std::string& who);
   std::expected<pb::ListTasksResponse, grpc::Status> list_tasks(const pb::ListTasksRequest& r);
+  std::expected<pb::UpdateTaskResponse, grpc::Status> update_task(const pb::UpdateTaskRequest& r,
+                                                                  const std::string& who);
   std::expected<pb::RemoveTaskResponse, grpc::Status> remove_task(const pb::RemoveTaskRequest& r,
                                                                   const std::string& who);
   std::expected<pb::GetManagersResponse, grpc::Status> get_managers();
@@ -65,6 +69,9 @@ class ControlService {
   std::expected<pb::GetNetworkKeysResponse, grpc::Status> get_network_keys();
   std::expected<pb::SetNetworkKeysResponse, grpc::Status> set_network_keys(
       const pb::SetNetworkKeysRequest& r, const std::string& who);
+  std::expected<pb::GetRootCAResponse, grpc::Status> get_root_ca();
+  std::expected<pb::SetRootCAResponse, grpc::Status> set_root_ca(const pb::SetRootCARequest& r,
+                                                                 const std::string& who);
 
  private:
   template <class Req, class Resp, class F>
