@@ -133,6 +133,36 @@ TEST_F(RealAgentTest, RegistersRunsATaskFollowsADrainAndComesBackAfterARestart) 
       << "state " << task_state("task-real-1") << "\n"
       << agents.output();
 
+  // Stopping a task (issue 15): its desired state moves to SHUTDOWN through the Control API and
+  // the agent's own executor ends it.
+  created = ctl({"task", "create", "--node", "node-2", "--id", "task-real-2"});
+  ASSERT_EQ(created.exit_status, 0) << created.err;
+  EXPECT_TRUE(task_reaches("task-real-2", "RUNNING", 60s)) << agents.output();
+  auto stopped = ctl({"task", "update", "task-real-2", "--desired-state", "shutdown"});
+  ASSERT_EQ(stopped.exit_status, 0) << stopped.err;
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  std::string end_state;
+  while (std::chrono::steady_clock::now() < deadline) {
+    end_state = task_state("task-real-2");
+    if (end_state == "SHUTDOWN" || end_state == "COMPLETE") break;
+    std::this_thread::sleep_for(100ms);  // each poll is a whole dispatchctl process
+  }
+  std::cout << "[ info ] task-real-2 ended " << end_state << " after its desired SHUTDOWN\n";
+  EXPECT_TRUE(end_state == "SHUTDOWN" || end_state == "COMPLETE") << "state " << end_state << "\n"
+                                                                  << agents.output();
+
+  // A root CA rotation (a bundle of the cluster's CA and a new one) reaches both agents.
+  const std::string other = dir_.path + "/other";
+  std::string cmd = std::string(DISPATCHD_SOURCE_DIR) + "/scripts/gen-certs.sh --out " + other +
+                    " --org myorg --nodes 0 >/dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  cmd = "cat " + certs_ + "/ca.pem " + other + "/ca.pem > " + other + "/bundle.pem";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  auto rotated = ctl({"cluster", "set-root-ca", other + "/bundle.pem"});
+  ASSERT_EQ(rotated.exit_status, 0) << rotated.err;
+  EXPECT_TRUE(wait_count(agents, "node-1 rootca-change", 1, 30s)) << agents.output();
+  EXPECT_TRUE(wait_count(agents, "node-2 rootca-change", 1, 30s)) << agents.output();
+
   // A drain reaches the agent's Session as a node change.
   auto drained = ctl({"node", "update", "--availability", "drain", "node-1"});
   ASSERT_EQ(drained.exit_status, 0) << drained.err;
