@@ -7,6 +7,7 @@
 #include <openssl/x509v3.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <optional>
 
@@ -98,6 +99,218 @@ bool contains(const google::protobuf::RepeatedField<int>& list, T v) {
   return list.empty() || std::find(list.begin(), list.end(), static_cast<int>(v)) != list.end();
 }
 
+// ---- secrets and configs: one set of rules, two kinds ------------------------------------------
+
+struct SecretKind {
+  using Object = api::Secret;
+  using Spec = api::SecretSpec;
+  using Ref = api::SecretReference;
+  static constexpr const char* noun = "secret";
+  static constexpr std::size_t max_size = 500 * 1024;  // SwarmKit's MaxSecretSize
+  static store::Ptr<Object> get(const store::ReadTx& tx, std::string_view id) {
+    return tx.secret(id);
+  }
+  static std::vector<store::Ptr<Object>> all(const store::ReadTx& tx) { return tx.secrets(); }
+  static Status remove(store::WriteTx& tx, std::string_view id) { return tx.remove_secret(id); }
+  static const google::protobuf::RepeatedPtrField<Ref>& refs(const api::ContainerSpec& c) {
+    return c.secrets();
+  }
+  static google::protobuf::RepeatedPtrField<Ref>* mutable_refs(api::ContainerSpec* c) {
+    return c->mutable_secrets();
+  }
+  static const std::string& ref_id(const Ref& r) { return r.secret_id(); }
+  static const std::string& ref_name(const Ref& r) { return r.secret_name(); }
+  static void set_ref(Ref& r, const std::string& id, const std::string& n) {
+    r.set_secret_id(id);
+    r.set_secret_name(n);
+  }
+  // A secret's data never leaves the manager through this API.
+  static Object shown(Object o) {
+    o.mutable_spec()->clear_data();
+    return o;
+  }
+};
+
+struct ConfigKind {
+  using Object = api::Config;
+  using Spec = api::ConfigSpec;
+  using Ref = api::ConfigReference;
+  static constexpr const char* noun = "config";
+  static constexpr std::size_t max_size = 1000 * 1024;  // SwarmKit's MaxConfigSize
+  static store::Ptr<Object> get(const store::ReadTx& tx, std::string_view id) {
+    return tx.config(id);
+  }
+  static std::vector<store::Ptr<Object>> all(const store::ReadTx& tx) { return tx.configs(); }
+  static Status remove(store::WriteTx& tx, std::string_view id) { return tx.remove_config(id); }
+  static const google::protobuf::RepeatedPtrField<Ref>& refs(const api::ContainerSpec& c) {
+    return c.configs();
+  }
+  static google::protobuf::RepeatedPtrField<Ref>* mutable_refs(api::ContainerSpec* c) {
+    return c->mutable_configs();
+  }
+  static const std::string& ref_id(const Ref& r) { return r.config_id(); }
+  static const std::string& ref_name(const Ref& r) { return r.config_name(); }
+  static void set_ref(Ref& r, const std::string& id, const std::string& n) {
+    r.set_config_id(id);
+    r.set_config_name(n);
+  }
+  static Object shown(Object o) { return o; }
+};
+
+// SwarmKit's name rule for secrets and configs.
+bool valid_object_name(const std::string& n) {
+  auto alnum = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
+  if (n.empty() || n.size() > 64 || !alnum(n.front()) || !alnum(n.back())) return false;
+  return std::all_of(n.begin(), n.end(),
+                     [&](char c) { return alnum(c) || c == '-' || c == '_' || c == '.'; });
+}
+
+// By ID, else by name.
+template <class K>
+store::Ptr<typename K::Object> find_object(const store::ReadTx& tx, const std::string& id) {
+  if (auto o = K::get(tx, id)) return o;
+  for (auto& o : K::all(tx))
+    if (o->spec().annotations().name() == id) return o;
+  return nullptr;
+}
+
+template <class K>
+Status object_not_found(const std::string& id) {
+  return Status(StatusCode::not_found, std::string(K::noun) + " " + id + " not found");
+}
+
+template <class K>
+std::optional<Status> check_spec(const typename K::Spec& spec) {
+  const std::string& name = spec.annotations().name();
+  if (name.empty()) return invalid("name must be provided");
+  if (!valid_object_name(name)) {
+    return invalid(
+        "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end "
+        "character must be [a-zA-Z0-9]");
+  }
+  if (spec.data().empty() || spec.data().size() >= K::max_size) {
+    return invalid(std::string(K::noun) + " data must be larger than 0 and less than " +
+                   std::to_string(K::max_size) + " bytes");
+  }
+  if (auto bad = check_labels(spec.annotations().labels())) return bad;
+  return std::nullopt;
+}
+
+template <class K>
+std::expected<typename K::Object, Status> create_object(store::Store& st,
+                                                        const typename K::Spec& spec) {
+  if (auto bad = check_spec<K>(spec)) return std::unexpected(*bad);
+  typename K::Object o;
+  o.set_id(new_id());
+  *o.mutable_spec() = spec;
+  typename K::Object created;
+  auto s = st.update([&](store::WriteTx& tx) {
+    for (const auto& other : K::all(tx)) {
+      if (other->spec().annotations().name() == spec.annotations().name()) {
+        return Status(StatusCode::already_exists,
+                      std::string(K::noun) + " " + spec.annotations().name() + " already exists");
+      }
+    }
+    if (auto r = tx.create(o); !r.is_ok()) return r;
+    created = *K::get(tx, o.id());
+    return Status::ok();
+  });
+  if (!s.is_ok()) return std::unexpected(s);
+  return K::shown(std::move(created));
+}
+
+template <class K>
+std::vector<typename K::Object> list_objects(store::Store& st) {
+  std::vector<typename K::Object> out;
+  st.view([&](const store::ReadTx& tx) {
+    for (const auto& o : K::all(tx))
+      out.push_back(K::shown(*o));
+    return 0;
+  });
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.spec().annotations().name() < b.spec().annotations().name();
+  });
+  return out;
+}
+
+template <class K>
+std::expected<typename K::Object, Status> get_object(store::Store& st, const std::string& id) {
+  if (id.empty()) return std::unexpected(invalid(std::string(K::noun) + " ID must be provided"));
+  auto o = st.view([&](const store::ReadTx& tx) { return find_object<K>(tx, id); });
+  if (!o) return std::unexpected(object_not_found<K>(id));
+  return K::shown(*o);
+}
+
+template <class K>
+std::expected<typename K::Object, Status> relabel_object(
+    store::Store& st, const std::string& id,
+    const google::protobuf::Map<std::string, std::string>& labels, std::string& name) {
+  if (id.empty()) return std::unexpected(invalid(std::string(K::noun) + " ID must be provided"));
+  if (auto bad = check_labels(labels)) return std::unexpected(*bad);
+  typename K::Object updated;
+  auto s = st.update([&](store::WriteTx& tx) {
+    auto o = find_object<K>(tx, id);
+    if (!o) return object_not_found<K>(id);
+    typename K::Object copy = *o;
+    *copy.mutable_spec()->mutable_annotations()->mutable_labels() = labels;
+    name = copy.spec().annotations().name();
+    if (auto r = tx.update(copy); !r.is_ok()) return r;
+    updated = *K::get(tx, copy.id());
+    return Status::ok();
+  });
+  if (!s.is_ok()) return std::unexpected(s);
+  return K::shown(std::move(updated));
+}
+
+template <class K>
+Status remove_object(store::Store& st, const std::string& id, std::string& name) {
+  if (id.empty()) return invalid(std::string(K::noun) + " ID must be provided");
+  return st.update([&](store::WriteTx& tx) {
+    auto o = find_object<K>(tx, id);
+    if (!o) return object_not_found<K>(id);
+    name = o->spec().annotations().name();
+    std::vector<std::string> users;
+    for (const auto& t : tx.tasks()) {
+      const auto& refs = K::refs(t->spec().container());
+      if (std::any_of(refs.begin(), refs.end(),
+                      [&](const auto& r) { return K::ref_id(r) == o->id(); })) {
+        users.push_back(t->id());
+      }
+    }
+    if (!users.empty()) {
+      std::sort(users.begin(), users.end());
+      std::string list;
+      for (const auto& u : users)
+        list += (list.empty() ? "" : ", ") + u;
+      return Status(StatusCode::failed_precondition,
+                    std::string(K::noun) + " '" + name + "' is in use by the following task" +
+                        (users.size() > 1 ? "s" : "") + ": " + list);
+    }
+    return K::remove(tx, o->id());
+  });
+}
+
+// A new task's references of kind K: each names an existing object by ID or by name; both are
+// filled in from the object (an ID and a name that disagree are refused).
+template <class K>
+Status resolve_refs(const store::ReadTx& tx, api::Task& t) {
+  if (!t.spec().has_container()) return Status::ok();
+  for (auto& r : *K::mutable_refs(t.mutable_spec()->mutable_container())) {
+    const std::string& key = K::ref_id(r).empty() ? K::ref_name(r) : K::ref_id(r);
+    if (key.empty()) return invalid(std::string(K::noun) + " reference without an ID or a name");
+    auto o = find_object<K>(tx, key);
+    if (!o) return invalid(std::string(K::noun) + " " + key + " not found");
+    const std::string& name = o->spec().annotations().name();
+    if (!K::ref_id(r).empty() && !K::ref_name(r).empty() &&
+        (K::ref_id(r) != o->id() || K::ref_name(r) != name)) {
+      return invalid(std::string(K::noun) + " " + o->id() + " is named " + name + ", not " +
+                     K::ref_name(r));
+    }
+    K::set_ref(r, o->id(), name);
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 ControlService::ControlService(store::Store& store, const auth::Authorizer& authorizer,
@@ -154,6 +367,32 @@ void ControlService::add_to(grpc::Server& server) {
   add<pb::SetNetworkKeysRequest, pb::SetNetworkKeysResponse>(
       server, "SetNetworkKeys",
       [this](const auto& r, const std::string& w) { return set_network_keys(r, w); });
+  add<pb::CreateSecretRequest, pb::CreateSecretResponse>(
+      server, "CreateSecret",
+      [this](const auto& r, const std::string& w) { return create_secret(r, w); });
+  add<pb::ListSecretsRequest, pb::ListSecretsResponse>(
+      server, "ListSecrets", [this](const auto&, const std::string&) { return list_secrets(); });
+  add<pb::GetSecretRequest, pb::GetSecretResponse>(
+      server, "GetSecret", [this](const auto& r, const std::string&) { return get_secret(r); });
+  add<pb::UpdateSecretRequest, pb::UpdateSecretResponse>(
+      server, "UpdateSecret",
+      [this](const auto& r, const std::string& w) { return update_secret(r, w); });
+  add<pb::RemoveSecretRequest, pb::RemoveSecretResponse>(
+      server, "RemoveSecret",
+      [this](const auto& r, const std::string& w) { return remove_secret(r, w); });
+  add<pb::CreateConfigRequest, pb::CreateConfigResponse>(
+      server, "CreateConfig",
+      [this](const auto& r, const std::string& w) { return create_config(r, w); });
+  add<pb::ListConfigsRequest, pb::ListConfigsResponse>(
+      server, "ListConfigs", [this](const auto&, const std::string&) { return list_configs(); });
+  add<pb::GetConfigRequest, pb::GetConfigResponse>(
+      server, "GetConfig", [this](const auto& r, const std::string&) { return get_config(r); });
+  add<pb::UpdateConfigRequest, pb::UpdateConfigResponse>(
+      server, "UpdateConfig",
+      [this](const auto& r, const std::string& w) { return update_config(r, w); });
+  add<pb::RemoveConfigRequest, pb::RemoveConfigResponse>(
+      server, "RemoveConfig",
+      [this](const auto& r, const std::string& w) { return remove_config(r, w); });
   add<pb::GetRootCARequest, pb::GetRootCAResponse>(
       server, "GetRootCA", [this](const auto&, const std::string&) { return get_root_ca(); });
   add<pb::SetRootCARequest, pb::SetRootCAResponse>(
@@ -351,6 +590,8 @@ std::expected<pb::CreateTaskResponse, Status> ControlService::create_task(
   pb::CreateTaskResponse resp;
   auto st = store_.update([&](store::WriteTx& tx) {
     if (!tx.node(t.node_id())) return node_not_found(t.node_id());
+    if (auto s = resolve_refs<SecretKind>(tx, t); !s.is_ok()) return s;
+    if (auto s = resolve_refs<ConfigKind>(tx, t); !s.is_ok()) return s;
     // As SwarmKit's orchestrator and scheduler do: the task is created unassigned and then
     // assigned by an update, which is what open Assignments streams watch.
     api::Task pending = t;
@@ -509,6 +750,106 @@ std::expected<pb::SetNetworkKeysResponse, Status> ControlService::set_network_ke
   log::info("control: {} network bootstrap key(s) set (by {})", r.keys_size(), who);
   return pb::SetNetworkKeysResponse{};
 }
+
+// ---- secrets and configs -----------------------------------------------------------------------
+
+std::expected<pb::CreateSecretResponse, Status> ControlService::create_secret(
+    const pb::CreateSecretRequest& r, const std::string& who) {
+  auto o = create_object<SecretKind>(store_, r.spec());
+  if (!o) return std::unexpected(o.error());
+  log::info("control: secret {} created as {} ({} bytes) (by {})", o->spec().annotations().name(),
+            o->id(), r.spec().data().size(), who);
+  pb::CreateSecretResponse resp;
+  *resp.mutable_secret() = std::move(*o);
+  return resp;
+}
+
+std::expected<pb::ListSecretsResponse, Status> ControlService::list_secrets() {
+  pb::ListSecretsResponse resp;
+  for (auto& o : list_objects<SecretKind>(store_))
+    *resp.add_secrets() = std::move(o);
+  return resp;
+}
+
+std::expected<pb::GetSecretResponse, Status> ControlService::get_secret(
+    const pb::GetSecretRequest& r) {
+  auto o = get_object<SecretKind>(store_, r.secret_id());
+  if (!o) return std::unexpected(o.error());
+  pb::GetSecretResponse resp;
+  *resp.mutable_secret() = std::move(*o);
+  return resp;
+}
+
+std::expected<pb::UpdateSecretResponse, Status> ControlService::update_secret(
+    const pb::UpdateSecretRequest& r, const std::string& who) {
+  std::string name;
+  auto o = relabel_object<SecretKind>(store_, r.secret_id(), r.labels(), name);
+  if (!o) return std::unexpected(o.error());
+  log::info("control: secret {} labels set ({}) (by {})", name, r.labels_size(), who);
+  pb::UpdateSecretResponse resp;
+  *resp.mutable_secret() = std::move(*o);
+  return resp;
+}
+
+std::expected<pb::RemoveSecretResponse, Status> ControlService::remove_secret(
+    const pb::RemoveSecretRequest& r, const std::string& who) {
+  std::string name;
+  if (auto st = remove_object<SecretKind>(store_, r.secret_id(), name); !st.is_ok()) {
+    return std::unexpected(st);
+  }
+  log::info("control: secret {} removed (by {})", name, who);
+  return pb::RemoveSecretResponse{};
+}
+
+std::expected<pb::CreateConfigResponse, Status> ControlService::create_config(
+    const pb::CreateConfigRequest& r, const std::string& who) {
+  auto o = create_object<ConfigKind>(store_, r.spec());
+  if (!o) return std::unexpected(o.error());
+  log::info("control: config {} created as {} ({} bytes) (by {})", o->spec().annotations().name(),
+            o->id(), r.spec().data().size(), who);
+  pb::CreateConfigResponse resp;
+  *resp.mutable_config() = std::move(*o);
+  return resp;
+}
+
+std::expected<pb::ListConfigsResponse, Status> ControlService::list_configs() {
+  pb::ListConfigsResponse resp;
+  for (auto& o : list_objects<ConfigKind>(store_))
+    *resp.add_configs() = std::move(o);
+  return resp;
+}
+
+std::expected<pb::GetConfigResponse, Status> ControlService::get_config(
+    const pb::GetConfigRequest& r) {
+  auto o = get_object<ConfigKind>(store_, r.config_id());
+  if (!o) return std::unexpected(o.error());
+  pb::GetConfigResponse resp;
+  *resp.mutable_config() = std::move(*o);
+  return resp;
+}
+
+std::expected<pb::UpdateConfigResponse, Status> ControlService::update_config(
+    const pb::UpdateConfigRequest& r, const std::string& who) {
+  std::string name;
+  auto o = relabel_object<ConfigKind>(store_, r.config_id(), r.labels(), name);
+  if (!o) return std::unexpected(o.error());
+  log::info("control: config {} labels set ({}) (by {})", name, r.labels_size(), who);
+  pb::UpdateConfigResponse resp;
+  *resp.mutable_config() = std::move(*o);
+  return resp;
+}
+
+std::expected<pb::RemoveConfigResponse, Status> ControlService::remove_config(
+    const pb::RemoveConfigRequest& r, const std::string& who) {
+  std::string name;
+  if (auto st = remove_object<ConfigKind>(store_, r.config_id(), name); !st.is_ok()) {
+    return std::unexpected(st);
+  }
+  log::info("control: config {} removed (by {})", name, who);
+  return pb::RemoveConfigResponse{};
+}
+
+// ---- root CA -----------------------------------------------------------------------------------
 
 std::expected<pb::GetRootCAResponse, Status> ControlService::get_root_ca() {
   pb::GetRootCAResponse resp;

@@ -18,6 +18,7 @@ std::vector<Command> make_commands() {
   add_health_command(cmds);
   add_node_commands(cmds);
   add_task_commands(cmds);
+  add_object_commands(cmds);
   add_cluster_commands(cmds);
   return cmds;
 }

@@ -419,6 +419,117 @@ TEST_F(ControlTest, RootCAReachesEverySessionAndBadBundlesAreRefused) {
   b->stream->cancel();
 }
 
+TEST_F(ControlTest, SecretsAndConfigsReachTheAssignmentsOfTheTasksThatUseThem) {
+  pb::CreateSecretRequest secret;
+  secret.mutable_spec()->mutable_annotations()->set_name("db-pass");
+  secret.mutable_spec()->set_data("hunter2");
+  pb::CreateSecretResponse made_secret;
+  auto st = call(&pb::Control::Stub::CreateSecret, secret, &made_secret);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(made_secret.secret().spec().data(), "") << "a secret's data is never returned";
+  const std::string secret_id = made_secret.secret().id();
+  pb::CreateConfigRequest config;
+  config.mutable_spec()->mutable_annotations()->set_name("app.conf");
+  config.mutable_spec()->set_data("port=80\n");
+  pb::CreateConfigResponse made_config;
+  ASSERT_TRUE(call(&pb::Control::Stub::CreateConfig, config, &made_config).ok());
+  EXPECT_EQ(made_config.config().spec().data(), "port=80\n");
+
+  // SwarmKit's rules and words.
+  st = call(&pb::Control::Stub::CreateSecret, secret, &made_secret);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_EQ(st.error_message(), "secret db-pass already exists");
+  pb::CreateSecretRequest big = secret;
+  big.mutable_spec()->mutable_annotations()->set_name("big");
+  big.mutable_spec()->set_data(std::string(500 * 1024, 'x'));
+  st = call(&pb::Control::Stub::CreateSecret, big, &made_secret);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "secret data must be larger than 0 and less than 512000 bytes");
+  big.mutable_spec()->set_data(std::string(500 * 1024 - 1, 'x'));
+  EXPECT_TRUE(call(&pb::Control::Stub::CreateSecret, big, &made_secret).ok());
+  pb::CreateSecretRequest badname = secret;
+  badname.mutable_spec()->mutable_annotations()->set_name("-db");
+  st = call(&pb::Control::Stub::CreateSecret, badname, &made_secret);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(),
+            "invalid name, only 64 [a-zA-Z0-9-_.] characters allowed, and the start and end "
+            "character must be [a-zA-Z0-9]");
+
+  auto s = open_session("node-a");
+  auto assignments = dispatchd::test::open_assignments(*dispatcher_, "node-a", s->id());
+  api::AssignmentsMessage m;
+  ASSERT_TRUE(assignments->read(m));
+
+  // A task naming a missing secret is refused and nothing is created.
+  pb::CreateTaskRequest missing;
+  missing.mutable_task()->set_node_id("node-a");
+  missing.mutable_task()->mutable_spec()->mutable_container()->add_secrets()->set_secret_name(
+      "nope");
+  pb::CreateTaskResponse created;
+  st = call(&pb::Control::Stub::CreateTask, missing, &created);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(st.error_message(), "secret nope not found");
+
+  pb::CreateTaskRequest create;
+  create.mutable_task()->set_node_id("node-a");
+  auto* container = create.mutable_task()->mutable_spec()->mutable_container();
+  auto* sref = container->add_secrets();
+  sref->set_secret_name("db-pass");
+  sref->mutable_file()->set_name("db-pass");
+  container->add_configs()->set_config_id(made_config.config().id());
+  st = call(&pb::Control::Stub::CreateTask, create, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(created.task().spec().container().secrets(0).secret_id(), secret_id);
+  EXPECT_EQ(created.task().spec().container().configs(0).config_name(), "app.conf");
+
+  // One message: the secret (with its data) and the config before the task, as SwarmKit sends.
+  ASSERT_TRUE(assignments->read(m));
+  EXPECT_EQ(m.type(), api::AssignmentsMessage::INCREMENTAL);
+  ASSERT_EQ(m.changes_size(), 3);
+  EXPECT_EQ(m.changes(0).assignment().secret().id(), secret_id);
+  EXPECT_EQ(m.changes(0).assignment().secret().spec().data(), "hunter2");
+  EXPECT_EQ(m.changes(1).assignment().config().spec().data(), "port=80\n");
+  EXPECT_EQ(m.changes(2).assignment().task().id(), created.task().id());
+
+  // In use: not removable. Listing and lookup by name never show the data.
+  pb::RemoveSecretRequest rm;
+  rm.set_secret_id("db-pass");
+  pb::RemoveSecretResponse removed;
+  st = call(&pb::Control::Stub::RemoveSecret, rm, &removed);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(st.error_message(),
+            "secret 'db-pass' is in use by the following task: " + created.task().id());
+  pb::ListSecretsResponse secrets;
+  ASSERT_TRUE(call(&pb::Control::Stub::ListSecrets, pb::ListSecretsRequest{}, &secrets).ok());
+  ASSERT_EQ(secrets.secrets_size(), 2);
+  EXPECT_EQ(secrets.secrets(1).spec().annotations().name(), "db-pass");
+  EXPECT_EQ(secrets.secrets(1).spec().data(), "");
+  pb::GetSecretRequest get;
+  get.set_secret_id("db-pass");
+  pb::GetSecretResponse got;
+  ASSERT_TRUE(call(&pb::Control::Stub::GetSecret, get, &got).ok());
+  EXPECT_EQ(got.secret().id(), secret_id);
+  EXPECT_EQ(got.secret().spec().data(), "");
+  pb::UpdateSecretRequest relabel;
+  relabel.set_secret_id(secret_id);
+  (*relabel.mutable_labels())["owner"] = "db-team";
+  pb::UpdateSecretResponse relabeled;
+  ASSERT_TRUE(call(&pb::Control::Stub::UpdateSecret, relabel, &relabeled).ok());
+  EXPECT_EQ(relabeled.secret().spec().annotations().labels().at("owner"), "db-team");
+  EXPECT_EQ(relabeled.secret().spec().data(), "");
+
+  // Once the task is gone, the secret can go.
+  pb::RemoveTaskRequest rm_task;
+  rm_task.set_task_id(created.task().id());
+  pb::RemoveTaskResponse task_removed;
+  ASSERT_TRUE(call(&pb::Control::Stub::RemoveTask, rm_task, &task_removed).ok());
+  st = call(&pb::Control::Stub::RemoveSecret, rm, &removed);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(call(&pb::Control::Stub::RemoveSecret, rm, &removed).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  assignments->cancel();
+}
+
 TEST(ControlKnownNodesTest, PreCreatedNodesAreAdmittedAndOthersAreNot) {
   TestServer server(
       dispatchd::test::options_with([](auto& o) { o.dispatcher.require_known_nodes = true; }));

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <sstream>
 
 #include "control.pb.h"
@@ -480,6 +481,63 @@ TEST_F(DispatchctlControl, RootCAFromAFileReachesEverySession) {
   EXPECT_EQ(r.err, "dispatchctl: INVALID_ARGUMENT: no PEM certificate in the root CA\n");
   r = ctl({"cluster", "root-ca"});
   EXPECT_EQ(r.out, ca);
+}
+
+TEST_F(DispatchctlControl, SecretsAndConfigsGiveATaskItsFiles) {
+  const std::string dir = dispatchd::test::make_test_certs("ctl-objects", "--nodes 0");
+  {
+    std::ofstream(dir + "/pass.txt") << "hunter2";
+    std::ofstream(dir + "/app.conf") << "port=80\n";
+  }
+  auto r = ctl({"secret", "create", "db-pass", dir + "/pass.txt", "--label", "owner=db"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  const std::string secret_id = lines(r.out).at(0);
+  r = ctl({"config", "create", "app.conf", dir + "/app.conf"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+
+  r = ctl({"secret", "ls"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  auto row_fields = fields(row(r.out, secret_id));
+  ASSERT_GE(row_fields.size(), 2u) << r.out;
+  EXPECT_EQ(row_fields[1], "db-pass");
+  EXPECT_EQ(row_fields.back(), "owner=db");
+  r = ctl({"secret", "inspect", "db-pass"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_NE(r.out.find("ID: " + secret_id), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("hunter2"), std::string::npos) << "a secret's data is never printed";
+  r = ctl({"config", "inspect", "--data", "app.conf"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_EQ(r.out, "port=80\n");
+
+  r = ctl({"task", "create", "--node", "node-a", "--id", "task-s", "--secret", "db-pass:password",
+           "--config", "app.conf"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"--json", "task", "ls", "--node", "node-a"});
+  auto tasks = parse_json<cv1::ListTasksResponse>(r.out);
+  ASSERT_EQ(tasks.tasks_size(), 1) << show(r);
+  const auto& c = tasks.tasks(0).spec().container();
+  ASSERT_EQ(c.secrets_size(), 1);
+  EXPECT_EQ(c.secrets(0).secret_id(), secret_id);
+  EXPECT_EQ(c.secrets(0).file().name(), "password");
+  EXPECT_EQ(c.secrets(0).file().mode(), 0444u);
+  ASSERT_EQ(c.configs_size(), 1);
+  EXPECT_EQ(c.configs(0).file().name(), "app.conf");
+
+  r = ctl({"task", "create", "--node", "node-a", "--secret", "nope"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_EQ(r.err, "dispatchctl: INVALID_ARGUMENT: secret nope not found\n");
+  r = ctl({"secret", "rm", "db-pass"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_EQ(r.err,
+            "dispatchctl: FAILED_PRECONDITION: secret 'db-pass' is in use by the following task: "
+            "task-s\n");
+  ASSERT_EQ(ctl({"task", "rm", "task-s"}).exit_status, 0);
+  r = ctl({"secret", "rm", "db-pass"});
+  EXPECT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"config", "rm", "app.conf"});
+  EXPECT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"--json", "secret", "ls"});
+  EXPECT_EQ(parse_json<cv1::ListSecretsResponse>(r.out).secrets_size(), 0) << show(r);
 }
 
 TEST(DispatchctlScale, TenThousandNodesInOneCall) {

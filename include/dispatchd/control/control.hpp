@@ -69,6 +69,22 @@ class ControlService {
   std::expected<pb::GetNetworkKeysResponse, grpc::Status> get_network_keys();
   std::expected<pb::SetNetworkKeysResponse, grpc::Status> set_network_keys(
       const pb::SetNetworkKeysRequest& r, const std::string& who);
+  std::expected<pb::CreateSecretResponse, grpc::Status> create_secret(
+      const pb::CreateSecretRequest& r, const std::string& who);
+  std::expected<pb::ListSecretsResponse, grpc::Status> list_secrets();
+  std::expected<pb::GetSecretResponse, grpc::Status> get_secret(const pb::GetSecretRequest& r);
+  std::expected<pb::UpdateSecretResponse, grpc::Status> update_secret(
+      const pb::UpdateSecretRequest& r, const std::string& who);
+  std::expected<pb::RemoveSecretResponse, grpc::Status> remove_secret(
+      const pb::RemoveSecretRequest& r, const std::string& who);
+  std::expected<pb::CreateConfigResponse, grpc::Status> create_config(
+      const pb::CreateConfigRequest& r, const std::string& who);
+  std::expected<pb::ListConfigsResponse, grpc::Status> list_configs();
+  std::expected<pb::GetConfigResponse, grpc::Status> get_config(const pb::GetConfigRequest& r);
+  std::expected<pb::UpdateConfigResponse, grpc::Status> update_config(
+      const pb::UpdateConfigRequest& r, const std::string& who);
+  std::expected<pb::RemoveConfigResponse, grpc::Status> remove_config(
+      const pb::RemoveConfigRequest& r, const std::string& who);
   std::expected<pb::GetRootCAResponse, grpc::Status> get_root_ca();
   std::expected<pb::SetRootCAResponse, grpc::Status> set_root_ca(const pb::SetRootCARequest& r,
                                                                  const std::string& who);

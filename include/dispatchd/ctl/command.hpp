@@ -75,6 +75,7 @@ struct Command {
 void add_health_command(std::vector<Command>& cmds);
 void add_node_commands(std::vector<Command>& cmds);
 void add_task_commands(std::vector<Command>& cmds);
+void add_object_commands(std::vector<Command>& cmds);   // secrets and configs
 void add_cluster_commands(std::vector<Command>& cmds);  // managers and network keys
 
 // The value of an enum flag, or a UsageError naming the flag.

@@ -4,6 +4,7 @@
 
 #include <google/protobuf/timestamp.pb.h>
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <string_view>
@@ -51,5 +52,23 @@ std::string format_task_table(const dispatchd::control::v1::ListTasksResponse& r
 std::string format_manager_table(const dispatchd::control::v1::GetManagersResponse& r);
 // `keys ls`: SUBSYSTEM ALGORITHM KEY LAMPORT (the key in base64, as `keys set` takes it).
 std::string format_key_table(const dispatchd::control::v1::GetNetworkKeysResponse& r);
+
+// ID NAME CREATED UPDATED LABELS, for secrets and configs alike.
+template <class Object>
+std::string format_object_table(const google::protobuf::RepeatedPtrField<Object>& objects,
+                                Clock::time_point now) {
+  Table t({"ID", "NAME", "CREATED", "UPDATED", "LABELS"});
+  for (const auto& o : objects) {
+    std::string labels;
+    std::vector<std::pair<std::string, std::string>> sorted(o.spec().annotations().labels().begin(),
+                                                            o.spec().annotations().labels().end());
+    std::sort(sorted.begin(), sorted.end());
+    for (const auto& [k, v] : sorted)
+      labels += (labels.empty() ? "" : ",") + k + "=" + v;
+    t.add({o.id(), o.spec().annotations().name(), format_age(now, o.meta().created_at()),
+           format_age(now, o.meta().updated_at()), labels.empty() ? "-" : labels});
+  }
+  return t.render();
+}
 
 }  // namespace dispatchd::ctl
