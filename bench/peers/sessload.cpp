@@ -9,7 +9,9 @@
 // (CLOCK_REALTIME, ns) is what --times FILE gets, one line per session.
 //
 //   sessload --addr HOST:PORT [--sessions N] [--connections C] [--for SECONDS] [--times FILE]
-//            [--no-heartbeat]
+//            [--no-heartbeat] [--tls-ca FILE --tls-cert FILE --tls-key FILE] [--print-session-id]
+// With --tls-*: mutual TLS, server name swarm-manager (the identity is the certificate's).
+// --print-session-id: each stream's session ID on stdout when its first message arrives.
 // stderr: "sessload: open=K changed=M errors=E" every 500 ms, "sessload: all N open in S s" once.
 // stdout at the end (after --for, SIGINT or SIGTERM): one JSON object with the counts.
 #include <grpcpp/alarm.h>
@@ -41,7 +43,22 @@ struct Options {
   double run_for = 1e9;
   std::string times;
   bool heartbeat = true;
+  std::string tls_ca, tls_cert, tls_key;  // mutual TLS (server name swarm-manager) when given
+  bool print_session_id = false;
 };
+
+bool g_print_session_id = false;
+
+std::string read_file(const std::string& path) {
+  std::string s;
+  if (FILE* f = std::fopen(path.c_str(), "rb")) {
+    char buf[4096];
+    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;)
+      s.append(buf, n);
+    std::fclose(f);
+  }
+  return s;
+}
 
 std::int64_t realtime_ns() {
   timespec ts{};
@@ -140,6 +157,10 @@ class Session final : public Tag {
       opened_ = true;
       first_managers_ = msg_.SerializeAsString();
       if (heartbeat_) hb_.start(msg_.session_id(), first_hb_);
+      if (g_print_session_id) {
+        std::printf("%s\n", msg_.session_id().c_str());
+        std::fflush(stdout);
+      }
       g_open.fetch_add(1, std::memory_order_relaxed);
       return;
     }
@@ -178,6 +199,10 @@ bool parse(int argc, char** argv, Options& o) {
       o.heartbeat = false;
       continue;
     }
+    if (a == "--print-session-id") {
+      o.print_session_id = true;
+      continue;
+    }
     if (!(v = value())) return false;
     if (a == "--addr") {
       o.addr = v;
@@ -189,6 +214,12 @@ bool parse(int argc, char** argv, Options& o) {
       o.run_for = std::atof(v);
     } else if (a == "--times") {
       o.times = v;
+    } else if (a == "--tls-ca") {
+      o.tls_ca = v;
+    } else if (a == "--tls-cert") {
+      o.tls_cert = v;
+    } else if (a == "--tls-key") {
+      o.tls_key = v;
     } else {
       return false;
     }
@@ -203,7 +234,8 @@ int main(int argc, char** argv) {
   if (!parse(argc, argv, o)) {
     std::fprintf(stderr,
                  "usage: sessload --addr HOST:PORT [--sessions N] [--connections C] "
-                 "[--for SECONDS] [--times FILE] [--no-heartbeat]\n");
+                 "[--for SECONDS] [--times FILE] [--no-heartbeat] [--tls-ca FILE --tls-cert FILE "
+                 "--tls-key FILE] [--print-session-id]\n");
     return 2;
   }
   sigset_t stop;
@@ -212,6 +244,15 @@ int main(int argc, char** argv) {
   sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
+  g_print_session_id = o.print_session_id;
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!o.tls_ca.empty()) {
+    grpc::SslCredentialsOptions tls;
+    tls.pem_root_certs = read_file(o.tls_ca);
+    tls.pem_cert_chain = read_file(o.tls_cert);
+    tls.pem_private_key = read_file(o.tls_key);
+    creds = grpc::SslCredentials(tls);
+  }
   grpc::CompletionQueue cq;
   std::vector<std::unique_ptr<sw::Dispatcher::Stub>> stubs;
   for (int c = 0; c < o.connections; ++c) {
@@ -220,7 +261,8 @@ int main(int argc, char** argv) {
     args.SetInt("sessload.connection", c);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 16 << 20);
-    auto ch = grpc::CreateCustomChannel(o.addr, grpc::InsecureChannelCredentials(), args);
+    if (!o.tls_ca.empty()) args.SetSslTargetNameOverride("swarm-manager");
+    auto ch = grpc::CreateCustomChannel(o.addr, creds, args);
     stubs.push_back(sw::Dispatcher::NewStub(ch));
   }
   std::thread poller([&cq] {
