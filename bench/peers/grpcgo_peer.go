@@ -3,9 +3,9 @@
 // sends its first message (session ID, node, manager list) and then one more whenever the
 // manager list changes. SIGUSR1 changes the list (adds or removes a second manager).
 //
-// Tuned as grpc-go's documentation suggests for a server on one core: GOMAXPROCS from the
-// environment (the benchmark sets 1 and pins the process), no per-connection stream cap, and
-// larger transport buffers left at their defaults (they are already sized for throughput).
+// Set up for a server on one core: GOMAXPROCS from the environment (bench/run.sh sets 1 and
+// pins the process) and no per-connection stream cap (many Sessions share a connection); the
+// transport's buffers and flow-control windows keep grpc-go's defaults.
 //
 //	grpcgo-peer [-listen HOST:PORT]
 //
