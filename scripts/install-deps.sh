@@ -25,8 +25,8 @@ packages=(
 )
 if [ "$build_only" = 0 ]; then
   packages+=(
-    # tests: googletest, h2load
-    libgtest-dev libgmock-dev nghttp2-client
+    # tests: googletest, h2load; nghttpd and python3 for bench/run.sh --smoke (small packages)
+    libgtest-dev libgmock-dev nghttp2-client nghttp2-server python3
     # formatting check
     clang-format
     # fuzzing (scripts/fuzz.sh): clang 16 compiles libstdc++'s <expected>; clang 14 cannot
