@@ -31,14 +31,15 @@ done
 for t in h2load nghttp nghttpd; do
   command -v "$t" >/dev/null || { echo "isolated-requests.sh: needs $t (nghttp2-client, nghttp2-server)" >&2; exit 1; }
 done
-[ -x build/dispatchd ] || { echo "isolated-requests.sh: build first (scripts/build.sh)" >&2; exit 1; }
+[ -x build/dispatchd ] && [ -x build/peers/sessload ] ||
+  { echo "isolated-requests.sh: build first (scripts/build.sh builds dispatchd and build/peers/sessload)" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -lt $((conns + 100)) ]; then
   echo "isolated-requests.sh: RLIMIT_NOFILE $(ulimit -n) is too low for $conns connections" >&2
   exit 1
 fi
 work=$(mktemp -d)
-server=
+server= sessload=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 hz=$(getconf CLK_TCK)
 warmup=$((conns / 1000 + 10))  # h2load opens the connections first
@@ -60,18 +61,25 @@ run() {
       --log-level warn 2>"$work/server.log" &
     server=$!
     sleep 0.5
-    # One Session gives a session ID for every Heartbeat (all connections call as one node).
-    printf '\x00\x00\x00\x00\x00' >"$work/session.bin"
-    nghttp -n -H 'content-type: application/grpc' -H 'te: trailers' -H 'node-id: bench-node' \
-      -d "$work/session.bin" "http://127.0.0.1:$port/docker.swarmkit.v1.Dispatcher/Session" \
-      >"$work/session.out" 2>/dev/null &
+    # One Session (held open by sessload as node sessload-0) gives the session ID every
+    # Heartbeat names; one call must answer grpc-status 0 before the load, or the figures would
+    # be those of an error path.
+    build/peers/sessload --addr "127.0.0.1:$port" --sessions 1 --connections 1 --no-heartbeat \
+      --print-session-id >"$work/session.out" 2>"$work/session.log" &
+    sessload=$!
     for _ in $(seq 100); do [ -s "$work/session.out" ] && break; sleep 0.05; done
     local session
-    session=$(head -c 32 "$work/session.out" | tail -c 25)
+    session=$(head -1 "$work/session.out")
+    [ ${#session} = 25 ] || { echo "isolated-requests.sh: no session from the server" >&2; exit 1; }
     { printf '\x00\x00\x00\x00\x1b\x0a\x19'; printf '%s' "$session"; } >"$work/hb.bin"
+    local st
+    st=$(nghttp -v -H 'content-type: application/grpc' -H 'te: trailers' -H 'node-id: sessload-0' \
+      -d "$work/hb.bin" "http://127.0.0.1:$port/docker.swarmkit.v1.Dispatcher/Heartbeat" 2>&1 |
+      grep -ao 'grpc-status: [0-9]*' | grep -o '[0-9]*$' || echo none)
+    [ "$st" = 0 ] || { echo "isolated-requests.sh: Heartbeat answers grpc-status $st" >&2; exit 1; }
     url=http://127.0.0.1:$port/docker.swarmkit.v1.Dispatcher/Heartbeat
     extra=(-d "$work/hb.bin" -H 'content-type: application/grpc' -H 'te: trailers'
-           -H 'node-id: bench-node')
+           -H 'node-id: sessload-0')
   fi
   taskset -c 1 h2load -c "$conns" -m 1 --rps "$rps" -D $((warmup + window + 5)) \
     "${extra[@]}" "$url" >"$work/h2load.out" 2>&1 &
@@ -82,6 +90,8 @@ run() {
   sleep "$window"
   b=$(cpu_ticks "$server")
   wait "$load" || true
+  [ -n "$sessload" ] && { kill "$sessload" 2>/dev/null; wait "$sessload" 2>/dev/null || true; }
+  sessload=
   kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true
   server=
   grep -q "0 failed, 0 errored" "$work/h2load.out" ||
