@@ -1,9 +1,6 @@
 // dispatchctl health, managers ... and keys ...: the server's health and the cluster-wide
 // fields every Session carries (the manager list, the network bootstrap keys).
 
-#include <iostream>
-#include <sstream>
-
 #include "dispatchd/ctl/command.hpp"
 #include "dispatchd/ctl/format.hpp"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -117,14 +114,7 @@ void add_cluster_commands(std::vector<Command>& cmds) {
                   1,
                   [](Context& c, const ParsedArgs& a) {
                     cv1::SetRootCARequest req;
-                    const std::string& path = a.positionals[0];
-                    if (path == "-") {
-                      std::stringstream ss;
-                      ss << std::cin.rdbuf();
-                      req.set_ca_cert_pem(ss.str());
-                    } else {
-                      req.set_ca_cert_pem(read_file("root CA", path));
-                    }
+                    req.set_ca_cert_pem(read_file_or_stdin("root CA", a.positionals[0]));
                     return unary(c, &Stub::SetRootCA, req);
                   }});
 }

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 
 #include "dispatchd/ctl/cli.hpp"
@@ -22,6 +23,26 @@ std::string read_file(const std::string& flag, const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+std::string read_file_or_stdin(const std::string& what, const std::string& path) {
+  if (path != "-") return read_file(what, path);
+  std::stringstream ss;
+  ss << std::cin.rdbuf();
+  return ss.str();
+}
+
+google::protobuf::Map<std::string, std::string> label_flags(const ParsedArgs& a,
+                                                            const std::string& flag) {
+  google::protobuf::Map<std::string, std::string> labels;
+  for (const auto& v : a.all(flag)) {
+    auto eq = v.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      throw UsageError("invalid --" + flag + " " + v + ": want KEY=VALUE");
+    }
+    labels[v.substr(0, eq)] = v.substr(eq + 1);
+  }
+  return labels;
 }
 
 std::shared_ptr<grpc::Channel> Context::channel() {

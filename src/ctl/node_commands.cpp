@@ -14,15 +14,6 @@ int do_update(Context& c, const cv1::UpdateNodeRequest& req) {
   return unary(c, &Stub::UpdateNode, req, [&](const auto&) { return req.node_id() + "\n"; });
 }
 
-// KEY=VALUE (a label); the value may be empty.
-std::pair<std::string, std::string> parse_label(const std::string& flag, const std::string& v) {
-  auto eq = v.find('=');
-  if (eq == std::string::npos || eq == 0) {
-    throw UsageError("invalid --" + flag + " " + v + ": want KEY=VALUE");
-  }
-  return {v.substr(0, eq), v.substr(eq + 1)};
-}
-
 int availability_shortcut(Context& c, const ParsedArgs& a, api::NodeSpec::Availability av) {
   cv1::UpdateNodeRequest req;
   req.set_node_id(a.positionals[0]);
@@ -104,10 +95,7 @@ void add_node_commands(std::vector<Command>& cmds) {
                       req.set_availability(
                           enum_flag<api::NodeSpec::Availability>(a, "availability", avail_d, *v));
                     }
-                    for (const auto& v : a.all("label")) {
-                      auto [k, val] = parse_label("label", v);
-                      (*req.mutable_labels())[k] = val;
-                    }
+                    *req.mutable_labels() = label_flags(a, "label");
                     return unary(c, &Stub::CreateNode, req,
                                  [](const auto& resp) { return resp.node().id() + "\n"; });
                   }});
@@ -131,10 +119,7 @@ void add_node_commands(std::vector<Command>& cmds) {
                     if (auto v = a.last("role")) {
                       req.set_role(enum_flag<api::NodeRole>(a, "role", role_d, *v));
                     }
-                    for (const auto& v : a.all("label-add")) {
-                      auto [k, val] = parse_label("label-add", v);
-                      (*req.mutable_set_labels())[k] = val;
-                    }
+                    *req.mutable_set_labels() = label_flags(a, "label-add");
                     for (const auto& k : a.all("label-rm"))
                       req.add_remove_labels(k);
                     if (!req.has_availability() && !req.has_role() && req.set_labels().empty() &&

@@ -2,8 +2,7 @@
 // and configs that tasks reference. A secret's data is never printed (the server never returns
 // it); a config's is, by inspect.
 
-#include <iostream>
-#include <sstream>
+#include <algorithm>
 
 #include "dispatchd/ctl/command.hpp"
 #include "dispatchd/ctl/format.hpp"
@@ -14,27 +13,6 @@ namespace api = docker::swarmkit::v1;
 namespace cv1 = dispatchd::control::v1;
 
 namespace {
-
-// FILE's bytes, or stdin's for "-".
-std::string read_data(const std::string& what, const std::string& path) {
-  if (path != "-") return read_file(what, path);
-  std::stringstream ss;
-  ss << std::cin.rdbuf();
-  return ss.str();
-}
-
-// The --label KEY=VALUE flags as a label map.
-google::protobuf::Map<std::string, std::string> labels_of(const ParsedArgs& a) {
-  google::protobuf::Map<std::string, std::string> labels;
-  for (const auto& v : a.all("label")) {
-    auto eq = v.find('=');
-    if (eq == std::string::npos || eq == 0) {
-      throw UsageError("invalid --label " + v + ": want KEY=VALUE");
-    }
-    labels[v.substr(0, eq)] = v.substr(eq + 1);
-  }
-  return labels;
-}
 
 std::string key_value_lines(const std::vector<std::pair<std::string, std::string>>& kv) {
   std::string out;
@@ -71,8 +49,8 @@ void add_object_commands(std::vector<Command>& cmds) {
                     cv1::CreateSecretRequest req;
                     auto* spec = req.mutable_spec();
                     spec->mutable_annotations()->set_name(a.positionals[0]);
-                    *spec->mutable_annotations()->mutable_labels() = labels_of(a);
-                    spec->set_data(read_data("secret data", a.positionals[1]));
+                    *spec->mutable_annotations()->mutable_labels() = label_flags(a, "label");
+                    spec->set_data(read_file_or_stdin("secret data", a.positionals[1]));
                     return unary(c, &Stub::CreateSecret, req,
                                  [](const auto& resp) { return resp.secret().id() + "\n"; });
                   }});
@@ -106,7 +84,7 @@ void add_object_commands(std::vector<Command>& cmds) {
                   1, 1, [](Context& c, const ParsedArgs& a) {
                     cv1::UpdateSecretRequest req;
                     req.set_secret_id(a.positionals[0]);
-                    *req.mutable_labels() = labels_of(a);
+                    *req.mutable_labels() = label_flags(a, "label");
                     return unary(c, &Stub::UpdateSecret, req,
                                  [](const auto& resp) { return resp.secret().id() + "\n"; });
                   }});
@@ -131,8 +109,8 @@ void add_object_commands(std::vector<Command>& cmds) {
                     cv1::CreateConfigRequest req;
                     auto* spec = req.mutable_spec();
                     spec->mutable_annotations()->set_name(a.positionals[0]);
-                    *spec->mutable_annotations()->mutable_labels() = labels_of(a);
-                    spec->set_data(read_data("config data", a.positionals[1]));
+                    *spec->mutable_annotations()->mutable_labels() = label_flags(a, "label");
+                    spec->set_data(read_file_or_stdin("config data", a.positionals[1]));
                     return unary(c, &Stub::CreateConfig, req,
                                  [](const auto& resp) { return resp.config().id() + "\n"; });
                   }});
@@ -163,7 +141,7 @@ void add_object_commands(std::vector<Command>& cmds) {
                   [](Context& c, const ParsedArgs& a) {
                     cv1::UpdateConfigRequest req;
                     req.set_config_id(a.positionals[0]);
-                    *req.mutable_labels() = labels_of(a);
+                    *req.mutable_labels() = label_flags(a, "label");
                     return unary(c, &Stub::UpdateConfig, req,
                                  [](const auto& resp) { return resp.config().id() + "\n"; });
                   }});

@@ -34,6 +34,8 @@ struct RunError : std::runtime_error {
 
 // The contents of `path`, named by `flag` ("--tls-ca") in the RunError when it cannot be read.
 std::string read_file(const std::string& flag, const std::string& path);
+// As read_file, or all of standard input for "-" (data given as a FILE|- operand).
+std::string read_file_or_stdin(const std::string& what, const std::string& path);
 
 // What a command runs with: the global options, the text it prints (out and err, which run()
 // hands back) and the channel to the server.
@@ -87,6 +89,11 @@ T enum_flag(const ParsedArgs& a, std::string_view flag, const google::protobuf::
   (void)a;
   return static_cast<T>(*v);
 }
+
+// Every `--flag KEY=VALUE` given (a label each; the value may be empty), or a UsageError naming
+// the flag.
+google::protobuf::Map<std::string, std::string> label_flags(const ParsedArgs& a,
+                                                            const std::string& flag);
 
 using Stub = dispatchd::control::v1::Control::Stub;
 template <class Req, class Resp>
