@@ -15,17 +15,25 @@
 namespace dispatchd::net {
 
 HandshakeStep HandshakeStep::run(SSL* ssl) {
-  HandshakeStep s;
   ERR_clear_error();
   errno = 0;
-  s.ret = SSL_do_handshake(ssl);
-  if (s.ret == 1) return s;
-  s.sys_errno = errno;
-  s.ssl_error = SSL_get_error(ssl, s.ret);
-  if (s.ssl_error == SSL_ERROR_SSL) {
-    s.errors = openssl_errors();
-  } else {
-    ERR_clear_error();
+  int ret = SSL_do_handshake(ssl);
+  if (ret == 1) return HandshakeStep{.ret = 1};
+  return capture(ssl, ret);
+}
+
+HandshakeStep HandshakeStep::capture(SSL* ssl, int ret) {
+  HandshakeStep s{.ret = ret, .sys_errno = errno};
+  s.ssl_error = SSL_get_error(ssl, ret);
+  switch (s.ssl_error) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+    case SSL_ERROR_ZERO_RETURN:
+    case SSL_ERROR_SYSCALL:
+      ERR_clear_error();
+      break;
+    default:  // a failure: what OpenSSL queued says why
+      s.errors = openssl_errors();
   }
   return s;
 }

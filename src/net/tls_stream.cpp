@@ -42,13 +42,7 @@ TlsStream::~TlsStream() {
 }
 
 std::error_code TlsStream::map_error(int ret, Direction& blocked) {
-  HandshakeStep step{.ret = ret, .ssl_error = SSL_get_error(ssl_, ret), .sys_errno = errno};
-  if (step.ssl_error == SSL_ERROR_SSL) {
-    step.errors = openssl_errors();
-  } else if (step.ssl_error == SSL_ERROR_SYSCALL) {
-    ERR_clear_error();
-  }
-  return map_step(step, blocked);
+  return map_step(HandshakeStep::capture(ssl_, ret), blocked);
 }
 
 std::error_code TlsStream::map_step(const HandshakeStep& step, Direction& blocked) {
@@ -65,7 +59,7 @@ std::error_code TlsStream::map_step(const HandshakeStep& step, Direction& blocke
       return step.sys_errno == 0 ? std::error_code(asio::error::eof)
                                  : std::error_code(step.sys_errno, std::system_category());
     default:
-      error_ = step.errors.empty() ? openssl_errors() : step.errors;
+      error_ = step.errors;
       return asio::error::connection_aborted;
   }
 }

@@ -29,10 +29,14 @@ struct HandshakeStep {
   int ret = 0;         // SSL_do_handshake's return value
   int ssl_error = 0;   // SSL_get_error (SSL_ERROR_NONE when ret == 1)
   int sys_errno = 0;   // errno, for SSL_ERROR_SYSCALL
-  std::string errors;  // OpenSSL's queued errors, for SSL_ERROR_SSL
+  std::string errors;  // OpenSSL's queued errors, for a failure (SSL_ERROR_SSL and the like)
 
   // Runs the step on the calling thread.
   static HandshakeStep run(SSL* ssl);
+  // What a call of `ssl` that returned `ret` left on this thread: errno, SSL_get_error, and for
+  // a failure the queued errors (the queue is emptied either way). The read and write paths use
+  // it too.
+  static HandshakeStep capture(SSL* ssl, int ret);
 };
 
 class HandshakePool {
