@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <iostream>
@@ -100,15 +101,26 @@ class RealAgentTest : public ::testing::Test {
     return m[1];
   }
 
-  bool task_reaches(const std::string& task_id, const std::string& state,
-                    std::chrono::milliseconds timeout) {
+  // Polls until the task is in one of `states`; returns the state it was last seen in.
+  std::string task_reaches_one_of(const std::string& task_id,
+                                  const std::vector<std::string>& states,
+                                  std::chrono::milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (task_state(task_id) == state) return true;
+    auto reached = [&](const std::string& s) {
+      return std::find(states.begin(), states.end(), s) != states.end();
+    };
+    std::string state = task_state(task_id);
+    while (!reached(state) && std::chrono::steady_clock::now() < deadline) {
       // Each poll is a whole dispatchctl process; no tighter loop is needed.
       std::this_thread::sleep_for(100ms);
+      state = task_state(task_id);
     }
-    return task_state(task_id) == state;
+    return state;
+  }
+
+  bool task_reaches(const std::string& task_id, const std::string& state,
+                    std::chrono::milliseconds timeout) {
+    return task_reaches_one_of(task_id, {state}, timeout) == state;
   }
 
   TempDir dir_;
@@ -140,13 +152,7 @@ TEST_F(RealAgentTest, RegistersRunsATaskFollowsADrainAndComesBackAfterARestart) 
   EXPECT_TRUE(task_reaches("task-real-2", "RUNNING", 60s)) << agents.output();
   auto stopped = ctl({"task", "update", "task-real-2", "--desired-state", "shutdown"});
   ASSERT_EQ(stopped.exit_status, 0) << stopped.err;
-  auto deadline = std::chrono::steady_clock::now() + 60s;
-  std::string end_state;
-  while (std::chrono::steady_clock::now() < deadline) {
-    end_state = task_state("task-real-2");
-    if (end_state == "SHUTDOWN" || end_state == "COMPLETE") break;
-    std::this_thread::sleep_for(100ms);  // each poll is a whole dispatchctl process
-  }
+  std::string end_state = task_reaches_one_of("task-real-2", {"SHUTDOWN", "COMPLETE"}, 60s);
   std::cout << "[ info ] task-real-2 ended " << end_state << " after its desired SHUTDOWN\n";
   EXPECT_TRUE(end_state == "SHUTDOWN" || end_state == "COMPLETE") << "state " << end_state << "\n"
                                                                   << agents.output();
