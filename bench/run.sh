@@ -6,7 +6,7 @@
 #                serving a 9-byte file (the HTTP/2 floor)
 #   2 mtls       Heartbeat over mutual TLS with ghz at one offered rate: dispatchd and SwarmKit
 #                (../shared/peers/swarmref): server CPU per call, p99
-#   3 sessions   N Session streams over 100 connections (build/peers/sessload, heartbeating at
+#   3 sessions   N Session streams over 100 connections (the session client, heartbeating at
 #                the period answered): server RSS per session on a fresh process, CPU to set one
 #                up, CPU while idle
 #   4 fanout     with those N sessions open, one manager-list change (dispatchd: dispatchctl
@@ -17,18 +17,24 @@
 # --update-benchmarks BENCHMARKS.md's "Side by side with the peers" section.
 #
 #   bench/run.sh [--quick | --smoke] [--sizes "1000 10000"] [--servers "dispatchd grpcpp-cq ..."]
+#                [--scenarios "heartbeat mtls sessions status"] [--client sessmux|sessload]
 #                [--update-benchmarks] [--out DIR] [--bin BUILD_DIR]
 #
 # --bin: where dispatchd, dispatchctl and peers/ are (default build; CTest passes its own).
 # --quick: fewer calls and 1k + 10k sessions (a few minutes); --smoke: seconds per scenario,
 # checks only that every scenario produced numbers (CI). --sizes "1000 10000 100000" adds 100k
-# sessions (over the same 100 connections). Servers missing here (grpc-go, swarmref, ghz not
+# sessions (over the same 100 connections). --scenarios: only these (default all; "sessions" is
+# 3 and 4). --client: the Session load of 3 and 4, for every
+# server alike: sessmux (default; bench/agentsim/sessmux.cpp, our own nghttp2 client on one
+# thread, light enough for 100k sessions heartbeating every 5 s) or sessload (gRPC C++'s client,
+# bench/peers/sessload.cpp; it saturates its core near 12k Heartbeats/s, ~60k sessions). Servers missing here (grpc-go, swarmref, ghz not
 # built or present) are skipped with a line saying so. Peers: bench/peers/build.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-mode=full sizes="" servers="" update=0 out=build/bench-run bin=build
+mode=full sizes="" servers="" update=0 out=build/bench-run bin=build client=sessmux
+scenarios="heartbeat mtls sessions status"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) mode=quick; shift ;;
@@ -38,6 +44,8 @@ while [ $# -gt 0 ]; do
     --update-benchmarks) update=1; shift ;;
     --out) out=$2; shift 2 ;;
     --bin) bin=$2; shift 2 ;;
+    --client) client=$2; shift 2 ;;
+    --scenarios) scenarios=$2; shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -54,6 +62,12 @@ ghz=${GHZ:-$root/../shared/tools/ghz}
 swarmref=${SWARMREF:-$root/../shared/peers/swarmref/swarmref}
 [ -x "$bin/dispatchd" ] && [ -x "$bin/dispatchctl" ] || { echo "run.sh: build first (scripts/build.sh)" >&2; exit 1; }
 [ -x "$peers/sessload" ] || { echo "run.sh: build the peers first (bench/peers/build.sh)" >&2; exit 1; }
+case $client in
+  sessmux) session_client=$bin/bench/agentsim/dispatchd-sessmux ;;
+  sessload) session_client=$peers/sessload ;;
+  *) echo "run.sh: --client is sessmux or sessload, not $client" >&2; exit 2 ;;
+esac
+[ -x "$session_client" ] || { echo "run.sh: $session_client is not built (scripts/build.sh builds sessmux)" >&2; exit 1; }
 command -v h2load >/dev/null && command -v nghttp >/dev/null || { echo "run.sh: needs nghttp2-client" >&2; exit 1; }
 
 # Which servers run: every one that is here, unless --servers names them.
@@ -173,8 +187,14 @@ end_load() {
   load_pid=""
 }
 
+want() { [[ " $scenarios " == *" $1 "* ]]; }
+for s in $scenarios; do
+  want "$s" && [[ " heartbeat mtls sessions status " == *" $s "* ]] ||
+    { echo "run.sh: unknown scenario $s (heartbeat mtls sessions status)" >&2; exit 2; }
+done
+
 # ---- 1: unary Heartbeat, h2c ------------------------------------------------------------------
-for kind in $chosen; do
+want heartbeat && for kind in $chosen; do
   for conns in 1 10 100; do
     name=hb-$kind-$conns
     echo "run.sh: 1 heartbeat $kind, $conns connections × 10 streams, $calls calls" >&2
@@ -200,7 +220,9 @@ for kind in $chosen; do
 done
 
 # ---- 2: Heartbeat over mutual TLS with ghz ----------------------------------------------------
-if [ ! -x "$ghz" ]; then
+if ! want mtls; then
+  :
+elif [ ! -x "$ghz" ]; then
   echo "run.sh: SKIPPING 2 mtls: no ghz at $ghz (GHZ=...)" >&2
 else
   certs=$out/certs
@@ -245,15 +267,15 @@ else
 fi
 
 # ---- 3 and 4: sessions, then one manager-list change -----------------------------------------
-for n in $sizes; do
+want sessions && for n in $sizes; do
   for kind in $chosen; do
     [ "$kind" = nghttpd ] && continue
     name=sess-$kind-$n
-    echo "run.sh: 3+4 sessions $kind, $n streams over 100 connections" >&2
+    echo "run.sh: 3+4 sessions $kind, $n streams over 100 connections ($client)" >&2
     start_server "$kind" "$raw/$name.server.log"
     sleep 0.5  # a fresh process, settled
     r0=$(rss_kib "$server_pid") c0=$(cpu_ticks "$server_pid")
-    "${pin_load[@]}" "$peers/sessload" --addr "127.0.0.1:$port" --sessions "$n" --connections 100 \
+    "${pin_load[@]}" "$session_client" --addr "127.0.0.1:$port" --sessions "$n" --connections 100 \
       --times "$raw/$name.times" >"$raw/$name.json" 2>"$raw/$name.sessload" &
     load_pid=$!
     ok=0
@@ -290,12 +312,13 @@ for n in $sizes; do
     kill -INT "$load_pid" 2>/dev/null || true
     wait "$load_pid" 2>/dev/null || true
     load_pid=""
-    record "{\"scenario\":\"sessions\",\"server\":\"$kind\",\"n\":$n,\"all_open\":$ok,\"setup_s\":$setup,\"rss0_kib\":$r0,\"rss1_kib\":$r1,\"setup_cpu_s\":$(secs "$c0" "$c1"),\"idle_cpu_s\":$(secs "$c1b" "$c2"),\"idle_s\":$idle,\"instant_ns\":$instant,\"trigger_ms\":$trigger_ms,\"times\":\"$raw/$name.times\",\"client\":\"$raw/$name.json\"}"
+    record "{\"scenario\":\"sessions\",\"server\":\"$kind\",\"n\":$n,\"all_open\":$ok,\"setup_s\":$setup,\"rss0_kib\":$r0,\"rss1_kib\":$r1,\"setup_cpu_s\":$(secs "$c0" "$c1"),\"idle_cpu_s\":$(secs "$c1b" "$c2"),\"idle_s\":$idle,\"instant_ns\":$instant,\"trigger_ms\":$trigger_ms,\"times\":\"$raw/$name.times\",\"client\":\"$raw/$name.json\",\"session_client\":\"$client\"}"
     stop_server
   done
 done
 
 # ---- 5: UpdateTaskStatus (dispatchd) -----------------------------------------------------------
+if want status; then
 name=uts-dispatchd
 echo "run.sh: 5 status, dispatchd, $uts_calls calls of 1 and of 100 updates" >&2
 start_server dispatchd "$raw/$name.server.log"
@@ -317,6 +340,7 @@ for per in 1 100; do
 done
 end_load
 stop_server
+fi
 
 args=(--results "$results" --out "$out" --mode "$mode")
 [ "$update" = 1 ] && args+=(--update-benchmarks BENCHMARKS.md)

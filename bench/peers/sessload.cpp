@@ -68,6 +68,14 @@ std::int64_t realtime_ns() {
 
 std::atomic<int> g_open{0}, g_changed{0}, g_errors{0}, g_heartbeats{0};
 
+// The first few failures, on stderr: a count alone does not say what went wrong.
+void report_error(const char* what, const grpc::Status& status) {
+  static std::atomic<int> reported{0};
+  if (reported.fetch_add(1, std::memory_order_relaxed) >= 10) return;
+  std::fprintf(stderr, "sessload: %s failed: code %d: %s\n", what,
+               static_cast<int>(status.error_code()), status.error_message().c_str());
+}
+
 struct Tag {
   virtual ~Tag() = default;
   virtual void proceed(bool ok) = 0;
@@ -101,6 +109,7 @@ class Heartbeater final : public Tag {
                                        resp_.period().nanos() / 1000000);
     } else {
       g_errors.fetch_add(1, std::memory_order_relaxed);
+      report_error("Heartbeat", status_);
     }
     arm(next);
   }
@@ -138,7 +147,10 @@ class Session final : public Tag {
   }
   std::int64_t changed_at() const { return changed_at_.load(std::memory_order_relaxed); }
   void proceed(bool ok) override {
-    if (finishing_) return;  // the status is in; the stream stays counted as an error
+    if (finishing_) {  // the status is in; the stream stays counted as an error
+      report_error("Session", status_);
+      return;
+    }
     if (!ok) {
       finishing_ = true;
       g_errors.fetch_add(1, std::memory_order_relaxed);
