@@ -20,6 +20,7 @@ packages=(
   # build
   build-essential cmake ninja-build pkg-config
   libasio-dev libnghttp2-dev libssl-dev libprotobuf-dev protobuf-compiler libfmt-dev openssl
+  libjemalloc-dev
   # dispatchctl (and the tests' peers): the gRPC C++ client
   libgrpc++-dev protobuf-compiler-grpc
 )

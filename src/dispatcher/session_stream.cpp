@@ -25,14 +25,16 @@ std::string host_of(const std::string& addr) {
   return addr.substr(0, colon);
 }
 
-// The session's own fields, then the cluster's shared ones by reference.
-std::vector<h2::Segment> encode_session_message(const std::string& session_id,
-                                                const api::Node* node,
-                                                const ClusterSnapshot& cluster) {
+// The session's own fields (its ID and node), encoded once per node change: a cluster change
+// that reaches 100k sessions then costs each one a copy of these bytes, not a protobuf encoding
+// of its node. Each message is these fields, then the cluster's shared ones by reference.
+std::string encode_session_fields(const std::string& session_id, const api::Node* node) {
   grpc::SplicedMessage m;
+  std::size_t node_size = node ? node->ByteSizeLong() : 0;
+  m.reserve(session_id.size() + node_size + 12);  // two tags and lengths: at most 6 bytes each
   m.bytes_field(api::SessionMessage::kSessionIdFieldNumber, session_id);
   if (node) m.message_field(api::SessionMessage::kNodeFieldNumber, *node);
-  return m.finish(cluster.encoded);
+  return std::move(m).take_fields();
 }
 
 // A node the cluster does not know yet, as SwarmKit's CA leaves it after issuing the node's
@@ -156,8 +158,9 @@ asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
   co::Event::Listener superseded(*superseded_event, wakeup);
   Counted open(s.counters.open_sessions);
 
+  std::string own_fields = encode_session_fields(session_id, node.get());
   auto send = [&]() {
-    return writer.write_framed(encode_session_message(session_id, node.get(), cluster));
+    return writer.write_framed(grpc::SplicedMessage::frame(own_fields, cluster.encoded));
   };
   if (!co_await send()) co_return canceled_status();
   log::info("session started node={} session={} peer={}", node_id, session_id, peer);
@@ -194,6 +197,7 @@ asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
       // One final message with the latest state, then the node is sent away.
       while (!node_updates.empty())
         node = node_updates.pop();
+      own_fields = encode_session_fields(session_id, node.get());
       while (cluster_updates.has_next())
         cluster = cluster_updates.next();
       bool sent = co_await send();
@@ -208,6 +212,7 @@ asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
     // One message per event, as SwarmKit sends them.
     while (!node_updates.empty()) {
       node = node_updates.pop();
+      own_fields = encode_session_fields(session_id, node.get());
       if (!co_await send()) co_return end("client-gone", canceled_status());
     }
     while (cluster_updates.has_next()) {

@@ -195,16 +195,20 @@ void ServerCall::send(h2::Segment framed) {
 }
 
 asio::awaitable<bool> ServerCall::write(h2::Segment framed) {
-  std::vector<h2::Segment> pieces;
-  pieces.push_back(std::move(framed));
-  co_return co_await write(std::move(pieces));
+  if (finished_ || cancelled_.is_set() || stream_->closed()) co_return false;
+  start_response();
+  stream_->enqueue(std::move(framed));
+  co_return co_await drained();
 }
 
 asio::awaitable<bool> ServerCall::write(std::vector<h2::Segment> pieces) {
   if (finished_ || cancelled_.is_set() || stream_->closed()) co_return false;
   start_response();
-  for (auto& p : pieces)
-    stream_->enqueue(std::move(p));
+  stream_->enqueue(std::move(pieces));
+  co_return co_await drained();
+}
+
+asio::awaitable<bool> ServerCall::drained() {
   while (stream_->pending_bytes() > 0 && !cancelled_.is_set() && !stream_->closed()) {
     co_await wakeup_.async_park();
   }

@@ -3,6 +3,7 @@
 #include <google/protobuf/message_lite.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "dispatchd/grpc/codec.hpp"
 
@@ -22,7 +23,10 @@ void append_varint(std::string& out, std::uint64_t v) {
 
 }  // namespace
 
-SplicedMessage::SplicedMessage() : head_(kPrefixSize, '\0') {}
+SplicedMessage& SplicedMessage::reserve(std::size_t n) {
+  head_.reserve(n);
+  return *this;
+}
 
 void SplicedMessage::tag_and_length(int number, std::size_t length) {
   append_varint(head_, (static_cast<std::uint64_t>(number) << 3) | kLengthDelimited);
@@ -44,12 +48,20 @@ SplicedMessage& SplicedMessage::message_field(int number, const google::protobuf
   return *this;
 }
 
-std::vector<h2::Segment> SplicedMessage::finish(std::shared_ptr<const std::string> tail) {
+std::vector<h2::Segment> SplicedMessage::frame(std::string_view fields,
+                                               std::shared_ptr<const std::string> tail) {
   std::size_t tail_size = tail ? tail->size() : 0;
-  std::size_t total = head_.size() - kPrefixSize + tail_size;
-  write_prefix(reinterpret_cast<std::uint8_t*>(head_.data()), static_cast<std::uint32_t>(total));
+  std::size_t head_size = kPrefixSize + fields.size();
+  auto head = std::make_shared_for_overwrite<std::uint8_t[]>(head_size);
+  write_prefix(head.get(), static_cast<std::uint32_t>(fields.size() + tail_size));
+  std::memcpy(head.get() + kPrefixSize, fields.data(), fields.size());
   std::vector<h2::Segment> pieces;
-  pieces.push_back(h2::Segment::own(std::move(head_)));
+  pieces.reserve(2);
+  h2::Segment first;
+  first.data = head.get();
+  first.size = head_size;
+  first.keep = std::move(head);
+  pieces.push_back(std::move(first));
   if (tail_size > 0) pieces.push_back(h2::Segment::shared(std::move(tail)));
   return pieces;
 }

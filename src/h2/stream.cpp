@@ -99,6 +99,25 @@ void Stream::enqueue(Segment s) {
   resume();
 }
 
+void Stream::enqueue(std::vector<Segment> pieces) {
+  if (!usable() || !response_started_ || finishing_) return;
+  std::size_t bytes = 0;
+  for (const auto& p : pieces)
+    bytes += p.size;
+  if (bytes == 0) return;
+  if (out_head_ == out_.size()) {
+    out_ = std::move(pieces);
+    out_head_ = 0;
+    out_offset_ = 0;
+  } else {
+    out_.reserve(out_.size() + pieces.size());
+    for (auto& p : pieces)
+      out_.push_back(std::move(p));
+  }
+  pending_bytes_ += bytes;
+  resume();
+}
+
 void Stream::finish(std::vector<Header> trailers) {
   if (!usable() || !response_started_ || finishing_) return;
   finishing_ = true;

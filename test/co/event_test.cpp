@@ -4,11 +4,13 @@
 
 #include <array>
 #include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
 #include <asio/io_context.hpp>
 #include <asio/use_awaitable.hpp>
 #include <chrono>
 #include <exception>
 #include <memory>
+#include <vector>
 
 #include "coroutine_runner.hpp"
 
@@ -192,6 +194,49 @@ TEST(EventTest, ListenersMayOutliveTheirRegistrationAfterSet) {
   first.reset();
   EXPECT_TRUE(second.ready());
   EXPECT_EQ(event.listener_count(), 0u);
+}
+
+// Parked coroutines take their blocks from a per-thread pool: a block given back is the next
+// one taken, and the pool keeps at most kMaxFree (the rest go back to the heap).
+TEST(ParkPoolTest, AGivenBlockIsTakenAgainAndThePoolIsBounded) {
+  using Pool = detail::ParkPool<40>;
+  void* a = Pool::take();
+  Pool::give(a);
+  EXPECT_EQ(Pool::kept(), 1u);
+  void* b = Pool::take();
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(Pool::kept(), 0u);
+  std::vector<void*> many;
+  for (std::size_t i = 0; i < Pool::kMaxFree + 10; ++i)
+    many.push_back(Pool::take());
+  many.push_back(b);
+  for (void* p : many)
+    Pool::give(p);
+  EXPECT_EQ(Pool::kept(), Pool::kMaxFree);
+}
+
+// Many coroutines parked at once (a fan-out parks every session), each woken once, all resume;
+// then they park again on pooled blocks and resume again.
+TEST(ParkPoolTest, ManyParkedAtOnceAllResumeTwice) {
+  asio::io_context io;
+  constexpr int kN = 5000;
+  std::vector<std::unique_ptr<Wakeup>> wakeups;
+  std::vector<int> counts(kN, 0);
+  for (int i = 0; i < kN; ++i) {
+    wakeups.push_back(std::make_unique<Wakeup>());
+    asio::co_spawn(io, count_wakeups(*wakeups.back(), counts[static_cast<std::size_t>(i)]),
+                   asio::detached);
+  }
+  io.poll();
+  for (auto& w : wakeups)
+    ASSERT_TRUE(w->parked());
+  for (int round = 1; round <= 2; ++round) {
+    for (auto& w : wakeups)
+      w->notify();
+    io.poll();
+    for (int c : counts)
+      ASSERT_EQ(c, round);
+  }
 }
 
 }  // namespace

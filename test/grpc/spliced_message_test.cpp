@@ -72,6 +72,34 @@ TEST(SplicedMessage, EqualsTheMessageEncodedWhole) {
   EXPECT_EQ(parsed.network_bootstrap_keys(0).lamport_time(), 7u);
 }
 
+// A Session keeps its own fields encoded and frames them again with each new cluster tail: every
+// message so made is the whole message encoded anew, and a tail of another size gets its own
+// length prefix.
+TEST(SplicedMessage, KeptFieldsFrameAgainWithEachNewTail) {
+  api::Node node;
+  node.set_id("node-1");
+  node.mutable_description()->set_hostname("host-1");
+  SplicedMessage m;
+  m.reserve(64)
+      .bytes_field(api::SessionMessage::kSessionIdFieldNumber, "session-abc")
+      .message_field(api::SessionMessage::kNodeFieldNumber, node);
+  const std::string fields = std::move(m).take_fields();
+
+  api::SessionMessage first = cluster_fields();
+  api::SessionMessage second = cluster_fields();
+  second.add_managers()->mutable_peer()->set_addr("10.0.0.2:4242");
+  for (const auto* cluster : {&first, &second}) {
+    auto tail = std::make_shared<const std::string>(cluster->SerializeAsString());
+    auto pieces = SplicedMessage::frame(fields, tail);
+    api::SessionMessage whole = *cluster;
+    whole.set_session_id("session-abc");
+    *whole.mutable_node() = node;
+    EXPECT_EQ(joined(pieces), prefixed(whole.SerializeAsString()));
+    ASSERT_EQ(pieces.size(), 2u);
+    EXPECT_EQ(pieces[1].data, reinterpret_cast<const std::uint8_t*>(tail->data()));
+  }
+}
+
 TEST(SplicedMessage, WithoutATailIsOneSegment) {
   auto pieces = SplicedMessage().bytes_field(1, "x").finish(nullptr);
   ASSERT_EQ(pieces.size(), 1u);

@@ -9,11 +9,60 @@
 #include <asio/async_result.hpp>
 #include <asio/post.hpp>
 #include <asio/use_awaitable.hpp>
+#include <cstddef>
+#include <new>
 #include <utility>
 
 namespace dispatchd::co {
 
 namespace detail {
+// Freed parking blocks of one size, kept for the next park on this thread: every Session
+// message, Heartbeat and stream write parks at least once, and a fan-out parks 100k coroutines
+// at once, so a malloc and a free per park were a measurable share of the io thread
+// (BENCHMARKS.md, issue 14). Bounded: beyond kMaxFree blocks go back to the heap.
+template <std::size_t Size>
+class ParkPool {
+ public:
+  static void* take() {
+    auto& f = list();
+    if (f.head == nullptr) return ::operator new(Size);
+    Node* n = f.head;
+    f.head = n->next;
+    --f.count;
+    return n;
+  }
+  static void give(void* p) noexcept {
+    auto& f = list();
+    if (f.count >= kMaxFree) {
+      ::operator delete(p);
+      return;
+    }
+    f.head = new (p) Node{f.head};
+    ++f.count;
+  }
+  // Blocks kept on this thread now.
+  static std::size_t kept() noexcept { return list().count; }
+  static constexpr std::size_t kMaxFree = 4096;
+
+ private:
+  struct Node {
+    Node* next;
+  };
+  static_assert(Size >= sizeof(Node));
+  struct FreeList {
+    Node* head = nullptr;
+    std::size_t count = 0;
+    ~FreeList() {
+      while (head != nullptr)
+        ::operator delete(std::exchange(head, head->next));
+    }
+  };
+  static FreeList& list() {
+    thread_local FreeList f;
+    return f;
+  }
+};
+
 class Parked {
  public:
   virtual ~Parked() = default;
@@ -26,6 +75,8 @@ template <class Handler>
 class ParkedHandler final : public Parked {
  public:
   explicit ParkedHandler(Handler&& h) : handler_(std::move(h)) {}
+  static void* operator new(std::size_t) { return ParkPool<sizeof(ParkedHandler)>::take(); }
+  static void operator delete(void* p) noexcept { ParkPool<sizeof(ParkedHandler)>::give(p); }
   void resume() override {
     Handler h = std::move(handler_);
     auto ex = asio::get_associated_executor(h);

@@ -59,6 +59,8 @@ class ServerCall final : public ServerContext, public co::ListHook, private h2::
   void cancel() noexcept { cancelled_.set(); }
 
  private:
+  // Waits until nghttp2 has taken everything queued; false when the call is over.
+  asio::awaitable<bool> drained();
   class DeadlineEntry final : public co::TimerWheel::Entry {
    public:
     explicit DeadlineEntry(ServerCall& c) : call_(c) {}

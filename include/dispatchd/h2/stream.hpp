@@ -88,6 +88,9 @@ class Stream : public co::ListHook {
   // Queues DATA. The writer should wait (wait_drained) before queueing much more: bytes leave
   // only as fast as the peer's flow-control window allows.
   void enqueue(Segment s);
+  // Queues several segments; an idle stream takes the vector as its queue (no copy, no
+  // allocation).
+  void enqueue(std::vector<Segment> pieces);
   std::size_t pending_bytes() const noexcept { return pending_bytes_; }
   // Ends a started response: trailers after every queued DATA byte.
   void finish(std::vector<Header> trailers);
