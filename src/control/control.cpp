@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cctype>
 #include <chrono>
+#include <functional>
 #include <optional>
 
 #include "dispatchd/id.hpp"
@@ -157,6 +158,18 @@ struct ConfigKind {
   static Object shown(Object o) { return o; }
 };
 
+// Volumes share the by-ID-or-name lookups with secrets and configs; their own rules are below.
+struct VolumeKind {
+  using Object = api::Volume;
+  using Spec = api::VolumeSpec;
+  static constexpr const char* noun = "volume";
+  static store::Ptr<Object> get(const store::ReadTx& tx, std::string_view id) {
+    return tx.volume(id);
+  }
+  static std::vector<store::Ptr<Object>> all(const store::ReadTx& tx) { return tx.volumes(); }
+  static Object shown(Object o) { return o; }
+};
+
 // SwarmKit's name rule for secrets and configs.
 bool valid_object_name(const std::string& n) {
   auto alnum = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
@@ -196,11 +209,22 @@ std::optional<Status> check_spec(const typename K::Spec& spec) {
   return std::nullopt;
 }
 
+// SwarmKit's CreateVolume: a name and a driver are required.
+template <>
+std::optional<Status> check_spec<VolumeKind>(const api::VolumeSpec& spec) {
+  if (spec.annotations().name().empty()) return invalid("meaningful name must be provided");
+  if (spec.driver().name().empty()) return invalid("driver must be specified");
+  if (auto bad = check_labels(spec.annotations().labels())) return bad;
+  return std::nullopt;
+}
+
+// `base` carries what is not in the spec (a volume's VolumeInfo).
 template <class K>
 std::expected<typename K::Object, Status> create_object(store::Store& st,
-                                                        const typename K::Spec& spec) {
+                                                        const typename K::Spec& spec,
+                                                        const typename K::Object& base = {}) {
   if (auto bad = check_spec<K>(spec)) return std::unexpected(*bad);
-  typename K::Object o;
+  typename K::Object o = base;
   o.set_id(new_id());
   *o.mutable_spec() = spec;
   typename K::Object created;
@@ -244,7 +268,8 @@ std::expected<typename K::Object, Status> get_object(store::Store& st, const std
 template <class K>
 std::expected<typename K::Object, Status> relabel_object(
     store::Store& st, const std::string& id,
-    const google::protobuf::Map<std::string, std::string>& labels, std::string& name) {
+    const google::protobuf::Map<std::string, std::string>& labels, std::string& name,
+    const std::function<void(typename K::Object&)>& also = {}) {
   if (id.empty()) return std::unexpected(invalid(std::string(K::noun) + " ID must be provided"));
   if (auto bad = check_labels(labels)) return std::unexpected(*bad);
   typename K::Object updated;
@@ -253,6 +278,7 @@ std::expected<typename K::Object, Status> relabel_object(
     if (!o) return object_not_found<K>(id);
     typename K::Object copy = *o;
     *copy.mutable_spec()->mutable_annotations()->mutable_labels() = labels;
+    if (also) also(copy);
     name = copy.spec().annotations().name();
     if (auto r = tx.update(copy); !r.is_ok()) return r;
     updated = *K::get(tx, copy.id());
@@ -260,6 +286,18 @@ std::expected<typename K::Object, Status> relabel_object(
   });
   if (!s.is_ok()) return std::unexpected(s);
   return K::shown(std::move(updated));
+}
+
+// FAILED_PRECONDITION naming the tasks that use an object (ok when none do).
+Status in_use_by(const char* noun, const std::string& name, std::vector<std::string> users) {
+  if (users.empty()) return Status::ok();
+  std::sort(users.begin(), users.end());
+  std::string list;
+  for (const auto& u : users)
+    list += (list.empty() ? "" : ", ") + u;
+  return Status(StatusCode::failed_precondition, std::string(noun) + " '" + name +
+                                                     "' is in use by the following task" +
+                                                     (users.size() > 1 ? "s" : "") + ": " + list);
 }
 
 template <class K>
@@ -277,15 +315,7 @@ Status remove_object(store::Store& st, const std::string& id, std::string& name)
         users.push_back(t->id());
       }
     }
-    if (!users.empty()) {
-      std::sort(users.begin(), users.end());
-      std::string list;
-      for (const auto& u : users)
-        list += (list.empty() ? "" : ", ") + u;
-      return Status(StatusCode::failed_precondition,
-                    std::string(K::noun) + " '" + name + "' is in use by the following task" +
-                        (users.size() > 1 ? "s" : "") + ": " + list);
-    }
+    if (auto busy = in_use_by(K::noun, name, std::move(users)); !busy.is_ok()) return busy;
     return K::remove(tx, o->id());
   });
 }
@@ -309,6 +339,26 @@ Status resolve_refs(const store::ReadTx& tx, api::Task& t) {
     K::set_ref(r, o->id(), name);
   }
   return Status::ok();
+}
+
+// A new task's volume attachments: each names an existing volume by ID (`id`) or by name
+// (`source`); the ID is filled in from the volume.
+Status resolve_volumes(const store::ReadTx& tx, api::Task& t) {
+  for (auto& a : *t.mutable_volumes()) {
+    const std::string& key = a.id().empty() ? a.source() : a.id();
+    if (key.empty()) return invalid("volume attachment without an ID or a source");
+    auto v = find_object<VolumeKind>(tx, key);
+    if (!v) return invalid("volume " + key + " not found");
+    a.set_id(v->id());
+    if (a.source().empty()) a.set_source(v->spec().annotations().name());
+  }
+  return Status::ok();
+}
+
+api::VolumePublishStatus* publish_entry(api::Volume& v, const std::string& node_id) {
+  for (auto& e : *v.mutable_publish_status())
+    if (e.node_id() == node_id) return &e;
+  return nullptr;
 }
 
 }  // namespace
@@ -393,6 +443,25 @@ void ControlService::add_to(grpc::Server& server) {
   add<pb::RemoveConfigRequest, pb::RemoveConfigResponse>(
       server, "RemoveConfig",
       [this](const auto& r, const std::string& w) { return remove_config(r, w); });
+  add<pb::CreateVolumeRequest, pb::CreateVolumeResponse>(
+      server, "CreateVolume",
+      [this](const auto& r, const std::string& w) { return create_volume(r, w); });
+  add<pb::ListVolumesRequest, pb::ListVolumesResponse>(
+      server, "ListVolumes", [this](const auto&, const std::string&) { return list_volumes(); });
+  add<pb::GetVolumeRequest, pb::GetVolumeResponse>(
+      server, "GetVolume", [this](const auto& r, const std::string&) { return get_volume(r); });
+  add<pb::UpdateVolumeRequest, pb::UpdateVolumeResponse>(
+      server, "UpdateVolume",
+      [this](const auto& r, const std::string& w) { return update_volume(r, w); });
+  add<pb::RemoveVolumeRequest, pb::RemoveVolumeResponse>(
+      server, "RemoveVolume",
+      [this](const auto& r, const std::string& w) { return remove_volume(r, w); });
+  add<pb::PublishVolumeRequest, pb::PublishVolumeResponse>(
+      server, "PublishVolume",
+      [this](const auto& r, const std::string& w) { return publish_volume(r, w); });
+  add<pb::UnpublishVolumeRequest, pb::UnpublishVolumeResponse>(
+      server, "UnpublishVolume",
+      [this](const auto& r, const std::string& w) { return unpublish_volume(r, w); });
   add<pb::GetRootCARequest, pb::GetRootCAResponse>(
       server, "GetRootCA", [this](const auto&, const std::string&) { return get_root_ca(); });
   add<pb::SetRootCARequest, pb::SetRootCAResponse>(
@@ -592,6 +661,7 @@ std::expected<pb::CreateTaskResponse, Status> ControlService::create_task(
     if (!tx.node(t.node_id())) return node_not_found(t.node_id());
     if (auto s = resolve_refs<SecretKind>(tx, t); !s.is_ok()) return s;
     if (auto s = resolve_refs<ConfigKind>(tx, t); !s.is_ok()) return s;
+    if (auto s = resolve_volumes(tx, t); !s.is_ok()) return s;
     // As SwarmKit's orchestrator and scheduler do: the task is created unassigned and then
     // assigned by an update, which is what open Assignments streams watch.
     api::Task pending = t;
@@ -847,6 +917,179 @@ std::expected<pb::RemoveConfigResponse, Status> ControlService::remove_config(
   }
   log::info("control: config {} removed (by {})", name, who);
   return pb::RemoveConfigResponse{};
+}
+
+// ---- volumes -----------------------------------------------------------------------------------
+
+std::expected<pb::CreateVolumeResponse, Status> ControlService::create_volume(
+    const pb::CreateVolumeRequest& r, const std::string& who) {
+  api::Volume base;
+  *base.mutable_volume_info() = r.volume_info();
+  auto o = create_object<VolumeKind>(store_, r.spec(), base);
+  if (!o) return std::unexpected(o.error());
+  log::info("control: volume {} created as {} (driver {}) (by {})", o->spec().annotations().name(),
+            o->id(), o->spec().driver().name(), who);
+  pb::CreateVolumeResponse resp;
+  *resp.mutable_volume() = std::move(*o);
+  return resp;
+}
+
+std::expected<pb::ListVolumesResponse, Status> ControlService::list_volumes() {
+  pb::ListVolumesResponse resp;
+  for (auto& o : list_objects<VolumeKind>(store_))
+    *resp.add_volumes() = std::move(o);
+  return resp;
+}
+
+std::expected<pb::GetVolumeResponse, Status> ControlService::get_volume(
+    const pb::GetVolumeRequest& r) {
+  auto o = get_object<VolumeKind>(store_, r.volume_id());
+  if (!o) return std::unexpected(o.error());
+  pb::GetVolumeResponse resp;
+  *resp.mutable_volume() = std::move(*o);
+  return resp;
+}
+
+// As SwarmKit's UpdateVolume: only the labels and the availability may change. The labels are
+// replaced unless the request changes the availability alone.
+std::expected<pb::UpdateVolumeResponse, Status> ControlService::update_volume(
+    const pb::UpdateVolumeRequest& r, const std::string& who) {
+  if (r.has_availability() && !api::VolumeSpec::VolumeAvailability_IsValid(r.availability())) {
+    return std::unexpected(invalid("unknown volume availability"));
+  }
+  google::protobuf::Map<std::string, std::string> labels = r.labels();
+  if (r.has_availability() && labels.empty()) {
+    // Nothing runs between this view and the update: both are synchronous on the io thread.
+    auto old = get_object<VolumeKind>(store_, r.volume_id());
+    if (!old) return std::unexpected(old.error());
+    labels = old->spec().annotations().labels();
+  }
+  std::string name;
+  auto o = relabel_object<VolumeKind>(store_, r.volume_id(), labels, name, [&](api::Volume& v) {
+    if (r.has_availability()) v.mutable_spec()->set_availability(r.availability());
+  });
+  if (!o) return std::unexpected(o.error());
+  log::info("control: volume {} updated (by {})", name, who);
+  pb::UpdateVolumeResponse resp;
+  *resp.mutable_volume() = std::move(*o);
+  return resp;
+}
+
+// Refused while a task uses the volume or a node has it published (in any publish state),
+// unless forced.
+std::expected<pb::RemoveVolumeResponse, Status> ControlService::remove_volume(
+    const pb::RemoveVolumeRequest& r, const std::string& who) {
+  if (r.volume_id().empty()) return std::unexpected(invalid("volume ID must be provided"));
+  std::string name;
+  auto st = store_.update([&](store::WriteTx& tx) {
+    auto v = find_object<VolumeKind>(tx, r.volume_id());
+    if (!v) return object_not_found<VolumeKind>(r.volume_id());
+    name = v->spec().annotations().name();
+    if (!r.force()) {
+      std::vector<std::string> users;
+      for (const auto& t : tx.tasks()) {
+        if (std::any_of(t->volumes().begin(), t->volumes().end(),
+                        [&](const auto& a) { return a.id() == v->id(); })) {
+          users.push_back(t->id());
+        }
+      }
+      if (auto busy = in_use_by("volume", name, std::move(users)); !busy.is_ok()) return busy;
+      if (!v->publish_status().empty()) {
+        return Status(StatusCode::failed_precondition,
+                      "volume '" + name + "' is still published to node " +
+                          v->publish_status(0).node_id() + "; unpublish it first or force");
+      }
+    }
+    return tx.remove_volume(v->id());
+  });
+  if (!st.is_ok()) return std::unexpected(st);
+  log::info("control: volume {} removed{} (by {})", name, r.force() ? " (forced)" : "", who);
+  return pb::RemoveVolumeResponse{};
+}
+
+std::expected<pb::PublishVolumeResponse, Status> ControlService::publish_volume(
+    const pb::PublishVolumeRequest& r, const std::string& who) {
+  if (r.volume_id().empty()) return std::unexpected(invalid("volume ID must be provided"));
+  if (r.node_id().empty()) return std::unexpected(invalid("node ID must be provided"));
+  pb::PublishVolumeResponse resp;
+  auto st = store_.update([&](store::WriteTx& tx) {
+    auto found = find_object<VolumeKind>(tx, r.volume_id());
+    if (!found) return object_not_found<VolumeKind>(r.volume_id());
+    if (!tx.node(r.node_id())) return node_not_found(r.node_id());
+    api::Volume v = *found;
+    const std::string& name = v.spec().annotations().name();
+    if (v.spec().access_mode().scope() == api::VolumeAccessMode::SINGLE_NODE) {
+      for (const auto& e : v.publish_status()) {
+        if (e.node_id() != r.node_id()) {
+          return Status(
+              StatusCode::failed_precondition,
+              "volume '" + name + "' is single-node and published to node " + e.node_id());
+        }
+      }
+    }
+    auto* e = publish_entry(v, r.node_id());
+    if (e && e->state() > api::VolumePublishStatus::PUBLISHED) {
+      return Status(StatusCode::failed_precondition,
+                    "volume '" + name + "' is being unpublished from node " + r.node_id());
+    }
+    if (!e) {
+      e = v.add_publish_status();
+      e->set_node_id(r.node_id());
+    }
+    e->set_state(api::VolumePublishStatus::PUBLISHED);
+    *e->mutable_publish_context() = r.publish_context();
+    e->clear_message();
+    if (auto s = tx.update(v); !s.is_ok()) return s;
+    *resp.mutable_volume() = *tx.volume(v.id());
+    return Status::ok();
+  });
+  if (!st.is_ok()) return std::unexpected(st);
+  log::info("control: volume {} published to node {} (by {})", resp.volume().id(), r.node_id(),
+            who);
+  return resp;
+}
+
+std::expected<pb::UnpublishVolumeResponse, Status> ControlService::unpublish_volume(
+    const pb::UnpublishVolumeRequest& r, const std::string& who) {
+  if (r.volume_id().empty()) return std::unexpected(invalid("volume ID must be provided"));
+  if (r.node_id().empty()) return std::unexpected(invalid("node ID must be provided"));
+  pb::UnpublishVolumeResponse resp;
+  std::string change;
+  auto st = store_.update([&](store::WriteTx& tx) {
+    auto found = find_object<VolumeKind>(tx, r.volume_id());
+    if (!found) return object_not_found<VolumeKind>(r.volume_id());
+    api::Volume v = *found;
+    auto* e = publish_entry(v, r.node_id());
+    if (!e) {
+      return Status(
+          StatusCode::failed_precondition,
+          "volume '" + v.spec().annotations().name() + "' is not published to node " + r.node_id());
+    }
+    switch (e->state()) {
+      case api::VolumePublishStatus::PENDING_NODE_UNPUBLISH:
+        change = "already waits for the node to unpublish";
+        *resp.mutable_volume() = v;
+        return Status::ok();
+      case api::VolumePublishStatus::PENDING_UNPUBLISH: {
+        // The node confirmed; the controller side is done: the entry goes.
+        auto& list = *v.mutable_publish_status();
+        list.erase(std::find_if(list.begin(), list.end(),
+                                [&](const auto& x) { return x.node_id() == r.node_id(); }));
+        change = "unpublished";
+        break;
+      }
+      default:
+        e->set_state(api::VolumePublishStatus::PENDING_NODE_UNPUBLISH);
+        change = "to be unpublished by";
+        break;
+    }
+    if (auto s = tx.update(v); !s.is_ok()) return s;
+    *resp.mutable_volume() = *tx.volume(v.id());
+    return Status::ok();
+  });
+  if (!st.is_ok()) return std::unexpected(st);
+  log::info("control: volume {} {} node {} (by {})", resp.volume().id(), change, r.node_id(), who);
+  return resp;
 }
 
 // ---- root CA -----------------------------------------------------------------------------------

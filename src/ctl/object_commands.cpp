@@ -6,6 +6,7 @@
 
 #include "dispatchd/ctl/command.hpp"
 #include "dispatchd/ctl/format.hpp"
+#include "dispatchd/ctl/parse.hpp"
 
 namespace dispatchd::ctl {
 
@@ -34,6 +35,52 @@ std::vector<std::pair<std::string, std::string>> describe(const Object& o) {
   for (const auto& [k, v] : labels)
     kv.emplace_back("Label " + k, v);
   return kv;
+}
+
+// `volume ls`: ID NAME DRIVER AVAILABILITY PUBLISHED (each node with its publish state).
+std::string published_to(const api::Volume& v) {
+  std::string out;
+  for (const auto& e : v.publish_status())
+    out += (out.empty() ? "" : ",") + e.node_id() + ":" +
+           display_enum(api::VolumePublishStatus::State_descriptor(), e.state());
+  return out.empty() ? "-" : out;
+}
+
+std::string volume_table(const cv1::ListVolumesResponse& r) {
+  Table t({"ID", "NAME", "DRIVER", "AVAILABILITY", "PUBLISHED"});
+  for (const auto& v : r.volumes()) {
+    t.add({v.id(), v.spec().annotations().name(), v.spec().driver().name(),
+           display_enum(api::VolumeSpec::VolumeAvailability_descriptor(), v.spec().availability()),
+           published_to(v)});
+  }
+  return t.render();
+}
+
+std::string volume_details(const api::Volume& v) {
+  auto kv = describe(v);
+  kv.emplace_back("Driver", v.spec().driver().name());
+  kv.emplace_back("Availability", display_enum(api::VolumeSpec::VolumeAvailability_descriptor(),
+                                               v.spec().availability()));
+  kv.emplace_back("Scope", display_enum(api::VolumeAccessMode::Scope_descriptor(),
+                                        v.spec().access_mode().scope()));
+  if (!v.volume_info().volume_id().empty()) kv.emplace_back("CSI ID", v.volume_info().volume_id());
+  for (const auto& e : v.publish_status())
+    kv.emplace_back("Node " + e.node_id(),
+                    display_enum(api::VolumePublishStatus::State_descriptor(), e.state()));
+  return key_value_lines(kv);
+}
+
+// The request of a command whose first operand is a volume, and whose second (if any) a node.
+template <class Req>
+Req volume_request(const ParsedArgs& a) {
+  Req req;
+  req.set_volume_id(a.positionals[0]);
+  if constexpr (requires { req.set_node_id(""); }) req.set_node_id(a.positionals.at(1));
+  return req;
+}
+
+std::string volume_id_line(const auto& resp) {
+  return resp.volume().id() + "\n";
 }
 
 }  // namespace
@@ -156,6 +203,102 @@ void add_object_commands(std::vector<Command>& cmds) {
                     req.set_config_id(a.positionals[0]);
                     return unary(c, &Stub::RemoveConfig, req,
                                  [&](const auto&) { return req.config_id() + "\n"; });
+                  }});
+
+  // ---- volumes
+  const auto* avail_d = api::VolumeSpec::VolumeAvailability_descriptor();
+  const auto* scope_d = api::VolumeAccessMode::Scope_descriptor();
+  cmds.push_back(
+      {"volume create",
+       "NAME",
+       "create a cluster volume; prints its ID",
+       {{"driver", 0, false, "NAME", "the volume's (CSI) driver (required)"},
+        {"scope", 0, false, "single-node|multi-node", "access scope (default single-node)"},
+        {"csi-id", 0, false, "ID", "the CSI volume ID agents are given (default: none)"},
+        label_flag[0]},
+       1,
+       1,
+       [=](Context& c, const ParsedArgs& a) {
+         cv1::CreateVolumeRequest req;
+         auto* spec = req.mutable_spec();
+         spec->mutable_annotations()->set_name(a.positionals[0]);
+         *spec->mutable_annotations()->mutable_labels() = label_flags(a, "label");
+         spec->mutable_driver()->set_name(a.last("driver").value_or(""));
+         spec->mutable_access_mode()->set_scope(enum_flag<api::VolumeAccessMode::Scope>(
+             a, "scope", scope_d, a.last("scope").value_or("single-node")));
+         req.mutable_volume_info()->set_volume_id(a.last("csi-id").value_or(""));
+         return unary(c, &Stub::CreateVolume, req, [](const auto& r) { return volume_id_line(r); });
+       }});
+  cmds.push_back({"volume ls",
+                  "",
+                  "list cluster volumes and the nodes they are published to",
+                  {},
+                  0,
+                  0,
+                  [](Context& c, const ParsedArgs&) {
+                    return unary(c, &Stub::ListVolumes, cv1::ListVolumesRequest{},
+                                 [](const auto& resp) { return volume_table(resp); });
+                  }});
+  cmds.push_back({"volume inspect",
+                  "ID|NAME",
+                  "show a volume and its publish status",
+                  {},
+                  1,
+                  1,
+                  [](Context& c, const ParsedArgs& a) {
+                    return unary(c, &Stub::GetVolume, volume_request<cv1::GetVolumeRequest>(a),
+                                 [](const auto& resp) { return volume_details(resp.volume()); });
+                  }});
+  cmds.push_back({"volume update",
+                  "ID|NAME",
+                  "replace a volume's labels and/or set its availability (active, pause, drain)",
+                  {label_flag[0], {"availability", 0, false, "STATE", "active, pause or drain"}},
+                  1,
+                  1,
+                  [=](Context& c, const ParsedArgs& a) {
+                    auto req = volume_request<cv1::UpdateVolumeRequest>(a);
+                    *req.mutable_labels() = label_flags(a, "label");
+                    if (auto v = a.last("availability")) {
+                      req.set_availability(enum_flag<api::VolumeSpec::VolumeAvailability>(
+                          a, "availability", avail_d, *v));
+                    }
+                    return unary(c, &Stub::UpdateVolume, req,
+                                 [](const auto& r) { return volume_id_line(r); });
+                  }});
+  cmds.push_back({"volume rm",
+                  "ID|NAME",
+                  "remove a volume no task uses and no node has published (--force: anyway)",
+                  {{"force", 0, true, "", "remove it even if in use or published"}},
+                  1,
+                  1,
+                  [](Context& c, const ParsedArgs& a) {
+                    auto req = volume_request<cv1::RemoveVolumeRequest>(a);
+                    req.set_force(a.flag("force"));
+                    return unary(c, &Stub::RemoveVolume, req,
+                                 [&](const auto&) { return req.volume_id() + "\n"; });
+                  }});
+  cmds.push_back({"volume publish",
+                  "ID|NAME NODE",
+                  "publish a volume to a node (stands in for the CSI controller)",
+                  {{"context", 0, false, "KEY=VALUE", "publish context for the node (repeatable)"}},
+                  2,
+                  2,
+                  [](Context& c, const ParsedArgs& a) {
+                    auto req = volume_request<cv1::PublishVolumeRequest>(a);
+                    *req.mutable_publish_context() = label_flags(a, "context");
+                    return unary(c, &Stub::PublishVolume, req,
+                                 [](const auto& r) { return volume_id_line(r); });
+                  }});
+  cmds.push_back({"volume unpublish",
+                  "ID|NAME NODE",
+                  "have a node drop a volume; once it has confirmed, again to remove the entry",
+                  {},
+                  2,
+                  2,
+                  [](Context& c, const ParsedArgs& a) {
+                    return unary(c, &Stub::UnpublishVolume,
+                                 volume_request<cv1::UnpublishVolumeRequest>(a),
+                                 [](const auto& r) { return volume_id_line(r); });
                   }});
 }
 

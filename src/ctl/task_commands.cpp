@@ -45,7 +45,9 @@ void add_task_commands(std::vector<Command>& cmds) {
                    {"secret", 0, false, "ID|NAME[:TARGET]",
                     "give the task a secret, as file TARGET (default its name; repeatable)"},
                    {"config", 0, false, "ID|NAME[:TARGET]",
-                    "give the task a config, as file TARGET (default its name; repeatable)"}},
+                    "give the task a config, as file TARGET (default its name; repeatable)"},
+                   {"volume", 0, false, "ID|NAME[:TARGET]",
+                    "attach a cluster volume at TARGET (default its name; repeatable)"}},
                   0,
                   0,
                   [=](Context& c, const ParsedArgs& a) {
@@ -72,6 +74,12 @@ void add_task_commands(std::vector<Command>& cmds) {
                       auto* r = container->add_configs();
                       r->set_config_name(ref);
                       set_file_target(r->mutable_file(), target);
+                    }
+                    for (const auto& v : a.all("volume")) {
+                      auto [ref, target] = reference("volume", v);
+                      auto* att = t->add_volumes();
+                      att->set_source(ref);  // an ID or a name: the server resolves it
+                      att->set_target(target);
                     }
                     return unary(c, &Stub::CreateTask, req,
                                  [](const auto& resp) { return resp.task().id() + "\n"; });

@@ -564,4 +564,232 @@ TEST(ControlKnownNodesTest, PreCreatedNodesAreAdmittedAndOthersAreNot) {
   listed->stream->cancel();
 }
 
+// ---- volumes
+
+pb::CreateVolumeRequest volume_request(const std::string& name, const std::string& driver) {
+  pb::CreateVolumeRequest r;
+  r.mutable_spec()->mutable_annotations()->set_name(name);
+  r.mutable_spec()->mutable_driver()->set_name(driver);
+  return r;
+}
+
+class ControlVolumeTest : public ControlTest {
+ protected:
+  // Every volume as the store holds it, to show that a refused call changed nothing.
+  std::string all_volumes() {
+    pb::ListVolumesResponse r;
+    EXPECT_TRUE(call(&pb::Control::Stub::ListVolumes, pb::ListVolumesRequest{}, &r).ok());
+    return r.SerializeAsString();
+  }
+  api::Volume get(const std::string& id) {
+    pb::GetVolumeRequest req;
+    req.set_volume_id(id);
+    pb::GetVolumeResponse resp;
+    EXPECT_TRUE(call(&pb::Control::Stub::GetVolume, req, &resp).ok());
+    return resp.volume();
+  }
+  grpc::Status publish(const std::string& volume, const std::string& node) {
+    pb::PublishVolumeRequest req;
+    req.set_volume_id(volume);
+    req.set_node_id(node);
+    (*req.mutable_publish_context())["device"] = "/dev/xvdf";
+    pb::PublishVolumeResponse resp;
+    return call(&pb::Control::Stub::PublishVolume, req, &resp);
+  }
+  grpc::Status unpublish(const std::string& volume, const std::string& node) {
+    pb::UnpublishVolumeRequest req;
+    req.set_volume_id(volume);
+    req.set_node_id(node);
+    pb::UnpublishVolumeResponse resp;
+    return call(&pb::Control::Stub::UnpublishVolume, req, &resp);
+  }
+  grpc::Status remove(const std::string& volume, bool force = false) {
+    pb::RemoveVolumeRequest req;
+    req.set_volume_id(volume);
+    req.set_force(force);
+    pb::RemoveVolumeResponse resp;
+    return call(&pb::Control::Stub::RemoveVolume, req, &resp);
+  }
+};
+
+TEST_F(ControlVolumeTest, BadInputGetsAPreciseStatusAndChangesNothing) {
+  pb::CreateVolumeResponse made;
+  auto st = call(&pb::Control::Stub::CreateVolume, volume_request("data", "csi.example"), &made);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(made.volume().spec().driver().name(), "csi.example");
+  const std::string id = made.volume().id();
+  const std::string before = all_volumes();
+
+  auto expect = [&](grpc::Status s, grpc::StatusCode code, const std::string& message) {
+    EXPECT_EQ(s.error_code(), code) << s.error_message();
+    EXPECT_EQ(s.error_message(), message);
+    EXPECT_EQ(all_volumes(), before) << message;
+  };
+  expect(call(&pb::Control::Stub::CreateVolume, volume_request("data", "csi.example"), &made),
+         grpc::StatusCode::ALREADY_EXISTS, "volume data already exists");
+  expect(call(&pb::Control::Stub::CreateVolume, volume_request("", "csi.example"), &made),
+         grpc::StatusCode::INVALID_ARGUMENT, "meaningful name must be provided");
+  expect(call(&pb::Control::Stub::CreateVolume, volume_request("other", ""), &made),
+         grpc::StatusCode::INVALID_ARGUMENT, "driver must be specified");
+  pb::GetVolumeRequest get_req;
+  get_req.set_volume_id("nope");
+  pb::GetVolumeResponse got;
+  expect(call(&pb::Control::Stub::GetVolume, get_req, &got), grpc::StatusCode::NOT_FOUND,
+         "volume nope not found");
+  pb::UpdateVolumeRequest upd;
+  upd.set_volume_id("nope");
+  pb::UpdateVolumeResponse updated;
+  expect(call(&pb::Control::Stub::UpdateVolume, upd, &updated), grpc::StatusCode::NOT_FOUND,
+         "volume nope not found");
+  upd.set_volume_id(id);
+  upd.set_availability(static_cast<api::VolumeSpec::VolumeAvailability>(9));
+  expect(call(&pb::Control::Stub::UpdateVolume, upd, &updated), grpc::StatusCode::INVALID_ARGUMENT,
+         "unknown volume availability");
+  expect(remove("nope"), grpc::StatusCode::NOT_FOUND, "volume nope not found");
+  expect(publish("nope", "node-a"), grpc::StatusCode::NOT_FOUND, "volume nope not found");
+  expect(publish(id, "nobody"), grpc::StatusCode::NOT_FOUND, "node nobody not found");
+  expect(publish(id, ""), grpc::StatusCode::INVALID_ARGUMENT, "node ID must be provided");
+  expect(unpublish(id, "node-a"), grpc::StatusCode::FAILED_PRECONDITION,
+         "volume 'data' is not published to node node-a");
+
+  // A task naming a missing volume is refused and creates nothing.
+  pb::CreateTaskRequest task;
+  task.mutable_task()->set_node_id("node-a");
+  auto s = open_session("node-a");
+  task.mutable_task()->add_volumes()->set_source("missing");
+  pb::CreateTaskResponse created;
+  expect(call(&pb::Control::Stub::CreateTask, task, &created), grpc::StatusCode::INVALID_ARGUMENT,
+         "volume missing not found");
+  pb::ListTasksResponse tasks;
+  ASSERT_TRUE(call(&pb::Control::Stub::ListTasks, pb::ListTasksRequest{}, &tasks).ok());
+  EXPECT_EQ(tasks.tasks_size(), 0);
+
+  // What may change: the labels and the availability (the labels stay when only it is given).
+  upd.set_availability(api::VolumeSpec::DRAIN);
+  (*upd.mutable_labels())["tier"] = "gold";
+  ASSERT_TRUE(call(&pb::Control::Stub::UpdateVolume, upd, &updated).ok());
+  upd.clear_labels();
+  upd.set_availability(api::VolumeSpec::PAUSE);
+  ASSERT_TRUE(call(&pb::Control::Stub::UpdateVolume, upd, &updated).ok());
+  EXPECT_EQ(updated.volume().spec().availability(), api::VolumeSpec::PAUSE);
+  EXPECT_EQ(updated.volume().spec().annotations().labels().at("tier"), "gold");
+  EXPECT_EQ(updated.volume().spec().driver().name(), "csi.example");
+  EXPECT_EQ(get("data").id(), id) << "found by name";
+  s->stream->cancel();
+}
+
+TEST_F(ControlVolumeTest, PublishReachesTheNodesAssignmentsAndUnpublishTakesItAway) {
+  auto s = open_session("node-a");
+  auto assignments = dispatchd::test::open_assignments(*dispatcher_, "node-a", s->id());
+  api::AssignmentsMessage m;
+  ASSERT_TRUE(assignments->read(m));
+  EXPECT_EQ(m.type(), api::AssignmentsMessage::COMPLETE);
+
+  pb::CreateVolumeRequest create = volume_request("data", "csi.example");
+  create.mutable_volume_info()->set_volume_id("csi-vol-7");
+  pb::CreateVolumeResponse made;
+  ASSERT_TRUE(call(&pb::Control::Stub::CreateVolume, create, &made).ok());
+  const std::string id = made.volume().id();
+
+  // The task names the volume by name; the server fills in its ID.
+  pb::CreateTaskRequest task;
+  task.mutable_task()->set_node_id("node-a");
+  auto* att = task.mutable_task()->add_volumes();
+  att->set_source("data");
+  att->set_target("/srv");
+  pb::CreateTaskResponse created;
+  auto st = call(&pb::Control::Stub::CreateTask, task, &created);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(created.task().volumes_size(), 1);
+  EXPECT_EQ(created.task().volumes(0).id(), id);
+  EXPECT_EQ(created.task().volumes(0).target(), "/srv");
+  ASSERT_TRUE(assignments->read(m));
+  ASSERT_EQ(m.changes_size(), 1);
+  EXPECT_EQ(m.changes(0).assignment().task().id(), created.task().id());
+
+  // Published to node-a: its stream gets the VolumeAssignment with the publish context.
+  st = publish("data", "node-a");
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_TRUE(assignments->read(m));
+  EXPECT_EQ(m.type(), api::AssignmentsMessage::INCREMENTAL);
+  ASSERT_EQ(m.changes_size(), 1);
+  EXPECT_EQ(m.changes(0).action(), api::AssignmentChange::UPDATE);
+  const auto& va = m.changes(0).assignment().volume();
+  EXPECT_EQ(va.id(), id);
+  EXPECT_EQ(va.volume_id(), "csi-vol-7");
+  EXPECT_EQ(va.driver().name(), "csi.example");
+  EXPECT_EQ(va.publish_context().at("device"), "/dev/xvdf");
+
+  // Single-node: not to a second node. In use and published: not removable.
+  pb::CreateNodeRequest node_b;
+  node_b.set_node_id("node-b");
+  pb::CreateNodeResponse node_made;
+  ASSERT_TRUE(call(&pb::Control::Stub::CreateNode, node_b, &node_made).ok());
+  const std::string before = all_volumes();
+  st = publish(id, "node-b");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(st.error_message(), "volume 'data' is single-node and published to node node-a");
+  st = remove(id);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(st.error_message(),
+            "volume 'data' is in use by the following task: " + created.task().id());
+  pb::RemoveTaskRequest rm_task;
+  rm_task.set_task_id(created.task().id());
+  pb::RemoveTaskResponse task_removed;
+  ASSERT_TRUE(call(&pb::Control::Stub::RemoveTask, rm_task, &task_removed).ok());
+  ASSERT_TRUE(assignments->read(m));
+  st = remove(id);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(st.error_message(),
+            "volume 'data' is still published to node node-a; unpublish it first or force");
+  EXPECT_EQ(all_volumes(), before);
+
+  // Unpublish: the node is told to drop the volume...
+  ASSERT_TRUE(unpublish(id, "node-a").ok());
+  EXPECT_EQ(get(id).publish_status(0).state(), api::VolumePublishStatus::PENDING_NODE_UNPUBLISH);
+  ASSERT_TRUE(assignments->read(m));
+  ASSERT_EQ(m.changes_size(), 1);
+  EXPECT_EQ(m.changes(0).action(), api::AssignmentChange::REMOVE);
+  EXPECT_EQ(m.changes(0).assignment().volume().id(), id);
+  st = publish(id, "node-a");
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(st.error_message(), "volume 'data' is being unpublished from node node-a");
+
+  // ...confirms with UpdateVolumeStatus...
+  api::UpdateVolumeStatusRequest confirm;
+  confirm.set_session_id(s->id());
+  auto* u = confirm.add_updates();
+  u->set_id(id);
+  u->set_unpublished(true);
+  api::UpdateVolumeStatusResponse confirmed;
+  st = dispatcher_->UpdateVolumeStatus(context(as_node("node-a")).get(), confirm, &confirmed);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_TRUE(server_.eventually([&] {
+    auto v = server_.server().store().view(
+        [&](const dispatchd::store::ReadTx& tx) { return tx.volume(id); });
+    return v->publish_status(0).state() == api::VolumePublishStatus::PENDING_UNPUBLISH;
+  }));
+  // ...and the operator's second unpublish (the controller's part) removes the entry.
+  ASSERT_TRUE(unpublish(id, "node-a").ok());
+  EXPECT_EQ(get(id).publish_status_size(), 0);
+  st = remove(id);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(remove(id).error_code(), grpc::StatusCode::NOT_FOUND);
+  assignments->cancel();
+}
+
+TEST_F(ControlVolumeTest, ForcedRemovalTakesAPublishedVolumeAway) {
+  auto s = open_session("node-a");
+  pb::CreateVolumeResponse made;
+  ASSERT_TRUE(
+      call(&pb::Control::Stub::CreateVolume, volume_request("scratch", "csi.example"), &made).ok());
+  ASSERT_TRUE(publish("scratch", "node-a").ok());
+  EXPECT_EQ(remove("scratch").error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(remove("scratch", true).ok());
+  pb::ListVolumesResponse r;
+  ASSERT_TRUE(call(&pb::Control::Stub::ListVolumes, pb::ListVolumesRequest{}, &r).ok());
+  EXPECT_EQ(r.volumes_size(), 0);
+  s->stream->cancel();
+}
+
 }  // namespace

@@ -540,6 +540,64 @@ TEST_F(DispatchctlControl, SecretsAndConfigsGiveATaskItsFiles) {
   EXPECT_EQ(parse_json<cv1::ListSecretsResponse>(r.out).secrets_size(), 0) << show(r);
 }
 
+TEST_F(DispatchctlControl, VolumesArePublishedToANodeAndTakenAway) {
+  auto r = ctl({"volume", "create", "data", "--driver", "csi.example", "--csi-id", "csi-7",
+                "--label", "tier=gold"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  const std::string id = lines(r.out).at(0);
+  r = ctl({"volume", "create", "nodriver"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_EQ(r.err, "dispatchctl: INVALID_ARGUMENT: driver must be specified\n");
+
+  r = ctl({"task", "create", "--node", "node-a", "--id", "task-v", "--volume", "data:/srv"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"task", "create", "--node", "node-a", "--volume", "nope"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_EQ(r.err, "dispatchctl: INVALID_ARGUMENT: volume nope not found\n");
+  r = ctl({"--json", "task", "ls", "--node", "node-a"});
+  auto tasks = parse_json<cv1::ListTasksResponse>(r.out);
+  ASSERT_EQ(tasks.tasks_size(), 1) << show(r);
+  ASSERT_EQ(tasks.tasks(0).volumes_size(), 1);
+  EXPECT_EQ(tasks.tasks(0).volumes(0).id(), id);
+  EXPECT_EQ(tasks.tasks(0).volumes(0).target(), "/srv");
+
+  r = ctl({"volume", "publish", "data", "node-a", "--context", "device=/dev/xvdf"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"volume", "ls"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_EQ(fields(lines(r.out).at(0)),
+            (std::vector<std::string>{"ID", "NAME", "DRIVER", "AVAILABILITY", "PUBLISHED"}));
+  EXPECT_EQ(fields(row(r.out, id)),
+            (std::vector<std::string>{id, "data", "csi.example", "Active", "node-a:Published"}));
+  r = ctl({"volume", "update", "data", "--availability", "drain"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"volume", "inspect", id});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  EXPECT_NE(r.out.find("Availability: Drain\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Label tier: gold\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("CSI ID: csi-7\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Node node-a: Published\n"), std::string::npos) << r.out;
+
+  r = ctl({"volume", "rm", "data"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  EXPECT_EQ(r.err,
+            "dispatchctl: FAILED_PRECONDITION: volume 'data' is in use by the following task: "
+            "task-v\n");
+  ASSERT_EQ(ctl({"task", "rm", "task-v"}).exit_status, 0);
+  r = ctl({"volume", "unpublish", "data", "node-a"});
+  ASSERT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"--json", "volume", "inspect", "data"});
+  auto v = parse_json<cv1::GetVolumeResponse>(r.out);
+  ASSERT_EQ(v.volume().publish_status_size(), 1) << show(r);
+  EXPECT_EQ(v.volume().publish_status(0).state(), api::VolumePublishStatus::PENDING_NODE_UNPUBLISH);
+  r = ctl({"volume", "rm", "data"});
+  EXPECT_EQ(r.exit_status, 1) << show(r);
+  r = ctl({"volume", "rm", "--force", "data"});
+  EXPECT_EQ(r.exit_status, 0) << show(r);
+  r = ctl({"--json", "volume", "ls"});
+  EXPECT_EQ(parse_json<cv1::ListVolumesResponse>(r.out).volumes_size(), 0) << show(r);
+}
+
 TEST(DispatchctlScale, TenThousandNodesInOneCall) {
   TestServer server;
   constexpr int kNodes = 10000;

@@ -85,6 +85,18 @@ class ControlService {
       const pb::UpdateConfigRequest& r, const std::string& who);
   std::expected<pb::RemoveConfigResponse, grpc::Status> remove_config(
       const pb::RemoveConfigRequest& r, const std::string& who);
+  std::expected<pb::CreateVolumeResponse, grpc::Status> create_volume(
+      const pb::CreateVolumeRequest& r, const std::string& who);
+  std::expected<pb::ListVolumesResponse, grpc::Status> list_volumes();
+  std::expected<pb::GetVolumeResponse, grpc::Status> get_volume(const pb::GetVolumeRequest& r);
+  std::expected<pb::UpdateVolumeResponse, grpc::Status> update_volume(
+      const pb::UpdateVolumeRequest& r, const std::string& who);
+  std::expected<pb::RemoveVolumeResponse, grpc::Status> remove_volume(
+      const pb::RemoveVolumeRequest& r, const std::string& who);
+  std::expected<pb::PublishVolumeResponse, grpc::Status> publish_volume(
+      const pb::PublishVolumeRequest& r, const std::string& who);
+  std::expected<pb::UnpublishVolumeResponse, grpc::Status> unpublish_volume(
+      const pb::UnpublishVolumeRequest& r, const std::string& who);
   std::expected<pb::GetRootCAResponse, grpc::Status> get_root_ca();
   std::expected<pb::SetRootCAResponse, grpc::Status> set_root_ca(const pb::SetRootCARequest& r,
                                                                  const std::string& who);
