@@ -15,6 +15,7 @@
 #include "support/agent.hpp"
 #include "support/certs.hpp"
 #include "support/grpc_client.hpp"
+#include "support/http_get.hpp"
 #include "support/test_server.hpp"
 
 namespace {
@@ -789,6 +790,20 @@ TEST_F(ControlVolumeTest, ForcedRemovalTakesAPublishedVolumeAway) {
   pb::ListVolumesResponse r;
   ASSERT_TRUE(call(&pb::Control::Stub::ListVolumes, pb::ListVolumesRequest{}, &r).ok());
   EXPECT_EQ(r.volumes_size(), 0);
+
+  // Counted in /metrics like every other call.
+  auto port = server_.call([&] { return server_.server().admin_endpoint()->port(); });
+  auto reply = dispatchd::test::http_get("127.0.0.1", port, "/metrics");
+  ASSERT_EQ(reply.status, 200);
+  const std::string remove_labels =
+      "grpc_type=\"unary\",grpc_service=\"dispatchd.control.v1.Control\",grpc_method="
+      "\"RemoveVolume\"";
+  EXPECT_NE(reply.body.find("\ngrpc_server_handled_total{" + remove_labels +
+                            ",grpc_code=\"FailedPrecondition\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(
+      reply.body.find("\ngrpc_server_handled_total{" + remove_labels + ",grpc_code=\"OK\"} 1\n"),
+      std::string::npos);
   s->stream->cancel();
 }
 
