@@ -355,6 +355,15 @@ Status resolve_volumes(const store::ReadTx& tx, api::Task& t) {
   return Status::ok();
 }
 
+// The response whose one field is the volume `o`, or o's error.
+template <class Resp>
+std::expected<Resp, Status> volume_reply(std::expected<api::Volume, Status> o) {
+  if (!o) return std::unexpected(o.error());
+  Resp resp;
+  *resp.mutable_volume() = std::move(*o);
+  return resp;
+}
+
 api::VolumePublishStatus* publish_entry(api::Volume& v, const std::string& node_id) {
   for (auto& e : *v.mutable_publish_status())
     if (e.node_id() == node_id) return &e;
@@ -926,12 +935,11 @@ std::expected<pb::CreateVolumeResponse, Status> ControlService::create_volume(
   api::Volume base;
   *base.mutable_volume_info() = r.volume_info();
   auto o = create_object<VolumeKind>(store_, r.spec(), base);
-  if (!o) return std::unexpected(o.error());
-  log::info("control: volume {} created as {} (driver {}) (by {})", o->spec().annotations().name(),
-            o->id(), o->spec().driver().name(), who);
-  pb::CreateVolumeResponse resp;
-  *resp.mutable_volume() = std::move(*o);
-  return resp;
+  if (o) {
+    log::info("control: volume {} created as {} (driver {}) (by {})",
+              o->spec().annotations().name(), o->id(), o->spec().driver().name(), who);
+  }
+  return volume_reply<pb::CreateVolumeResponse>(std::move(o));
 }
 
 std::expected<pb::ListVolumesResponse, Status> ControlService::list_volumes() {
@@ -943,11 +951,7 @@ std::expected<pb::ListVolumesResponse, Status> ControlService::list_volumes() {
 
 std::expected<pb::GetVolumeResponse, Status> ControlService::get_volume(
     const pb::GetVolumeRequest& r) {
-  auto o = get_object<VolumeKind>(store_, r.volume_id());
-  if (!o) return std::unexpected(o.error());
-  pb::GetVolumeResponse resp;
-  *resp.mutable_volume() = std::move(*o);
-  return resp;
+  return volume_reply<pb::GetVolumeResponse>(get_object<VolumeKind>(store_, r.volume_id()));
 }
 
 // As SwarmKit's UpdateVolume: only the labels and the availability may change. The labels are
@@ -968,11 +972,8 @@ std::expected<pb::UpdateVolumeResponse, Status> ControlService::update_volume(
   auto o = relabel_object<VolumeKind>(store_, r.volume_id(), labels, name, [&](api::Volume& v) {
     if (r.has_availability()) v.mutable_spec()->set_availability(r.availability());
   });
-  if (!o) return std::unexpected(o.error());
-  log::info("control: volume {} updated (by {})", name, who);
-  pb::UpdateVolumeResponse resp;
-  *resp.mutable_volume() = std::move(*o);
-  return resp;
+  if (o) log::info("control: volume {} updated (by {})", name, who);
+  return volume_reply<pb::UpdateVolumeResponse>(std::move(o));
 }
 
 // Refused while a task uses the volume or a node has it published (in any publish state),
