@@ -14,6 +14,7 @@
 
 #include "dispatchd/app/server.hpp"
 #include "dispatchd/app/state.hpp"
+#include "dispatchd/app/wal.hpp"
 #include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
 
@@ -95,7 +96,11 @@ int run_daemon(DaemonOptions d) {
 
   std::optional<StateDir> statedir;
   std::optional<dispatchd::state::v1::StoreSnapshot> saved;
-  if (!d.state_dir.empty()) {
+  if (d.in_memory && !d.state_dir.empty()) {
+    log::warn("--in-memory: the store is not kept in {} (--state-dir ignored)", d.state_dir);
+  }
+  if (!d.in_memory) {
+    if (d.state_dir.empty()) d.state_dir = default_state_dir();
     auto dir = StateDir::open(d.state_dir);
     if (!dir) return refuse(dir.error());
     auto loaded = dir->load();
@@ -140,6 +145,49 @@ int run_daemon(DaemonOptions d) {
     log::info("state restored from {}: {} nodes, {} tasks, index {}", statedir->file(),
               saved->nodes_size(), saved->tasks_size(), saved->index());
     saved.reset();
+  }
+  // The write-ahead log: replay what followed the snapshot, then log every commit from here on.
+  std::optional<Wal> wal;
+  bool wal_failed = false;
+  if (statedir) {
+    auto& store = server.store();
+    auto rec = recover_wal(statedir->path(),
+                           [&](const state::v1::JournalRecord& r) { return store.replay(r); });
+    if (!rec) return refuse("state directory " + statedir->path() + ": " + rec.error());
+    if (!rec->cut_segment.empty()) {
+      log::warn(
+          "write-ahead log: cut {} bytes at offset {} of {} ({}); the last whole record "
+          "is index {}. Nothing cut was acknowledged to a client",
+          rec->cut_bytes, rec->cut_offset, rec->cut_segment, rec->cut_reason, rec->last_index);
+    }
+    if (rec->records > 0) {
+      log::info("write-ahead log: {} records in {} segments read; store index {}", rec->records,
+                rec->segments, store.index());
+    }
+    wal.emplace(io, store, statedir->path(), [&](const Status& why) {
+      // Nothing can be acknowledged any more: stop serving, exit non-zero.
+      log::error("stopping: {}", why.message());
+      wal_failed = true;
+      server.stop();
+    });
+    store.set_journal(&*wal);
+    server.add_metrics([&w = *wal](metrics::Writer& m) {
+      const auto& st = w.stats();
+      auto family = [&](const char* name, const char* type, const char* help, double v) {
+        m.family(name, type, help);
+        m.sample(name, v);
+      };
+      family("dispatchd_wal_records_total", "counter",
+             "Store transactions appended to the write-ahead log.", double(st.records));
+      family("dispatchd_wal_syncs_total", "counter",
+             "Batches written and fdatasync'ed (group commit: one per batch).", double(st.batches));
+      family("dispatchd_wal_bytes_total", "counter", "Bytes written to the write-ahead log.",
+             double(st.bytes));
+      family("dispatchd_wal_segments_total", "counter", "Write-ahead log segments started.",
+             double(st.segments));
+      family("dispatchd_wal_sync_seconds_total", "counter",
+             "Time the log's writer thread spent writing and syncing.", st.sync_seconds);
+    });
   }
   auto bound = server.listen();
   if (!bound) {
@@ -194,13 +242,19 @@ int run_daemon(DaemonOptions d) {
     if (ec) return;
     if (server.store().index() != synced_index) {
       synced_index = server.store().index();
+      // Later records go to a new segment, so the ones the snapshot covers can be removed.
+      if (wal) wal->rotate();
       syncer->submit(server.store().capture());
     }
     sync_timer.expires_after(d.state_sync_interval);
     sync_timer.async_wait(on_sync_timer);
   };
   if (statedir && d.state_sync_interval.count() > 0) {
-    syncer.emplace(*statedir);
+    syncer.emplace(*statedir, [dir = statedir->path()](std::uint64_t index) {
+      if (auto n = prune_wal(dir, index); n > 0)
+        log::debug("write-ahead log: {} segments covered by the snapshot at index {} removed", n,
+                   index);
+    });
     sync_timer.expires_after(d.state_sync_interval);
     sync_timer.async_wait(on_sync_timer);
   }
@@ -219,10 +273,20 @@ int run_daemon(DaemonOptions d) {
   });
   io.run();
   reloader.join();
-  int rc = done ? 0 : 1;
+  int rc = done && !wal_failed ? 0 : 1;
   if (syncer) syncer->stop();  // never two writers at once
-  // The io thread has ended: every acknowledged status update is in the store.
-  if (statedir && !save_state(*statedir, server.store())) rc = 1;
+  // The io thread has ended: every acknowledged change is in the store and in the log.
+  if (wal) {
+    if (!wal->stop().is_ok()) rc = 1;
+    server.store().set_journal(nullptr);
+  }
+  if (statedir && !wal_failed) {
+    if (!save_state(*statedir, server.store())) {
+      rc = 1;
+    } else if (wal) {
+      prune_wal(statedir->path(), 0, true);  // the snapshot holds everything
+    }
+  }
   log::info("dispatchd stopped");
   return rc;
 }

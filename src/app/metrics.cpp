@@ -194,6 +194,12 @@ std::string Server::render_metrics() const {
   }
   scalar("dispatchd_tasks", "gauge", "Task objects in the store.", d(tasks));
   scalar("dispatchd_store_index", "counter", "The store's change index.", d(store_.index()));
+  scalar("dispatchd_store_durable_index", "counter",
+         "The store index up to which every change is on disk (equal to the index when the "
+         "store is in memory only).",
+         d(store_.durable_index()));
+  for (const auto& f : extra_metrics_)
+    f(w);
 
   scalar("dispatchd_ready", "gauge", "1 when serving and not draining (as /readyz).",
          ready() ? 1 : 0);

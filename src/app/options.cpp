@@ -28,13 +28,17 @@ void add_flags(Flags& flags, DaemonOptions& o) {
             "HTTP endpoint for operators: /metrics (Prometheus), /healthz, /readyz; empty "
             "disables it",
             string_setter(o.server.admin_listen, true));
-  flags.add("state-dir", "DIR", "",
-            "keep the store (nodes, tasks, acknowledged status updates) in DIR across graceful "
-            "restarts; empty: in memory only",
-            string_setter(o.state_dir, true));
+  flags.add("state-dir", "DIR", "/var/lib/dispatchd as root, else ~/.local/state/dispatchd",
+            "keep the store in DIR: a write-ahead log that every acknowledged change is on "
+            "before its reply, and snapshots of the whole store",
+            string_setter(o.state_dir));
+  flags.add_bool("in-memory",
+                 "keep the store in memory only: nothing survives the process (tests and "
+                 "benchmarks); wins over --state-dir",
+                 o.in_memory);
   flags.add("state-sync-interval", "DURATION", "30s",
-            "with --state-dir, also write the store this often while running (off the serving "
-            "thread; only when it changed), bounding what a crash loses; 0: only on stop",
+            "write a snapshot of the store this often while running (off the serving thread; "
+            "only when it changed) and remove the log it covers; 0: only on stop",
             duration_setter(o.state_sync_interval, true));
   flags.add("tls-cert", "FILE", "",
             "server certificate chain (PEM); its CN is this manager's node ID and its O the "

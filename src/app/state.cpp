@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -117,7 +118,17 @@ std::expected<std::size_t, std::string> StateDir::save(const state::v1::StoreSna
   return data.size();
 }
 
-StateSyncer::StateSyncer(const StateDir& dir) : dir_(dir), thread_([this] { run(); }) {}
+std::string default_state_dir() {
+  if (::geteuid() == 0) return "/var/lib/dispatchd";
+  if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x == '/')
+    return std::string(x) + "/dispatchd";
+  if (const char* h = std::getenv("HOME"); h && *h)
+    return std::string(h) + "/.local/state/dispatchd";
+  return "/var/lib/dispatchd";
+}
+
+StateSyncer::StateSyncer(const StateDir& dir, std::function<void(std::uint64_t)> after_save)
+    : dir_(dir), after_save_(std::move(after_save)), thread_([this] { run(); }) {}
 
 StateSyncer::~StateSyncer() {
   stop();
@@ -164,6 +175,7 @@ void StateSyncer::run() {
     }
     log::debug("state synced to {}: index {}, {} nodes, {} tasks, {} bytes", dir_.file(),
                snap.index(), snap.nodes_size(), snap.tasks_size(), *bytes);
+    if (after_save_) after_save_(snap.index());
     std::lock_guard lock(mu_);
     ++writes_;
   }

@@ -386,7 +386,15 @@ void ControlService::add(grpc::Server& server, const char* method, F f) {
         static const std::vector<std::string> managers = {auth::kManagerRole};
         auto id = authorizer_.authorize(ctx, managers, false);
         if (!id) co_return std::unexpected(id.error());
-        co_return f(req, id->node_id + "@" + id->remote_addr);
+        const std::uint64_t before = store_.index();
+        std::expected<Resp, Status> r = f(req, id->node_id + "@" + id->remote_addr);
+        // A change is answered once it is on disk (docs/behaviour.md §0.5).
+        if (r && store_.index() != before) {
+          if (Status st = co_await store_.wait_durable(store_.index(), &ctx.cancelled());
+              !st.is_ok())
+            co_return std::unexpected(st);
+        }
+        co_return r;
       });
 }
 

@@ -17,6 +17,11 @@ Status stopped_status() {
 Status canceled_status() {
   return Status(StatusCode::cancelled, "context canceled");
 }
+asio::awaitable<Status> stored(Services& s, grpc::ServerContext& ctx) {
+  Status st = co_await s.store.wait_durable(s.store.index(), &ctx.cancelled());
+  if (st.code() == StatusCode::cancelled) co_return canceled_status();
+  co_return st;
+}
 Status fell_behind(const char* what, std::size_t limit) {
   return Status(StatusCode::unavailable,
                 std::string("stream fell behind: more than ") + std::to_string(limit) + " " + what +
@@ -193,10 +198,12 @@ void Dispatcher::add_to(grpc::Server& server) {
         std::uint64_t gen = s.batcher.flushed();
         for (const auto* u : valid)
           gen = s.batcher.queue_task_update(u->task_id(), u->status());
-        // The reply waits for the flush that applied the updates (docs/behaviour.md §0.5).
-        if (!valid.empty() && !co_await s.batcher.wait_flushed(gen, ctx)) {
-          if (!s.running) co_return api::UpdateTaskStatusResponse{};  // flushed by stop()
-          co_return std::unexpected(canceled_status());
+        // The reply waits for the flush that applied the updates, and for the disk
+        // (docs/behaviour.md §0.5). A stop flushes too.
+        if (!valid.empty()) {
+          if (!co_await s.batcher.wait_flushed(gen, ctx) && s.running)
+            co_return std::unexpected(canceled_status());
+          if (auto st = co_await stored(s, ctx); !st.is_ok()) co_return std::unexpected(st);
         }
         co_return api::UpdateTaskStatusResponse{};
       });
@@ -211,9 +218,10 @@ void Dispatcher::add_to(grpc::Server& server) {
         for (const auto& u : req.updates()) {
           if (u.unpublished()) gen = s.batcher.queue_volume_unpublish(u.id(), id->node_id);
         }
-        if (gen > s.batcher.flushed() && !co_await s.batcher.wait_flushed(gen, ctx)) {
-          if (!s.running) co_return api::UpdateVolumeStatusResponse{};
-          co_return std::unexpected(canceled_status());
+        if (gen > s.batcher.flushed()) {
+          if (!co_await s.batcher.wait_flushed(gen, ctx) && s.running)
+            co_return std::unexpected(canceled_status());
+          if (auto st = co_await stored(s, ctx); !st.is_ok()) co_return std::unexpected(st);
         }
         co_return api::UpdateVolumeStatusResponse{};
       });

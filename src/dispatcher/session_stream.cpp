@@ -96,6 +96,7 @@ asio::awaitable<std::expected<std::string, Status>> register_or_resume(
     // Stop while waiting for the flush: the client sees the dispatcher's cancellation.
     if (!co_await s.batcher.wait_flushed(mark_ready(), ctx) || !s.running)
       co_return std::unexpected(canceled_status());
+    if (auto st = co_await stored(s, ctx); !st.is_ok()) co_return std::unexpected(st);
     co_return req.session_id();
   }
   if (auto st = s.registry.check_rate_limit(node_id); !st.is_ok()) co_return std::unexpected(st);
@@ -115,6 +116,9 @@ asio::awaitable<std::expected<std::string, Status>> register_or_resume(
   }
   if (!co_await s.batcher.wait_flushed(mark_ready(), ctx) || !s.running)
     co_return std::unexpected(canceled_status());
+  // The node's READY status (and its admission) are on disk before the agent hears of it.
+  if (auto st = co_await stored(s, ctx); !st.is_ok()) co_return std::unexpected(st);
+  if (!s.running) co_return std::unexpected(canceled_status());
   co_return s.registry.register_node(node_id).session_id;
 }
 

@@ -89,6 +89,79 @@ Status Store::restore(const dispatchd::state::v1::StoreSnapshot& s) {
   }
   managers_ = std::make_shared<const ManagerList>(s.managers().begin(), s.managers().end());
   index_ = std::max(index_, s.index());
+  durable_index_ = index_;
+  return Status::ok();
+}
+
+Status Store::replay(const dispatchd::state::v1::JournalRecord& r) {
+  using dispatchd::state::v1::JournalChange;
+  if (in_tx_) return Status(StatusCode::failed_precondition, "replay inside a transaction");
+  if (r.index() <= index_) return Status::ok();
+  auto bad = [&](const std::string& what) {
+    return Status(StatusCode::data_loss, "record " + std::to_string(r.index()) + ": " + what);
+  };
+  auto apply = [&](auto& table, const JournalChange& c, auto tag) -> Status {
+    using T = decltype(tag);
+    if (c.kind() == JournalChange::REMOVE) {
+      if constexpr (std::is_same_v<T, api::Task>) {
+        auto it = table.find(c.id());
+        if (it != table.end()) index_task(it->second.get(), nullptr);
+      }
+      table.erase(c.id());
+      return Status::ok();
+    }
+    auto obj = std::make_shared<T>();
+    if (!obj->ParseFromString(c.object())) return bad("unreadable object " + c.id());
+    if (obj->id() != c.id()) return bad("object " + c.id() + " has ID " + obj->id());
+    auto it = table.find(c.id());
+    if constexpr (std::is_same_v<T, api::Task>) {
+      index_task(it == table.end() ? nullptr : it->second.get(), obj.get());
+    }
+    table[c.id()] = std::move(obj);
+    return Status::ok();
+  };
+  for (const auto& c : r.changes()) {
+    Status st;
+    switch (c.type()) {
+      case JournalChange::NODE:
+        st = apply(nodes_, c, api::Node{});
+        break;
+      case JournalChange::TASK:
+        st = apply(tasks_, c, api::Task{});
+        break;
+      case JournalChange::SECRET:
+        st = apply(secrets_, c, api::Secret{});
+        break;
+      case JournalChange::CONFIG:
+        st = apply(configs_, c, api::Config{});
+        break;
+      case JournalChange::VOLUME:
+        st = apply(volumes_, c, api::Volume{});
+        break;
+      case JournalChange::CLUSTER: {
+        auto cl = std::make_shared<api::Cluster>();
+        if (!cl->ParseFromString(c.object())) return bad("unreadable cluster");
+        if (cl->id() != cluster_->id()) {
+          return Status(StatusCode::failed_precondition, "the log belongs to cluster \"" +
+                                                             cl->id() + "\", this server is \"" +
+                                                             cluster_->id() + "\"");
+        }
+        cluster_ = std::move(cl);
+        break;
+      }
+      case JournalChange::MANAGERS: {
+        dispatchd::state::v1::ManagerList m;
+        if (!m.ParseFromString(c.object())) return bad("unreadable manager list");
+        managers_ = std::make_shared<const ManagerList>(m.managers().begin(), m.managers().end());
+        break;
+      }
+      default:
+        return bad("unknown object type " + std::to_string(c.type()));
+    }
+    if (!st.is_ok()) return st;
+  }
+  index_ = r.index();
+  durable_index_ = index_;
   return Status::ok();
 }
 

@@ -217,7 +217,7 @@ std::size_t WriteTx::changes() const noexcept {
 Status WriteTx::update(api::Cluster c) {
   w_.stamp(c.mutable_meta(), false);
   auto p = std::make_shared<const api::Cluster>(std::move(c));
-  Store::Change ch{EventKind::update, ObjectType::cluster, p->id(), p, w_.cluster_};
+  Change ch{EventKind::update, ObjectType::cluster, p->id(), p, w_.cluster_};
   w_.cluster_ = p;
   w_.pending_.push_back(std::move(ch));
   return Status::ok();
@@ -225,7 +225,7 @@ Status WriteTx::update(api::Cluster c) {
 
 void WriteTx::set_managers(ManagerList m) {
   auto p = std::make_shared<const ManagerList>(std::move(m));
-  Store::Change ch{EventKind::update, ObjectType::managers, "", p, w_.managers_};
+  Change ch{EventKind::update, ObjectType::managers, "", p, w_.managers_};
   w_.managers_ = p;
   w_.pending_.push_back(std::move(ch));
 }
@@ -237,6 +237,7 @@ Store::Store(std::string cluster_id) {
   stamp(c.mutable_meta(), true);
   cluster_ = std::make_shared<const api::Cluster>(std::move(c));
   managers_ = std::make_shared<const ManagerList>();
+  durable_index_ = index_;
 }
 
 void Store::stamp(api::Meta* meta, bool create) {
@@ -359,19 +360,66 @@ void Store::rollback() {
 Status Store::update(const std::function<Status(WriteTx&)>& f) {
   if (in_tx_) return Status(StatusCode::internal, "nested store transaction");
   in_tx_ = true;
+  const std::uint64_t start = index_;
   WriteTx tx(*this);
   Status st = f(tx);
   in_tx_ = false;
   if (!st.is_ok()) {
     rollback();
+    index_ = start;  // nothing saw the stamps of the undone changes
     return st;
   }
   std::vector<Change> changes;
   changes.swap(pending_);
-  if (!changes.empty()) ++commits_;
+  if (changes.empty()) return st;
+  ++commits_;
+  // Every commit moves the index (removals and the manager list stamp nothing), so that the
+  // journal's records and durability waits can name it.
+  if (index_ == start) ++index_;
+  if (journal_ && !journal_error_) {
+    journal_->append(index_, changes);
+  } else if (!journal_) {
+    durable_index_ = index_;
+  }
   for (const auto& c : changes)
     publish(c);
   return st;
+}
+
+void Store::set_journal(Journal* j) noexcept {
+  journal_ = j;
+  if (!j) mark_durable(index_);
+}
+
+void Store::mark_durable(std::uint64_t index) {
+  if (index <= durable_index_) return;
+  durable_index_ = index;
+  durable_waiters_.for_each([&](DurableWaiter& w) {
+    if (w.index <= index) w.wakeup->notify();
+  });
+}
+
+void Store::journal_failed(Status why) {
+  if (journal_error_) return;
+  journal_error_ = std::move(why);
+  durable_waiters_.for_each([](DurableWaiter& w) { w.wakeup->notify(); });
+}
+
+asio::awaitable<Status> Store::wait_durable(std::uint64_t index, co::Event* cancel) {
+  if (durable_index_ >= index) co_return Status::ok();
+  co::Wakeup wakeup;
+  DurableWaiter w;
+  w.index = index;
+  w.wakeup = &wakeup;
+  durable_waiters_.push_back(w);
+  std::optional<co::Event::Listener> cancelled;
+  if (cancel) cancelled.emplace(*cancel, wakeup);
+  for (;;) {
+    if (durable_index_ >= index) co_return Status::ok();
+    if (journal_error_) co_return *journal_error_;
+    if (cancel && cancel->is_set()) co_return Status(StatusCode::cancelled, "call cancelled");
+    co_await wakeup.async_park();
+  }
 }
 
 void Store::watch(Watcher& w, Filter f) {

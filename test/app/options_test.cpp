@@ -62,7 +62,8 @@ TEST(OptionsTest, NoArgumentsGiveTheDocumentedDefaults) {
   EXPECT_EQ(o.server.h2.keepalive_timeout, 20s);
   EXPECT_EQ(o.server.h2.write_stall_timeout, 1min);
   EXPECT_EQ(o.advertise, "");
-  EXPECT_EQ(o.state_dir, "");
+  EXPECT_EQ(o.state_dir, "");  // the daemon picks default_state_dir()
+  EXPECT_FALSE(o.in_memory);   // durable by default
   EXPECT_EQ(o.state_sync_interval, 30s);
   EXPECT_EQ(o.log_level, log::Level::info);
   EXPECT_EQ(o.log_format, log::Format::text);

@@ -21,9 +21,11 @@ struct DaemonOptions {
   Options server;
   // Manager address handed to agents; empty: the bound --listen address.
   std::string advertise;
-  // Keep the store here across restarts; empty: in memory only.
+  // The state directory (write-ahead log and snapshots); empty: default_state_dir().
   std::string state_dir;
-  // With a state directory, also write the store this often while running (0: only on stop).
+  // No state directory: the store lives in memory only (wins over state_dir).
+  bool in_memory = false;
+  // Write a snapshot this often while running and prune the log it covers (0: only on stop).
   std::chrono::milliseconds state_sync_interval{30000};
   log::Level log_level = log::Level::info;
   log::Format log_format = log::Format::text;

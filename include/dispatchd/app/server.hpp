@@ -5,7 +5,9 @@
 #include <asio/io_context.hpp>
 #include <chrono>
 #include <expected>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "dispatchd/admin/http_server.hpp"
 #include "dispatchd/co/intrusive_list.hpp"
@@ -17,6 +19,7 @@
 #include "dispatchd/grpc/reflection.hpp"
 #include "dispatchd/grpc/server.hpp"
 #include "dispatchd/h2/connection.hpp"
+#include "dispatchd/metrics.hpp"
 #include "dispatchd/net/acceptor.hpp"
 #include "dispatchd/net/handshake_pool.hpp"
 #include "dispatchd/net/tls.hpp"
@@ -120,6 +123,10 @@ class Server {
   bool ready() const noexcept { return running_ && !stopping_ && dispatcher_.running(); }
   // The Prometheus text exposition of everything above (/metrics).
   std::string render_metrics() const;
+  // Families of a part the daemon adds (the write-ahead log), written after the store's.
+  void add_metrics(std::function<void(metrics::Writer&)> f) {
+    extra_metrics_.push_back(std::move(f));
+  }
 
  private:
   asio::awaitable<void> serve_connection(std::shared_ptr<h2::Connection> c);
@@ -164,6 +171,7 @@ class Server {
   std::size_t handshakes_admitted_ = 0;
   co::TimerCallback<std::function<void()>> admission_check_{[this] { admit_waiting(); }};
   ServerStats stats_;
+  std::vector<std::function<void(metrics::Writer&)>> extra_metrics_;
   admin::HttpServer admin_;
   std::optional<asio::ip::tcp::endpoint> admin_endpoint_;
   co::Scope admin_scope_;

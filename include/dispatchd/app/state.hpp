@@ -1,11 +1,13 @@
 #pragma once
-// The state directory (--state-dir): the store is written there when the server stops
-// gracefully and read back at start, so that nodes, tasks and every acknowledged status update
-// survive a restart. Blocking file I/O: call these before the io thread runs or after it ended.
+// The state directory (--state-dir): snapshots of the store (store.pb, written periodically and
+// when the server stops gracefully) and the write-ahead log of every change since the last one
+// (wal.hpp). Read back at start, so that every acknowledged change survives a restart or a crash.
+// Blocking file I/O: call these before the io thread runs or after it ended.
 
 #include <condition_variable>
 #include <cstdint>
 #include <expected>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -15,6 +17,10 @@
 #include "state.pb.h"
 
 namespace dispatchd::app {
+
+// Where the state lives unless --state-dir says otherwise: /var/lib/dispatchd for root, else
+// $XDG_STATE_HOME/dispatchd, else ~/.local/state/dispatchd.
+std::string default_state_dir();
 
 class StateDir {
  public:
@@ -46,7 +52,9 @@ class StateDir {
 // While a write runs, a newer capture replaces any that waits (only the newest matters).
 class StateSyncer {
  public:
-  explicit StateSyncer(const StateDir& dir);
+  // `after_save(index)` runs on the syncer's thread once a snapshot at `index` is on disk (the
+  // write-ahead log it covers can go).
+  StateSyncer(const StateDir& dir, std::function<void(std::uint64_t)> after_save = {});
   StateSyncer(const StateSyncer&) = delete;
   StateSyncer& operator=(const StateSyncer&) = delete;
   ~StateSyncer();  // stop()
@@ -60,6 +68,7 @@ class StateSyncer {
  private:
   void run();
   const StateDir& dir_;
+  std::function<void(std::uint64_t)> after_save_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::optional<store::Capture> pending_;

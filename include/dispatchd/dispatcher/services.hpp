@@ -75,6 +75,9 @@ struct Services {
 // Common answers (SwarmKit's texts).
 Status stopped_status();   // ABORTED "dispatcher is stopped"
 Status canceled_status();  // CANCELLED "context canceled"
+// Until every change committed so far is on disk (docs/behaviour.md §0.5): OK; the write-ahead
+// log's failure (UNAVAILABLE); CANCELLED "context canceled" if the call is cancelled first.
+asio::awaitable<Status> stored(Services& s, grpc::ServerContext& ctx);
 Status fell_behind(const char* what, std::size_t limit);
 
 // What every call but Session does first: the dispatcher runs, the caller is an agent, and

@@ -9,17 +9,20 @@
 // transaction never suspends, so `view` then `watch` in the same synchronous step is an atomic
 // snapshot-plus-subscription (view_and_watch): no change is missed or seen twice.
 
+#include <asio/awaitable.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "dispatchd/co/event.hpp"
 #include "dispatchd/co/intrusive_list.hpp"
 #include "dispatchd/status.hpp"
 #include "objects.pb.h"
@@ -81,6 +84,25 @@ class Watcher : public co::ListHook {
 };
 
 class Store;
+
+// One change of a committed transaction: the object after it (the removed one for `remove`).
+struct Change {
+  EventKind kind;
+  ObjectType type;
+  std::string id;
+  std::shared_ptr<const void> object;
+  std::shared_ptr<const void> old;
+};
+
+// Told of every commit, in order, before any watcher sees it: the write-ahead log
+// (docs/architecture.md, "Durability"). `index` is the store's index after the commit; the
+// journal later calls Store::mark_durable(index) once the commit is on disk, or
+// Store::journal_failed() if it never will be. Runs on the io thread and must not block.
+class Journal {
+ public:
+  virtual ~Journal() = default;
+  virtual void append(std::uint64_t index, std::span<const Change> changes) = 0;
+};
 
 class ReadTx {
  public:
@@ -183,6 +205,19 @@ class Store {
   // Replaces the contents with a snapshot, without events: only before anything watches or
   // writes (start-up). Objects keep their meta; the index continues from the snapshot's.
   Status restore(const dispatchd::state::v1::StoreSnapshot& s);
+  // Applies one write-ahead log record after restore(), without events (start-up only). Records
+  // at or below the current index are already in the snapshot and are skipped.
+  Status replay(const dispatchd::state::v1::JournalRecord& r);
+
+  // Durability. Without a journal every commit is durable when it returns.
+  void set_journal(Journal* j) noexcept;
+  std::uint64_t durable_index() const noexcept { return durable_index_; }
+  void mark_durable(std::uint64_t index);
+  // The journal cannot write any more: every wait, now and later, fails with `why`.
+  void journal_failed(Status why);
+  // Until every commit up to `index` is durable: OK; the journal's failure; or CANCELLED when
+  // `cancel` is set first.
+  asio::awaitable<Status> wait_durable(std::uint64_t index, co::Event* cancel = nullptr);
 
   std::uint64_t commits() const noexcept { return commits_; }
   std::uint64_t index() const noexcept { return index_; }
@@ -193,14 +228,6 @@ class Store {
 
   template <class T>
   using Table = std::unordered_map<std::string, Ptr<T>>;
-
-  struct Change {
-    EventKind kind;
-    ObjectType type;
-    std::string id;
-    std::shared_ptr<const void> object;
-    std::shared_ptr<const void> old;
-  };
 
   template <class T>
   Table<T>& table();
@@ -239,6 +266,15 @@ class Store {
   bool in_tx_ = false;
   std::uint64_t index_ = 0;
   std::uint64_t commits_ = 0;
+
+  struct DurableWaiter : co::ListHook {
+    std::uint64_t index = 0;
+    co::Wakeup* wakeup = nullptr;
+  };
+  Journal* journal_ = nullptr;
+  std::uint64_t durable_index_ = 0;
+  std::optional<Status> journal_error_;
+  co::IntrusiveList<DurableWaiter> durable_waiters_;
 };
 
 }  // namespace dispatchd::store
