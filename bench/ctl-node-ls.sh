@@ -12,7 +12,7 @@ ghz=../shared/tools/ghz
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-taskset -c 0 build/dispatchd --insecure --listen 127.0.0.1:0 --admin-listen= \
+taskset -c 0 build/dispatchd --insecure --in-memory --listen 127.0.0.1:0 --admin-listen= \
   --heartbeat-period 1h --heartbeat-epsilon 0s --rate-limit-period 0s 2>"$work/server.log" &
 for _ in $(seq 100); do
   port=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/server.log" | grep -o '[0-9]*$' || true)

@@ -22,7 +22,7 @@ done
 out=$(mktemp -d)
 trap 'kill "${client:-}" "${server:-}" 2>/dev/null || true; rm -rf "$out"' EXIT
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-LD_PRELOAD=${SERVER_PRELOAD:-} taskset -c 0 "$bin/dispatchd" --insecure --listen "127.0.0.1:$port" \
+LD_PRELOAD=${SERVER_PRELOAD:-} taskset -c 0 "$bin/dispatchd" --insecure --in-memory --listen "127.0.0.1:$port" \
   --admin-listen= --log-level warn 2>"$out/server.log" &
 server=$!
 # sessmux retries nothing: wait until the server accepts connections.

@@ -128,7 +128,7 @@ start_server() {
   local kind=$1 p=$2 log=$3 state=${4:-}
   local extra=()
   if [ "$kind" = dispatchd ]; then
-    [ -n "$state" ] && extra=(--state-dir "$state")
+    if [ -n "$state" ]; then extra=(--state-dir "$state"); else extra=(--in-memory); fi
     # shellcheck disable=SC2206  # word splitting wanted: several flags in one argument
     [ -n "$server_args" ] && extra+=($server_args)
     "${pin_server[@]}" build/dispatchd --listen "127.0.0.1:$p" --admin-listen= \

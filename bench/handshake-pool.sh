@@ -41,7 +41,7 @@ printf '|---|---|---|---|---|---|---|\n'
 for rep in $(seq "$reps"); do
   for t in $threads; do
     : >"$work/server.log"
-    taskset -c "$server_cpus" "$bin" --listen 127.0.0.1:0 --admin-listen '' --log-level info --heartbeat-period 1h \
+    taskset -c "$server_cpus" "$bin" --in-memory --listen 127.0.0.1:0 --admin-listen '' --log-level info --heartbeat-period 1h \
       --tls-cert "$certs/server.pem" --tls-key "$certs/server.key" --tls-ca "$certs/ca.pem" \
       --tls-handshake-threads "$t" 2>"$work/server.log" &
     server=$!

@@ -57,7 +57,7 @@ run() {
     url=http://127.0.0.1:$port/hb
     sleep 0.5
   else
-    taskset -c 0 build/dispatchd --insecure --listen "127.0.0.1:$port" --admin-listen= \
+    taskset -c 0 build/dispatchd --insecure --in-memory --listen "127.0.0.1:$port" --admin-listen= \
       --log-level warn 2>"$work/server.log" &
     server=$!
     sleep 0.5

@@ -130,10 +130,10 @@ start_server() {
   case $kind in
     dispatchd)
       if [ -n "$tls" ]; then
-        "${pin_server[@]}" "$bin/dispatchd" --listen "127.0.0.1:$port" --admin-listen= --log-level warn \
+        "${pin_server[@]}" "$bin/dispatchd" --in-memory --listen "127.0.0.1:$port" --admin-listen= --log-level warn \
           --tls-cert "$tls/server.pem" --tls-key "$tls/server.key" --tls-ca "$tls/ca.pem" 2>"$log" &
       else
-        "${pin_server[@]}" "$bin/dispatchd" --insecure --listen "127.0.0.1:$port" --admin-listen= \
+        "${pin_server[@]}" "$bin/dispatchd" --insecure --in-memory --listen "127.0.0.1:$port" --admin-listen= \
           --log-level error 2>"$log" &
       fi ;;
     grpcpp-cq) "${pin_server[@]}" "$peers/grpcpp-peer" --api cq --listen "127.0.0.1:$port" 2>"$log" & ;;

@@ -52,7 +52,7 @@ for mode in $modes; do
   esac
   : >"$work/server.log"
   # Long heartbeat period: idle sessions stay up for the whole measurement.
-  ${SERVER_WRAP:-} "$bin" "${sflags[@]}" --listen 127.0.0.1:0 --admin-listen '' \
+  ${SERVER_WRAP:-} "$bin" "${sflags[@]}" --in-memory --listen 127.0.0.1:0 --admin-listen '' \
     --heartbeat-period 1h --log-level info "${extra[@]}" 2>"$work/server.log" &
   server=$!
   port=$(server_port "$work/server.log")

@@ -23,7 +23,7 @@ for round in $(seq "$rounds"); do
     [ "$mode" = openssl ] && extra=(--tls-openssl-records)
     : >"$work/log"
     "$bin" --tls-cert "$work/server.pem" --tls-key "$work/server.key" --tls-ca "$work/ca.pem" \
-      --listen 127.0.0.1:0 --admin-listen '' --log-level info "${extra[@]}" 2>"$work/log" &
+      --in-memory --listen 127.0.0.1:0 --admin-listen '' --log-level info "${extra[@]}" 2>"$work/log" &
     pid=$!
     port=$(server_port "$work/log")
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")

@@ -1,6 +1,7 @@
-// The real dispatchd binary, stopped with SIGTERM while agents report task status: every update
-// the server acknowledged is in the store it restarts from, every Session is sent away with the
-// manager list, and the process exits 0.
+// The real dispatchd binary, stopped with SIGTERM or killed with SIGKILL while agents report task
+// status: every update the server acknowledged is in the store it restarts from (the write-ahead
+// log, docs/architecture.md "Durability"); on SIGTERM every Session is sent away with the manager
+// list and the process exits 0. Also: what a damaged state directory does at start.
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <set>
 #include <string>
@@ -83,6 +85,97 @@ std::string task_id(int i) {
   return ::testing::AssertionSuccess();
 }
 
+// Reporters for one node, each on its own connection, one update per call, until every task is
+// reported or a call fails (the server went away). Records the tasks whose update was answered OK.
+class Reporters {
+ public:
+  Reporters(const std::string& address, const std::string& session_id, int tasks,
+            int reporters = 4) {
+    for (int w = 0; w < reporters; ++w) {
+      threads_.emplace_back([=, this] { run(address, session_id, tasks, w, reporters); });
+    }
+  }
+  ~Reporters() { join(); }
+
+  // Not a sleep: until `n` updates are acknowledged (bounded).
+  bool wait_for_acks(int n) {
+    auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (acks_.load() < n && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::yield();
+    return acks_.load() >= n;
+  }
+  void join() {
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+  std::set<std::string> acknowledged() {
+    std::lock_guard lock(mu_);
+    return acknowledged_;
+  }
+
+ private:
+  void run(const std::string& address, const std::string& session_id, int tasks, int first,
+           int step) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto ch = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    auto stub = api::Dispatcher::NewStub(ch);
+    for (int i = first; i < tasks; i += step) {
+      api::UpdateTaskStatusRequest req;
+      req.set_session_id(session_id);
+      auto* u = req.add_updates();
+      u->set_task_id(task_id(i));
+      u->mutable_status()->set_state(api::RUNNING);
+      u->mutable_status()->set_message("reported " + task_id(i));
+      api::UpdateTaskStatusResponse resp;
+      auto ctx = as("node-a");
+      if (!stub->UpdateTaskStatus(ctx.get(), req, &resp).ok()) return;
+      std::lock_guard lock(mu_);
+      acknowledged_.insert(task_id(i));
+      ++acks_;
+    }
+  }
+
+  std::mutex mu_;
+  std::set<std::string> acknowledged_;
+  std::atomic<int> acks_{0};
+  std::vector<std::thread> threads_;
+};
+
+// Every acknowledged task is RUNNING with its message in `tasks`; returns how many are RUNNING.
+std::size_t expect_acknowledged_in(const pb::ListTasksResponse& tasks,
+                                   const std::set<std::string>& acknowledged) {
+  std::size_t running = 0;
+  for (const auto& t : tasks.tasks()) {
+    if (acknowledged.contains(t.id())) {
+      EXPECT_EQ(t.status().state(), api::RUNNING) << t.id() << " was acknowledged but is lost";
+      EXPECT_EQ(t.status().message(), "reported " + t.id());
+    }
+    if (t.status().state() == api::RUNNING) ++running;
+  }
+  return running;
+}
+
+std::size_t wal_segments(const std::string& dir) {
+  std::size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().filename().string().starts_with("wal-")) ++n;
+  return n;
+}
+
+// Every task of node-a, from the operator API of the server at `address`.
+pb::ListTasksResponse list_tasks(const std::string& address) {
+  auto control =
+      pb::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  pb::ListTasksRequest list;
+  list.set_node_id("node-a");
+  pb::ListTasksResponse tasks;
+  auto ctx = as("ops", "swarm-manager");
+  auto st = control->ListTasks(ctx.get(), list, &tasks);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return tasks;
+}
+
 TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   TempDir dir;
   auto first = start_server(dir.path);
@@ -99,39 +192,9 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   constexpr int kTasks = 2000;
   ASSERT_TRUE(create_tasks(*control, "node-a", kTasks));
 
-  // Four agents' worth of reporters, each on its own connection, one update per call. SIGTERM
-  // arrives while they are still reporting.
-  std::mutex mu;
-  std::set<std::string> acknowledged;
-  std::atomic<int> acks{0};
-  std::vector<std::thread> reporters;
-  for (int w = 0; w < 4; ++w) {
-    reporters.emplace_back([&, w] {
-      grpc::ChannelArguments args;
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-      auto ch = grpc::CreateCustomChannel(first.address, grpc::InsecureChannelCredentials(), args);
-      auto stub = api::Dispatcher::NewStub(ch);
-      for (int i = w; i < kTasks; i += 4) {
-        api::UpdateTaskStatusRequest req;
-        req.set_session_id(session_id);
-        auto* u = req.add_updates();
-        u->set_task_id(task_id(i));
-        u->mutable_status()->set_state(api::RUNNING);
-        u->mutable_status()->set_message("reported " + task_id(i));
-        api::UpdateTaskStatusResponse resp;
-        auto ctx = as("node-a");
-        if (!stub->UpdateTaskStatus(ctx.get(), req, &resp).ok()) return;
-        std::lock_guard lock(mu);
-        acknowledged.insert(task_id(i));
-        ++acks;
-      }
-    });
-  }
-  // Not a sleep: wait until some updates are acknowledged (bounded), then stop mid-stream.
-  auto deadline = std::chrono::steady_clock::now() + 30s;
-  while (acks.load() < 40 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::yield();
-  ASSERT_GE(acks.load(), 40);
+  // Four agents' worth of reporters; SIGTERM arrives while they are still reporting.
+  Reporters reporters(first.address, session_id, kTasks);
+  ASSERT_TRUE(reporters.wait_for_acks(40));
   first.process->signal(SIGTERM);
 
   // The Session is sent away: its last message carries the manager list, then ABORTED.
@@ -147,8 +210,8 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << st.error_message();
   EXPECT_EQ(st.error_message(), "node must disconnect");
 
-  for (auto& t : reporters)
-    t.join();
+  reporters.join();
+  const auto acknowledged = reporters.acknowledged();
   auto status = first.process->wait(30s);
   ASSERT_TRUE(status.has_value()) << first.process->output();
   EXPECT_EQ(*status, 0) << first.process->output();
@@ -156,6 +219,7 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
       << first.process->output();
   EXPECT_NE(first.process->output().find("reason=dispatcher-stopped"), std::string::npos)
       << first.process->output();
+  EXPECT_EQ(wal_segments(dir.path), 0u) << "the final snapshot covers the whole log";
   std::size_t acked = acknowledged.size();
   EXPECT_LT(acked, static_cast<std::size_t>(kTasks)) << "the stop came after every update";
 
@@ -170,15 +234,7 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   auto lctx = as("ops", "swarm-manager");
   ASSERT_TRUE(control2->ListTasks(lctx.get(), list, &tasks).ok());
   ASSERT_EQ(tasks.tasks_size(), kTasks);
-  std::size_t running = 0;
-  for (const auto& t : tasks.tasks()) {
-    if (acknowledged.contains(t.id())) {
-      EXPECT_EQ(t.status().state(), api::RUNNING) << t.id() << " was acknowledged but is lost";
-      EXPECT_EQ(t.status().message(), "reported " + t.id());
-    }
-    if (t.status().state() == api::RUNNING) ++running;
-  }
-  EXPECT_GE(running, acked);
+  EXPECT_GE(expect_acknowledged_in(tasks, acknowledged), acked);
   pb::GetNodeRequest get;
   get.set_node_id("node-a");
   pb::GetNodeResponse node;
@@ -216,6 +272,99 @@ TEST(GracefulStopTest, AKilledServerRestartsFromItsLastPeriodicSync) {
   EXPECT_EQ(tasks.tasks_size(), 10);
   second.process->signal(SIGTERM);
   EXPECT_EQ(second.process->wait(30s), 0) << second.process->output();
+}
+
+// SIGKILL in the middle of the reports, long before any periodic snapshot (30 s): the
+// write-ahead log alone holds every acknowledged update.
+TEST(GracefulStopTest, AKilledServerLosesNoAcknowledgedTaskStatus) {
+  TempDir dir;
+  auto first = start_server(dir.path);
+  ASSERT_FALSE(first.address.empty()) << first.process->output();
+  auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
+  auto dispatcher = api::Dispatcher::NewStub(channel);
+  auto control = pb::Control::NewStub(channel);
+  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
+  ASSERT_TRUE(session->ok);
+  constexpr int kTasks = 2000;
+  ASSERT_TRUE(create_tasks(*control, "node-a", kTasks));
+
+  Reporters reporters(first.address, session->id(), kTasks);
+  ASSERT_TRUE(reporters.wait_for_acks(200));
+  first.process->signal(SIGKILL);
+  ASSERT_EQ(first.process->wait(30s), 128 + SIGKILL);
+  reporters.join();
+  const auto acknowledged = reporters.acknowledged();
+  EXPECT_LT(acknowledged.size(), static_cast<std::size_t>(kTasks)) << "killed after every update";
+  EXPECT_FALSE(std::filesystem::exists(dir.path + "/store.pb")) << "no snapshot was written";
+
+  auto second = start_server(dir.path);
+  ASSERT_FALSE(second.address.empty()) << second.process->output();
+  EXPECT_NE(second.process->output().find("write-ahead log: "), std::string::npos)
+      << second.process->output();
+  auto tasks = list_tasks(second.address);
+  ASSERT_EQ(tasks.tasks_size(), kTasks);
+  EXPECT_GE(expect_acknowledged_in(tasks, acknowledged), acknowledged.size());
+  second.process->signal(SIGTERM);
+  EXPECT_EQ(second.process->wait(30s), 0) << second.process->output();
+}
+
+// A crash in the middle of a write leaves part of a record: the start cuts it, says so, and
+// keeps every whole record before it.
+TEST(GracefulStopTest, ATornLogTailIsCutWithALogLine) {
+  TempDir dir;
+  auto first = start_server(dir.path);
+  ASSERT_FALSE(first.address.empty()) << first.process->output();
+  auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
+  auto dispatcher = api::Dispatcher::NewStub(channel);
+  auto control = pb::Control::NewStub(channel);
+  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
+  ASSERT_TRUE(session->ok);
+  ASSERT_TRUE(create_tasks(*control, "node-a", 3));
+  first.process->signal(SIGKILL);
+  ASSERT_EQ(first.process->wait(30s), 128 + SIGKILL);
+
+  ASSERT_EQ(wal_segments(dir.path), 1u);
+  std::filesystem::path segment;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path))
+    if (e.path().filename().string().starts_with("wal-")) segment = e.path();
+  const auto whole = std::filesystem::file_size(segment);
+  {
+    // The start of a record that claims 100 bytes, of which 5 made it to disk.
+    std::ofstream out(segment, std::ios::binary | std::ios::app);
+    const char torn[] = {100, 0, 0, 0, 1, 2, 3, 4, 'a', 'b', 'c', 'd', 'e'};
+    out.write(torn, sizeof torn);
+  }
+
+  auto second = start_server(dir.path);
+  ASSERT_FALSE(second.address.empty()) << second.process->output();
+  EXPECT_NE(second.process->output().find("write-ahead log: cut 13 bytes at offset " +
+                                          std::to_string(whole)),
+            std::string::npos)
+      << second.process->output();
+  EXPECT_NE(second.process->output().find("(torn record)"), std::string::npos)
+      << second.process->output();
+  EXPECT_EQ(list_tasks(second.address).tasks_size(), 3);
+  second.process->signal(SIGTERM);
+  EXPECT_EQ(second.process->wait(30s), 0) << second.process->output();
+}
+
+TEST(GracefulStopTest, ALogOfAnotherFormatVersionIsRefused) {
+  TempDir dir;
+  {
+    std::ofstream out(dir.path + "/wal-0000000000000001.log", std::ios::binary);
+    const char header[] = {'D', 'S', 'P', 'D', 'W', 'A', 'L', '\n', 2, 0, 0, 0};
+    out.write(header, sizeof header);
+  }
+  ChildProcess p({DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0",
+                  "--admin-listen=", "--state-dir", dir.path});
+  auto status = p.wait(30s);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_EQ(*status, 2) << p.output();
+  EXPECT_NE(p.output().find("is write-ahead log format 2; this build reads format 1"),
+            std::string::npos)
+      << p.output();
+  // Nothing was changed: the segment is still there.
+  EXPECT_EQ(wal_segments(dir.path), 1u);
 }
 
 TEST(GracefulStopTest, AStateFileFromAnotherClusterIsRefusedAtStart) {
@@ -281,7 +430,7 @@ TEST(GracefulStopTest, BadConfigurationIsRefusedWithTheFlagsName) {
       {{"--no-such-flag"}, {}, "unknown flag --no-such-flag"},
   };
   for (const auto& c : cases) {
-    std::vector<std::string> argv = {DISPATCHD_BIN, "--insecure", "--admin-listen="};
+    std::vector<std::string> argv = {DISPATCHD_BIN, "--insecure", "--admin-listen=", "--in-memory"};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
     std::vector<std::string> env = c.env;
     env.push_back("PATH=/usr/bin:/bin");

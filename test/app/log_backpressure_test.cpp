@@ -157,8 +157,8 @@ bool health_served(const std::string& address) {
 }
 
 TEST(LogBackpressure, AStderrNobodyReadsDoesNotStopTheServer) {
-  Child server({DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0", "--admin-listen",
-                "127.0.0.2:0", "--log-level", "debug", "--log-buffer", "64KiB"});
+  Child server({DISPATCHD_BIN, "--insecure", "--in-memory", "--listen", "127.0.0.1:0",
+                "--admin-listen", "127.0.0.2:0", "--log-level", "debug", "--log-buffer", "64KiB"});
   ASSERT_TRUE(server.started());
   auto listening = server.read_until("dispatchd listening on ", 30s);
   ASSERT_TRUE(listening);
@@ -201,7 +201,7 @@ TEST(LogBackpressure, AStderrNobodyReadsDoesNotStopTheServer) {
 }
 
 TEST(LogBackpressure, SigtermExitsEvenWhenStderrIsStuck) {
-  Child server({DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0",
+  Child server({DISPATCHD_BIN, "--insecure", "--in-memory", "--listen", "127.0.0.1:0",
                 "--admin-listen=", "--log-level", "debug", "--log-buffer", "64KiB"});
   ASSERT_TRUE(server.started());
   auto listening = server.read_until("dispatchd listening on ", 30s);

@@ -17,7 +17,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$src/scripts/gen-certs.sh" --out "$work/certs" --nodes 10 >/dev/null
-"$dispatchd" --listen 127.0.0.1:0 --admin-listen= --heartbeat-period 1s \
+"$dispatchd" --in-memory --listen 127.0.0.1:0 --admin-listen= --heartbeat-period 1s \
   --tls-cert "$work/certs/server.pem" --tls-key "$work/certs/server.key" \
   --tls-ca "$work/certs/ca.pem" 2>"$work/server.log" &
 server_pid=$!
