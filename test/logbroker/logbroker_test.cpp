@@ -283,6 +283,39 @@ TEST_F(LogBrokerTest, FollowLastsUntilCancelAndThenTheNodesAreToldToClose) {
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+TEST_F(LogBrokerTest, AServiceWithoutFollowInvolvesOnlyTheNodesOfItsStartedTasks) {
+  dispatchd::test::write(server_, [](dispatchd::store::WriteTx& tx) {
+    auto running = dispatchd::test::task_object("web-1", "node-a", api::RUNNING);
+    running.set_service_id("web");
+    auto starting = dispatchd::test::task_object("web-2", "node-b", api::ASSIGNED);
+    starting.set_service_id("web");
+    auto st = tx.create(running);
+    if (!st.is_ok()) return st;
+    return tx.create(starting);
+  });
+  auto a = listen_now("node-a");
+  auto b = listen_now("node-b");
+  api::SubscribeLogsRequest req;
+  req.mutable_selector()->add_service_ids("web");
+  auto sub = subscribe(req);
+  auto m = a->next();
+  ASSERT_EQ(m.selector().service_ids_size(), 1);
+  ASSERT_TRUE(publish("node-a",
+                      {batch(m.id(), {log_line("node-a", "web-1", "up")}), batch(m.id(), {}, true)})
+                  .ok());
+  EXPECT_EQ(sub->read(1).at(0).data(), "up");
+  auto st = sub->finish();
+  EXPECT_TRUE(st.ok()) << describe(st);  // node-b (its task not started) was never waited for
+
+  // With follow, the ASSIGNED task's node takes part too.
+  req.mutable_options()->set_follow(true);
+  auto followed = subscribe(req);
+  auto ma = a->next();
+  auto mb = b->next();  // node-b's first message: it never got the first subscription
+  EXPECT_EQ(mb.id(), ma.id());
+  EXPECT_NE(mb.id(), m.id());
+}
+
 TEST_F(LogBrokerTest, NodesWithoutListenerAndUnscheduledTasksEndTheStreamWithSwarmKitsWarning) {
   dispatchd::test::write(server_, [](dispatchd::store::WriteTx& tx) {
     auto st = tx.create(dispatchd::test::task_object("task-z", "node-z", api::RUNNING));
