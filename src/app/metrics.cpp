@@ -167,6 +167,30 @@ std::string Server::render_metrics() const {
   scalar("dispatchd_status_updates_pending", "gauge", "Status updates waiting to be written.",
          d(dispatcher_.pending_updates()));
 
+  // ---- task logs ---------------------------------------------------------------------------
+  const auto& ls = log_broker_.stats();
+  scalar("dispatchd_log_listeners", "gauge",
+         "Open LogBroker.ListenSubscriptions streams (agents waiting for log subscriptions).",
+         d(log_broker_.listeners()));
+  scalar("dispatchd_log_subscriptions", "gauge", "Log subscriptions being served (SubscribeLogs).",
+         d(log_broker_.active_subscriptions()));
+  scalar("dispatchd_log_subscriptions_total", "counter", "Log subscriptions started.",
+         d(ls.subscriptions));
+  scalar("dispatchd_log_subscribers_cut_off_total", "counter",
+         "Log subscriptions ended because their subscriber fell more than "
+         "--log-subscriber-buffer bytes behind.",
+         d(ls.subscribers_cut_off));
+  scalar("dispatchd_log_buffered_bytes", "gauge",
+         "Bytes of log messages waiting for their subscribers.", d(log_broker_.buffered_bytes()));
+  scalar("dispatchd_log_messages_published_total", "counter",
+         "Log messages agents published (PublishLogs batches accepted).", d(ls.messages_published));
+  w.family("dispatchd_log_messages_total", "counter",
+           "Published log messages by outcome: delivered to the subscriber, dropped (lost when "
+           "their subscriber was cut off), discarded (the subscription had already ended).");
+  w.sample("dispatchd_log_messages_total", {{"outcome", "delivered"}}, d(ls.messages_delivered));
+  w.sample("dispatchd_log_messages_total", {{"outcome", "dropped"}}, d(ls.messages_dropped));
+  w.sample("dispatchd_log_messages_total", {{"outcome", "discarded"}}, d(ls.messages_discarded));
+
   // ---- store -------------------------------------------------------------------------------
   std::array<std::uint64_t, 4> by_state{};
   std::array<std::uint64_t, 3> by_availability{};

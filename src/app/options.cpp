@@ -95,6 +95,11 @@ void add_flags(Flags& flags, DaemonOptions& o) {
             "events one stream may have waiting; past it the stream ends with UNAVAILABLE and "
             "the agent resynchronises",
             uint_setter(o.server.dispatcher.watch_buffer, 1, 100000000));
+  flags.add("log-subscriber-buffer", "BYTES", "1MiB",
+            "task log messages one SubscribeLogs subscriber may have waiting; past it the "
+            "subscription ends with RESOURCE_EXHAUSTED, so a slow reader never holds up the "
+            "agents publishing",
+            size_setter(o.server.logs.subscriber_buffer, 1024, 1ull << 30));
   flags.add("max-recv-msg-size", "BYTES", "4MiB",
             "largest gRPC request message accepted (larger: RESOURCE_EXHAUSTED)",
             size_setter(o.server.grpc.max_receive_message_size, 1024, 1ull << 31));

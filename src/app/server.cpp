@@ -64,11 +64,12 @@ Server::Server(asio::io_context& io, Options options)
     : options_(std::move(options)),
       wheel_(io),
       grpc_(wheel_, options_.grpc),
-      reflection_(
-          {"docker.swarmkit.v1.Dispatcher", "grpc.health.v1.Health", control::kServiceName}),
+      reflection_({"docker.swarmkit.v1.Dispatcher", "docker.swarmkit.v1.Logs",
+                   "docker.swarmkit.v1.LogBroker", "grpc.health.v1.Health", control::kServiceName}),
       store_(options_.dispatcher.cluster_id),
       dispatcher_(wheel_, store_, options_.dispatcher),
       control_(store_, dispatcher_.authorizer(), agents_, options_.dispatcher.manager_node_id),
+      log_broker_(store_, dispatcher_.authorizer(), options_.logs),
       acceptor_(io),
       connections_scope_(io.get_executor()),
       admin_(io, admin::HttpOptions{.listen = options_.admin_listen}),
@@ -80,6 +81,7 @@ Server::Server(asio::io_context& io, Options options)
   reflection_.add_to(grpc_);
   health_.set_status(control::kServiceName, grpc::HealthService::serving);
   control_.add_to(grpc_);
+  log_broker_.add_to(grpc_);
   admin_.route("/metrics", [this](const admin::Request&) {
     return admin::Response{.content_type = "text/plain; version=0.0.4; charset=utf-8",
                            .body = render_metrics()};
@@ -335,6 +337,7 @@ void Server::stop() {
   health_.shutdown();
   // Sessions send their final message and end before the connections go away.
   dispatcher_.stop();
+  log_broker_.stop();
   connections_.for_each([](h2::Connection& c) { c.shutdown(); });
   handshakes_.for_each([](Handshake& h) { h.close(); });
   wheel_.disarm(admission_check_);

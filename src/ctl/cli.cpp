@@ -20,6 +20,7 @@ std::vector<Command> make_commands() {
   add_task_commands(cmds);
   add_object_commands(cmds);
   add_cluster_commands(cmds);
+  add_log_commands(cmds);
   return cmds;
 }
 
@@ -39,7 +40,7 @@ std::string main_help() {
   std::string s =
       "Usage: dispatchctl [global flags] COMMAND ...\n\n"
       "Operator client of dispatchd: inspect and change nodes, tasks, managers and network keys\n"
-      "through the Control service, and check the server's health.\n\n"
+      "through the Control service, follow task logs, and check the server's health.\n\n"
       "Global flags (each also from DISPATCHCTL_<FLAG>, dashes as underscores; a flag wins):\n";
   s += flags_help(global_flag_specs());
   s += "\nCommands:\n";
@@ -86,8 +87,8 @@ int usage(std::string& err, const std::string& msg, const std::string& see) {
 
 }  // namespace
 
-int run(std::span<const std::string> args, const Getenv& getenv, std::string& out,
-        std::string& err) {
+int run(std::span<const std::string> args, const Getenv& getenv, std::string& out, std::string& err,
+        std::function<void()> flush) {
   auto global = parse_global(args, getenv);
   if (!global) return usage(err, global.error(), "");
   if (global->rest.empty()) {
@@ -142,7 +143,7 @@ int run(std::span<const std::string> args, const Getenv& getenv, std::string& ou
     return usage(err, "--tls-cert and --tls-key go together", "");
   }
   try {
-    Context ctx(global->options, out, err);
+    Context ctx(global->options, out, err, std::move(flush));
     return cmd->run(ctx, *parsed);
   } catch (const UsageError& e) {
     return usage(err, e.what(), cmd->name + " ");

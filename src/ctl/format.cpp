@@ -94,6 +94,19 @@ std::string format_age(Clock::time_point now, const google::protobuf::Timestamp&
   return format_age(now, then);
 }
 
+std::string format_log_line(const docker::swarmkit::v1::LogMessage& m) {
+  namespace api = docker::swarmkit::v1;
+  const char* stream = m.stream() == api::LOG_STREAM_STDOUT   ? "stdout"
+                       : m.stream() == api::LOG_STREAM_STDERR ? "stderr"
+                                                              : "unknown";
+  std::string line = m.context().node_id() + " " + m.context().task_id() + " " + stream + ": ";
+  std::string_view data = m.data();
+  if (data.ends_with('\n')) data.remove_suffix(1);
+  line += data;
+  line += '\n';
+  return line;
+}
+
 std::string format_time(const google::protobuf::Timestamp& t) {
   if (t.seconds() == 0 && t.nanos() == 0) return "-";
   std::time_t secs = static_cast<std::time_t>(t.seconds());

@@ -30,7 +30,11 @@ int main(int argc, char** argv) {
         if (const char* v = std::getenv(name.c_str())) return std::string(v);
         return std::nullopt;
       },
-      out, err);
+      out, err,
+      [&out] {
+        write_all(stdout, out);
+        out.clear();
+      });
   write_all(stdout, out);
   write_all(stderr, err);
   return status;

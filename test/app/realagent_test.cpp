@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "support/child_process.hpp"
+#include "support/http_get.hpp"
 #include "support/process.hpp"
 
 namespace {
@@ -70,17 +71,37 @@ class RealAgentTest : public ::testing::Test {
     ASSERT_EQ(std::system(cmd.c_str()), 0);
   }
 
-  // dispatchd with mutual TLS and a state directory; `listen` 127.0.0.1:0 the first time.
-  std::unique_ptr<ChildProcess> start_server(const std::string& listen) {
+  // dispatchd with mutual TLS and a state directory; `listen` 127.0.0.1:0 the first time. With
+  // `admin`, its admin endpoint on a free port (admin_port_).
+  std::unique_ptr<ChildProcess> start_server(const std::string& listen, bool admin = false) {
     auto p = std::make_unique<ChildProcess>(std::vector<std::string>{
-        DISPATCHD_BIN, "--listen", listen, "--admin-listen=", "--tls-cert", certs_ + "/server.pem",
-        "--tls-key", certs_ + "/server.key", "--tls-ca", certs_ + "/ca.pem", "--state-dir",
-        dir_.path + "/state", "--drain-timeout", "5s"});
+        DISPATCHD_BIN, "--listen", listen,
+        // (Another loopback address: the same "127.0.0.1:0" as --listen is refused.)
+        admin ? "--admin-listen=127.0.0.2:0" : "--admin-listen=", "--tls-cert",
+        certs_ + "/server.pem", "--tls-key", certs_ + "/server.key", "--tls-ca", certs_ + "/ca.pem",
+        "--state-dir", dir_.path + "/state", "--drain-timeout", "5s"});
     auto line = p->wait_for_line("dispatchd listening on ", 30s);
     if (!line) return p;
     auto at = line->find("listening on ") + 13;
     address_ = line->substr(at, line->find(' ', at) - at);
+    if (admin) {
+      auto a = p->wait_for_line("admin endpoint on http://127.0.0.2:", 30s);
+      if (a) admin_port_ = static_cast<unsigned short>(std::stoi(a->substr(a->rfind(':') + 1)));
+    }
     return p;
+  }
+
+  // Polls /metrics until it has the line `sample` (bounded); the last body read.
+  std::string metrics_with(const std::string& sample, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::string body;
+    for (;;) {
+      body = dispatchd::test::http_get("127.0.0.2", admin_port_, "/metrics").body;
+      if (body.find("\n" + sample + "\n") != std::string::npos) return body;
+      if (std::chrono::steady_clock::now() >= deadline) return body;
+      // Each poll is a whole HTTP request; no tighter loop is needed.
+      std::this_thread::sleep_for(100ms);
+    }
   }
 
   dispatchd::test::ProcessResult ctl(std::vector<std::string> args) {
@@ -126,6 +147,7 @@ class RealAgentTest : public ::testing::Test {
   TempDir dir_;
   std::string certs_;
   std::string address_;
+  unsigned short admin_port_ = 0;
 };
 
 TEST_F(RealAgentTest, RegistersRunsATaskFollowsADrainAndComesBackAfterARestart) {
@@ -192,6 +214,43 @@ TEST_F(RealAgentTest, RegistersRunsATaskFollowsADrainAndComesBackAfterARestart) 
   EXPECT_EQ(task_state("task-real-1"), "RUNNING");
   auto node = ctl({"--json", "node", "inspect", "node-1"});
   EXPECT_NE(node.out.find("DRAIN"), std::string::npos) << node.out << node.err;
+  EXPECT_EQ(count(agents.output(), "panic"), 0u) << agents.output();
+}
+
+// Task logs (issue 15): SwarmKit's agents find a LogBroker and keep a ListenSubscriptions stream
+// open; a subscription from dispatchctl reaches them, and since their test executor has no logs
+// to give, each agent closes its part at once, which ends dispatchctl's read.
+TEST_F(RealAgentTest, AgentsListenForLogSubscriptionsAndAnswerTheOperatorsLogs) {
+  auto server = start_server("127.0.0.1:0", /*admin=*/true);
+  ASSERT_FALSE(address_.empty()) << server->output();
+  ASSERT_NE(admin_port_, 0) << server->output();
+
+  // -v: SwarmKit's own log (on stderr, with its events), where an UNIMPLEMENTED LogBroker would
+  // show as "manager does not support log subscriptions".
+  ChildProcess agents({"/bin/sh", "-c", "exec \"$0\" \"$@\" 1>&2", kRealagent, "--addr", address_,
+                       "--certs", certs_, "--nodes", "node-1,node-2", "--for", "120s", "-v"});
+  ASSERT_TRUE(wait_count(agents, "node-1 session-established", 1, 30s)) << agents.output();
+  ASSERT_TRUE(wait_count(agents, "node-2 session-established", 1, 30s)) << agents.output();
+  auto metrics = metrics_with("dispatchd_log_listeners 2", 30s);
+  EXPECT_NE(metrics.find("\ndispatchd_log_listeners 2\n"), std::string::npos) << metrics;
+
+  auto created = ctl({"task", "create", "--node", "node-1", "--id", "task-logs-1"});
+  ASSERT_EQ(created.exit_status, 0) << created.err;
+  ASSERT_TRUE(task_reaches("task-logs-1", "RUNNING", 60s)) << agents.output();
+
+  // A task's logs: node-1 is asked and says it is done.
+  auto logs = ctl({"logs", "--task", "task-logs-1"});
+  EXPECT_EQ(logs.exit_status, 0) << logs.out << logs.err << "\n" << server->output();
+  EXPECT_EQ(logs.out, "");
+  // Two nodes' logs: both are asked, both finish.
+  logs = ctl({"logs", "--node", "node-1", "--node", "node-2"});
+  EXPECT_EQ(logs.exit_status, 0) << logs.out << logs.err << "\n" << server->output();
+  EXPECT_TRUE(wait_count(agents, "Received subscription", 3, 30s)) << agents.output();
+
+  metrics = metrics_with("dispatchd_log_subscriptions 0", 30s);
+  EXPECT_NE(metrics.find("\ndispatchd_log_subscriptions_total 2\n"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("\ndispatchd_log_listeners 2\n"), std::string::npos) << metrics;
+  EXPECT_EQ(count(agents.output(), "does not support log subscriptions"), 0u) << agents.output();
   EXPECT_EQ(count(agents.output(), "panic"), 0u) << agents.output();
 }
 

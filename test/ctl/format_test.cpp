@@ -176,3 +176,22 @@ TEST(ManagerAndKeyTables, Rows) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(LogLine, NodeTaskStreamAndDataWithoutADoubledNewline) {
+  api::LogMessage m;
+  m.mutable_context()->set_node_id("node-1");
+  m.mutable_context()->set_task_id("task-1");
+  m.set_stream(api::LOG_STREAM_STDERR);
+  m.set_data("failed\n");
+  EXPECT_EQ(format_log_line(m), "node-1 task-1 stderr: failed\n");
+  m.set_stream(api::LOG_STREAM_STDOUT);
+  m.set_data("no newline");
+  EXPECT_EQ(format_log_line(m), "node-1 task-1 stdout: no newline\n");
+  m.set_stream(api::LOG_STREAM_UNKNOWN);
+  m.set_data("two\n\n");  // only the last newline is the line's own
+  EXPECT_EQ(format_log_line(m), "node-1 task-1 unknown: two\n\n");
+}
+
+}  // namespace

@@ -82,6 +82,7 @@ TEST_F(ReflectionTest, ListServicesNamesTheServedServicesAndReflection) {
   for (const auto& s : resp.list_services_response().service())
     names.insert(s.name());
   EXPECT_EQ(names, (std::set<std::string>{"docker.swarmkit.v1.Dispatcher", "grpc.health.v1.Health",
+                                          "docker.swarmkit.v1.Logs", "docker.swarmkit.v1.LogBroker",
                                           "dispatchd.control.v1.Control",
                                           "grpc.reflection.v1.ServerReflection",
                                           "grpc.reflection.v1alpha.ServerReflection"}));
@@ -124,6 +125,8 @@ TEST_F(ReflectionTest, MethodsMessagesEnumsAndFieldsAreSymbols) {
       {"docker.swarmkit.v1.HeartbeatRequest.session_id", "dispatcher.proto"},
       {".docker.swarmkit.v1.HeartbeatResponse", "dispatcher.proto"},
       {"docker.swarmkit.v1.NodeRole", "types.proto"},
+      {"docker.swarmkit.v1.LogBroker.PublishLogs", "logbroker.proto"},
+      {"docker.swarmkit.v1.SubscribeLogsRequest", "logbroker.proto"},
       {"grpc.health.v1.Health", "grpc/health/v1/health.proto"},
       {"grpc.reflection.v1alpha.ServerReflection", "grpc/reflection/v1alpha/reflection.proto"},
   };

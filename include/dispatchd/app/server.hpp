@@ -19,6 +19,7 @@
 #include "dispatchd/grpc/reflection.hpp"
 #include "dispatchd/grpc/server.hpp"
 #include "dispatchd/h2/connection.hpp"
+#include "dispatchd/logbroker/logbroker.hpp"
 #include "dispatchd/metrics.hpp"
 #include "dispatchd/net/acceptor.hpp"
 #include "dispatchd/net/handshake_pool.hpp"
@@ -50,6 +51,7 @@ struct Options {
   h2::Settings h2;
   grpc::ServerOptions grpc;
   dispatcher::Config dispatcher;
+  logbroker::Config logs;
 };
 
 // Loads the TLS files of `options` and adopts the server certificate's CN as this manager's node
@@ -105,6 +107,7 @@ class Server {
   // A service added to grpc() shows in reflection once named here (add_service).
   grpc::ReflectionService& reflection() noexcept { return reflection_; }
   dispatcher::Dispatcher& dispatcher() noexcept { return dispatcher_; }
+  logbroker::LogBroker& log_broker() noexcept { return log_broker_; }
   store::Store& store() noexcept { return store_; }
   co::TimerWheel& wheel() noexcept { return wheel_; }
   std::size_t connection_count() const noexcept { return connection_count_; }
@@ -158,6 +161,7 @@ class Server {
     const dispatcher::Dispatcher& dispatcher_;
   } agents_{dispatcher_};
   control::ControlService control_;
+  logbroker::LogBroker log_broker_;
   net::Acceptor acceptor_;
   co::Scope connections_scope_;
   co::IntrusiveList<h2::Connection> connections_;

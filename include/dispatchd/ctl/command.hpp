@@ -2,8 +2,8 @@
 // What every dispatchctl command is made of: its table entry (Command), the connection and
 // output it runs with (Context), the two errors a command may throw, and the call helpers most
 // commands are one line of. The commands themselves are grouped by what they manage
-// (node_commands.cpp, task_commands.cpp, cluster_commands.cpp); cli.cpp holds the table, help
-// and dispatch.
+// (node_commands.cpp, task_commands.cpp, cluster_commands.cpp, log_commands.cpp); cli.cpp holds the
+// table, help and dispatch.
 
 #include <google/protobuf/descriptor.h>
 #include <grpcpp/grpcpp.h>
@@ -41,8 +41,9 @@ std::string read_file_or_stdin(const std::string& what, const std::string& path)
 // hands back) and the channel to the server.
 class Context {
  public:
-  Context(const GlobalOptions& o, std::string& out, std::string& err)
-      : opt(o), out(out), err(err) {}
+  Context(const GlobalOptions& o, std::string& out, std::string& err,
+          std::function<void()> flush = {})
+      : opt(o), out(out), err(err), flush_(std::move(flush)) {}
 
   const GlobalOptions& opt;
   std::string& out;
@@ -57,9 +58,15 @@ class Context {
   int fail(const grpc::Status& st);
   // Appends `m` as protobuf's canonical JSON and a newline to out.
   void json(const google::protobuf::Message& m);
+  // Hands what `out` holds so far to the program's output (a command that streams, as
+  // `logs --follow`, prints as it goes); without a flush function, `out` keeps it.
+  void flush() {
+    if (flush_) flush_();
+  }
 
  private:
   std::shared_ptr<grpc::Channel> channel_;
+  std::function<void()> flush_;
 };
 
 // One entry of the command table: `dispatchctl NAME [flags] OPERANDS`.
@@ -79,6 +86,7 @@ void add_node_commands(std::vector<Command>& cmds);
 void add_task_commands(std::vector<Command>& cmds);
 void add_object_commands(std::vector<Command>& cmds);   // secrets and configs
 void add_cluster_commands(std::vector<Command>& cmds);  // managers and network keys
+void add_log_commands(std::vector<Command>& cmds);      // task logs (SwarmKit's Logs service)
 
 // The value of an enum flag, or a UsageError naming the flag.
 template <class T>

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "control.pb.h"
+#include "logbroker.pb.h"
 
 namespace dispatchd::ctl {
 
@@ -36,6 +37,9 @@ using Clock = std::chrono::system_clock;
 std::string format_age(Clock::time_point now, Clock::time_point then);
 // "-" for an unset timestamp.
 std::string format_age(Clock::time_point now, const google::protobuf::Timestamp& t);
+// One log message as `dispatchctl logs` prints it: "NODE TASK STREAM: DATA\n" (STREAM stdout,
+// stderr or unknown; one trailing newline of DATA is not doubled).
+std::string format_log_line(const docker::swarmkit::v1::LogMessage& m);
 // RFC 3339 in UTC to the second, "2024-05-01T12:00:00Z"; "-" when unset.
 std::string format_time(const google::protobuf::Timestamp& t);
 Clock::time_point to_time_point(const google::protobuf::Timestamp& t);
