@@ -140,7 +140,7 @@ int run_daemon(DaemonOptions d) {
     auto st = server.store().restore(*saved);
     if (!st.is_ok()) {
       return refuse("state directory " + statedir->path() + ": " + st.message() +
-                    " (move store.pb away to start empty)");
+                    " (move the state directory's contents away to start empty)");
     }
     log::info("state restored from {}: {} nodes, {} tasks, index {}", statedir->file(),
               saved->nodes_size(), saved->tasks_size(), saved->index());
@@ -280,7 +280,8 @@ int run_daemon(DaemonOptions d) {
     if (!wal->stop().is_ok()) rc = 1;
     server.store().set_journal(nullptr);
   }
-  if (statedir && !wal_failed) {
+  // Even after the log failed: the snapshot holds more than the log, never less.
+  if (statedir) {
     if (!save_state(*statedir, server.store())) {
       rc = 1;
     } else if (wal) {

@@ -141,8 +141,10 @@ std::uint32_t crc32c(std::span<const std::uint8_t> data, std::uint32_t crc) {
   return ~crc;
 }
 
-JournalRecord journal_record(std::uint64_t index, std::span<const store::Change> changes) {
+JournalRecord journal_record(std::uint64_t prev, std::uint64_t index,
+                             std::span<const store::Change> changes) {
   JournalRecord r;
+  r.set_prev_index(prev);
   r.set_index(index);
   for (const auto& c : changes) {
     auto* j = r.add_changes();
@@ -195,9 +197,9 @@ Wal::~Wal() {
   stop();
 }
 
-void Wal::append(std::uint64_t index, std::span<const store::Change> changes) {
+void Wal::append(std::uint64_t prev, std::uint64_t index, std::span<const store::Change> changes) {
   if (failed_ || stopped_) return;
-  scratch_ = journal_record(index, changes);
+  scratch_ = journal_record(prev, index, changes);
   encoded_.clear();
   scratch_.SerializeToString(&encoded_);
   const auto* p = reinterpret_cast<const std::uint8_t*>(encoded_.data());
@@ -374,10 +376,13 @@ std::expected<WalRecovery, std::string> recover_wal(
           return std::unexpected(*err);
         break;
       }
-      if (rec.index() <= r.last_index) {
-        return std::unexpected(path + ": record at offset " + std::to_string(off) + " has index " +
-                               std::to_string(rec.index()) + " after index " +
-                               std::to_string(r.last_index) + ": the log is damaged");
+      if (rec.index() <= rec.prev_index() || (r.records > 0 && rec.prev_index() != r.last_index)) {
+        return std::unexpected(
+            path + ": the record at offset " + std::to_string(off) + " continues index " +
+            std::to_string(rec.prev_index()) + ", the one before it ends at index " +
+            std::to_string(r.last_index) +
+            ": records are missing (a segment was removed?). Restore the state directory from a "
+            "backup");
       }
       if (Status st = apply(rec); !st.is_ok())
         return std::unexpected(path + ": record " + std::to_string(rec.index()) + ": " +

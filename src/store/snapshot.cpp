@@ -97,6 +97,14 @@ Status Store::replay(const dispatchd::state::v1::JournalRecord& r) {
   using dispatchd::state::v1::JournalChange;
   if (in_tx_) return Status(StatusCode::failed_precondition, "replay inside a transaction");
   if (r.index() <= index_) return Status::ok();
+  if (r.prev_index() != index_) {
+    return Status(StatusCode::data_loss,
+                  "the log continues from index " + std::to_string(r.prev_index()) +
+                      " but the snapshot ends at index " + std::to_string(index_) +
+                      ": the snapshot (store.pb) that covers the records before it is missing or "
+                      "older than the log. Restore it from a backup, or move the state "
+                      "directory's contents away to start empty");
+  }
   auto bad = [&](const std::string& what) {
     return Status(StatusCode::data_loss, "record " + std::to_string(r.index()) + ": " + what);
   };

@@ -377,7 +377,7 @@ Status Store::update(const std::function<Status(WriteTx&)>& f) {
   // journal's records and durability waits can name it.
   if (index_ == start) ++index_;
   if (journal_ && !journal_error_) {
-    journal_->append(index_, changes);
+    journal_->append(start, index_, changes);
   } else if (!journal_) {
     durable_index_ = index_;
   }

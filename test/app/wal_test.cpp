@@ -271,6 +271,50 @@ TEST_F(WalTest, RecordsASnapshotHoldsAreSkippedAndItsSegmentsPruned) {
   EXPECT_TRUE(wal_segments(dir.path).empty());
 }
 
+// Three segments, one commit each.
+void three_segments(Store& s, Wal& w, const std::function<void()>& wait) {
+  for (int i = 0; i < 3; ++i) {
+    if (i > 0) w.rotate();
+    ASSERT_TRUE(
+        s.update([&](WriteTx& tx) { return tx.create(node("n" + std::to_string(i))); }).is_ok());
+    wait();
+  }
+}
+
+TEST_F(WalTest, AMissingSegmentIsFoundNotReplayedAround) {
+  {
+    Store s("cluster");
+    Wal w(io, s, dir.path, nullptr);
+    s.set_journal(&w);
+    three_segments(s, w, [&] { wait_durable(s, w); });
+  }
+  auto segments = wal_segments(dir.path);
+  ASSERT_EQ(segments.size(), 3u);
+  fs::remove(dir.path + "/" + segments[1]);
+  Store back("cluster");
+  auto r = recover_wal(dir.path, [&](const auto& rec) { return back.replay(rec); });
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().find("records are missing"), std::string::npos) << r.error();
+}
+
+TEST_F(WalTest, ALogWithoutTheSnapshotBeforeItIsRefused) {
+  std::uint64_t covered = 0;
+  {
+    Store s("cluster");
+    Wal w(io, s, dir.path, nullptr);
+    s.set_journal(&w);
+    three_segments(s, w, [&] { wait_durable(s, w); });
+    covered = s.index() - 1;  // as if a snapshot covered the first two commits
+  }
+  ASSERT_EQ(prune_wal(dir.path, covered), 2u);
+  Store back("cluster");  // and that snapshot is lost
+  auto r = recover_wal(dir.path, [&](const auto& rec) { return back.replay(rec); });
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().find("the snapshot (store.pb) that covers the records before it is missing"),
+            std::string::npos)
+      << r.error();
+}
+
 TEST_F(WalTest, ALogThatCannotWriteFailsEveryWait) {
   Store s("cluster");
   std::optional<Status> failure;

@@ -35,7 +35,7 @@ inline constexpr std::uint32_t kWalFormat = 1;
 std::uint32_t crc32c(std::span<const std::uint8_t> data, std::uint32_t crc = 0);
 
 // The record of one committed transaction.
-state::v1::JournalRecord journal_record(std::uint64_t index,
+state::v1::JournalRecord journal_record(std::uint64_t prev, std::uint64_t index,
                                         std::span<const store::Change> changes);
 
 struct WalStats {
@@ -57,7 +57,8 @@ class Wal final : public store::Journal {
   Wal& operator=(const Wal&) = delete;
   ~Wal() override;
 
-  void append(std::uint64_t index, std::span<const store::Change> changes) override;
+  void append(std::uint64_t prev, std::uint64_t index,
+              std::span<const store::Change> changes) override;
   // The next batch starts a new segment (before a snapshot, so that the segments it covers
   // can be removed once it is written).
   void rotate() noexcept { rotate_ = true; }

@@ -95,13 +95,14 @@ struct Change {
 };
 
 // Told of every commit, in order, before any watcher sees it: the write-ahead log
-// (docs/architecture.md, "Durability"). `index` is the store's index after the commit; the
+// (docs/architecture.md, "Durability"). `prev` and `index` are the store's index before and
+// after the commit; the
 // journal later calls Store::mark_durable(index) once the commit is on disk, or
 // Store::journal_failed() if it never will be. Runs on the io thread and must not block.
 class Journal {
  public:
   virtual ~Journal() = default;
-  virtual void append(std::uint64_t index, std::span<const Change> changes) = 0;
+  virtual void append(std::uint64_t prev, std::uint64_t index, std::span<const Change> changes) = 0;
 };
 
 class ReadTx {
@@ -206,7 +207,8 @@ class Store {
   // writes (start-up). Objects keep their meta; the index continues from the snapshot's.
   Status restore(const dispatchd::state::v1::StoreSnapshot& s);
   // Applies one write-ahead log record after restore(), without events (start-up only). Records
-  // at or below the current index are already in the snapshot and are skipped.
+  // at or below the current index are already in the snapshot and are skipped; the first one
+  // after must continue the current index (DATA_LOSS otherwise).
   Status replay(const dispatchd::state::v1::JournalRecord& r);
 
   // Durability. Without a journal every commit is durable when it returns.
