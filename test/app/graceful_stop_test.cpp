@@ -85,6 +85,28 @@ std::string task_id(int i) {
   return ::testing::AssertionSuccess();
 }
 
+// A server on `state_dir` with operator and dispatcher stubs, and node-a's Session open.
+struct Agent {
+  explicit Agent(const std::string& state_dir, const std::vector<std::string>& extra = {}) {
+    Running r = start_server(state_dir, extra);
+    process = std::move(r.process);
+    address = r.address;
+    if (address.empty()) return;
+    channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    dispatcher = api::Dispatcher::NewStub(channel);
+    control = pb::Control::NewStub(channel);
+    session = dispatchd::test::open_session(*dispatcher, "node-a");
+  }
+  bool up() const { return session && session->ok; }
+
+  std::unique_ptr<ChildProcess> process;
+  std::string address;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<api::Dispatcher::Stub> dispatcher;
+  std::unique_ptr<pb::Control::Stub> control;
+  std::unique_ptr<dispatchd::test::Registered> session;
+};
+
 // Reporters for one node, each on its own connection, one update per call, until every task is
 // reported or a call fails (the server went away). Records the tasks whose update was answered OK.
 class Reporters {
@@ -178,15 +200,10 @@ pb::ListTasksResponse list_tasks(const std::string& address) {
 
 TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   TempDir dir;
-  auto first = start_server(dir.path);
-  ASSERT_FALSE(first.address.empty()) << first.process->output();
-
-  auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
-  auto dispatcher = api::Dispatcher::NewStub(channel);
-  auto control = pb::Control::NewStub(channel);
-
-  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
-  ASSERT_TRUE(session->ok);
+  Agent first(dir.path);
+  ASSERT_TRUE(first.up()) << first.process->output();
+  auto& session = first.session;
+  auto& control = first.control;
   const std::string session_id = session->id();
 
   constexpr int kTasks = 2000;
@@ -226,19 +243,15 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
   // A new server on the same state directory has every acknowledged update.
   auto second = start_server(dir.path);
   ASSERT_FALSE(second.address.empty()) << second.process->output();
-  auto channel2 = grpc::CreateChannel(second.address, grpc::InsecureChannelCredentials());
-  auto control2 = pb::Control::NewStub(channel2);
-  pb::ListTasksRequest list;
-  list.set_node_id("node-a");
-  pb::ListTasksResponse tasks;
-  auto lctx = as("ops", "swarm-manager");
-  ASSERT_TRUE(control2->ListTasks(lctx.get(), list, &tasks).ok());
+  auto tasks = list_tasks(second.address);
   ASSERT_EQ(tasks.tasks_size(), kTasks);
   EXPECT_GE(expect_acknowledged_in(tasks, acknowledged), acked);
   pb::GetNodeRequest get;
   get.set_node_id("node-a");
   pb::GetNodeResponse node;
   auto gctx = as("ops", "swarm-manager");
+  auto control2 =
+      pb::Control::NewStub(grpc::CreateChannel(second.address, grpc::InsecureChannelCredentials()));
   EXPECT_TRUE(control2->GetNode(gctx.get(), get, &node).ok());
 
   second.process->signal(SIGTERM);
@@ -247,14 +260,9 @@ TEST(GracefulStopTest, NoAcknowledgedTaskStatusIsLostAcrossARestart) {
 
 TEST(GracefulStopTest, AKilledServerRestartsFromItsLastPeriodicSync) {
   TempDir dir;
-  auto first = start_server(dir.path, {"--state-sync-interval", "50ms", "--log-level", "debug"});
-  ASSERT_FALSE(first.address.empty()) << first.process->output();
-
-  auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
-  auto dispatcher = api::Dispatcher::NewStub(channel);
-  auto control = pb::Control::NewStub(channel);
-  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
-  ASSERT_TRUE(session->ok);
+  Agent first(dir.path, {"--state-sync-interval", "50ms", "--log-level", "debug"});
+  ASSERT_TRUE(first.up()) << first.process->output();
+  auto& control = first.control;
   ASSERT_TRUE(create_tasks(*control, "node-a", 10));
   // The writer thread reports each sync; wait for one that has every task, then crash.
   ASSERT_TRUE(first.process->wait_for_line(", 10 tasks,", 30s)) << first.process->output();
@@ -263,13 +271,7 @@ TEST(GracefulStopTest, AKilledServerRestartsFromItsLastPeriodicSync) {
 
   auto second = start_server(dir.path);
   ASSERT_FALSE(second.address.empty()) << second.process->output();
-  auto control2 =
-      pb::Control::NewStub(grpc::CreateChannel(second.address, grpc::InsecureChannelCredentials()));
-  pb::ListTasksRequest list;
-  pb::ListTasksResponse tasks;
-  auto lctx = as("ops", "swarm-manager");
-  ASSERT_TRUE(control2->ListTasks(lctx.get(), list, &tasks).ok());
-  EXPECT_EQ(tasks.tasks_size(), 10);
+  EXPECT_EQ(list_tasks(second.address).tasks_size(), 10);
   second.process->signal(SIGTERM);
   EXPECT_EQ(second.process->wait(30s), 0) << second.process->output();
 }
@@ -278,17 +280,12 @@ TEST(GracefulStopTest, AKilledServerRestartsFromItsLastPeriodicSync) {
 // write-ahead log alone holds every acknowledged update.
 TEST(GracefulStopTest, AKilledServerLosesNoAcknowledgedTaskStatus) {
   TempDir dir;
-  auto first = start_server(dir.path);
-  ASSERT_FALSE(first.address.empty()) << first.process->output();
-  auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
-  auto dispatcher = api::Dispatcher::NewStub(channel);
-  auto control = pb::Control::NewStub(channel);
-  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
-  ASSERT_TRUE(session->ok);
+  Agent first(dir.path);
+  ASSERT_TRUE(first.up()) << first.process->output();
   constexpr int kTasks = 2000;
-  ASSERT_TRUE(create_tasks(*control, "node-a", kTasks));
+  ASSERT_TRUE(create_tasks(*first.control, "node-a", kTasks));
 
-  Reporters reporters(first.address, session->id(), kTasks);
+  Reporters reporters(first.address, first.session->id(), kTasks);
   ASSERT_TRUE(reporters.wait_for_acks(200));
   first.process->signal(SIGKILL);
   ASSERT_EQ(first.process->wait(30s), 128 + SIGKILL);
@@ -312,14 +309,9 @@ TEST(GracefulStopTest, AKilledServerLosesNoAcknowledgedTaskStatus) {
 // keeps every whole record before it.
 TEST(GracefulStopTest, ATornLogTailIsCutWithALogLine) {
   TempDir dir;
-  auto first = start_server(dir.path);
-  ASSERT_FALSE(first.address.empty()) << first.process->output();
-  auto channel = grpc::CreateChannel(first.address, grpc::InsecureChannelCredentials());
-  auto dispatcher = api::Dispatcher::NewStub(channel);
-  auto control = pb::Control::NewStub(channel);
-  auto session = dispatchd::test::open_session(*dispatcher, "node-a");
-  ASSERT_TRUE(session->ok);
-  ASSERT_TRUE(create_tasks(*control, "node-a", 3));
+  Agent first(dir.path);
+  ASSERT_TRUE(first.up()) << first.process->output();
+  ASSERT_TRUE(create_tasks(*first.control, "node-a", 3));
   first.process->signal(SIGKILL);
   ASSERT_EQ(first.process->wait(30s), 128 + SIGKILL);
 
