@@ -561,12 +561,16 @@ asio::awaitable<Status> LeaseKeeper::run() {
     }
     // One attempt may take at most a third of the TTL and never past the expiry.
     auto deadline = std::min<Clock::time_point>(
-        expiry_, now + std::max<Clock::duration>(ttl_ / 3, std::chrono::milliseconds(500)));
+        expiry_,
+        now + std::max<Clock::duration>(std::chrono::duration_cast<Clock::duration>(ttl_) / 3,
+                                        std::chrono::milliseconds(500)));
     Status st = co_await renew_once(deadline);
     if (stopping_) break;
     if (st.code() == StatusCode::not_found) co_return st;
     if (st.is_ok()) {
-      next = Clock::now() + std::max<Clock::duration>(ttl_ / 3, std::chrono::milliseconds(100));
+      next = Clock::now() +
+             std::max<Clock::duration>(std::chrono::duration_cast<Clock::duration>(ttl_) / 3,
+                                       std::chrono::milliseconds(100));
     } else {
       log::debug("etcd: lease {} renewal failed: {}", id_, st.message());
       next = std::min<Clock::time_point>(expiry_, Clock::now() + std::chrono::milliseconds(200));
