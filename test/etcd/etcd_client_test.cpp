@@ -286,6 +286,12 @@ TEST_F(EtcdClientTest, EtcdKilledCallsFailUnavailableWithinTheirDeadline) {
   put("/k/k", "v");
   auto w = run(client_->watch({.key = "/k/k"}));
   ASSERT_TRUE(w);
+  auto lease = run(client_->lease_grant(2s));
+  ASSERT_TRUE(lease);
+  LeaseKeeper keeper(*client_, lease->id(), std::chrono::seconds(lease->ttl()));
+  std::optional<Status> lost;
+  asio::co_spawn(io_, keeper.run(), [&](std::exception_ptr, Status s) { lost = s; });
+  ASSERT_TRUE(run_until([&] { return keeper.renewals() >= 1 || lost; }));
   cluster_->kill(0);
   auto t0 = SteadyClock::now();
   auto r = run(client_->range("/k/k", {}, 0, 2000ms));
@@ -298,6 +304,10 @@ TEST_F(EtcdClientTest, EtcdKilledCallsFailUnavailableWithinTheirDeadline) {
   auto ev = run((*w)->next());
   ASSERT_FALSE(ev);
   EXPECT_EQ(ev.error().code(), StatusCode::unavailable) << ev.error().message();
+  // The keeper cannot renew: it reports the lease lost once the last renewal's TTL ran out.
+  ASSERT_TRUE(run_until([&] { return lost.has_value(); }, 10s));
+  EXPECT_EQ(lost->code(), StatusCode::deadline_exceeded) << lost->message();
+  EXPECT_LE(SteadyClock::now(), keeper.expiry() + 500ms);
 }
 
 TEST_F(EtcdClientTest, ClusterClientSkipsADeadFirstEndpoint) {
