@@ -28,6 +28,8 @@ if [ "$build_only" = 0 ]; then
   packages+=(
     # tests: googletest, h2load; nghttpd and python3 for bench/run.sh --smoke (small packages)
     libgtest-dev libgmock-dev nghttp2-client nghttp2-server python3
+    # tests: a real etcd for the etcd client (test/etcd; skipped without /usr/bin/etcd)
+    etcd-server
     # formatting check
     clang-format
     # fuzzing (scripts/fuzz.sh): clang 16 compiles libstdc++'s <expected>; clang 14 cannot

@@ -114,6 +114,8 @@ void ClientCall::cancel() {
   if (done_ || !stream_) return;
   stream_->reset(NGHTTP2_CANCEL);
   finish(Status(StatusCode::cancelled, "call cancelled by the client"));
+  // A reader parked in read() (another coroutine cancels, e.g. a watchdog) sees the end now.
+  stream_->wakeup().notify();
 }
 
 const std::vector<h2::Header>& ClientCall::initial_metadata() const noexcept {
@@ -160,7 +162,9 @@ asio::awaitable<std::optional<std::string>> ClientCall::read() {
       std::span<const std::uint8_t> data(reinterpret_cast<const std::uint8_t*>(in.data()),
                                          in.size());
       auto r = decoder_.feed(data);
-      in.erase(0, in.size() - data.size());
+      std::size_t taken = in.size() - data.size();
+      in.erase(0, taken);
+      stream_->consume(taken);
       if (r == MessageDecoder::Result::message) co_return decoder_.take();
       if (r == MessageDecoder::Result::error) {
         stream_->reset(NGHTTP2_CANCEL);

@@ -77,6 +77,14 @@ void ClientStream::reset(std::uint32_t error_code) {
   }
 }
 
+void ClientStream::consume(std::size_t n) {
+  if (n == 0 || closed_ || !conn_->reader_flow_control()) return;
+  if (nghttp2_session* s = conn_->session(); s && !conn_->closed()) {
+    nghttp2_session_consume_stream(s, id_, n);
+    conn_->want_write();
+  }
+}
+
 void ClientStream::set_deadline(co::TimerWheel::Clock::time_point deadline) {
   if (closed_) return;
   conn_->wheel().arm(deadline_, deadline);
@@ -114,7 +122,9 @@ void ClientStream::on_closed(std::uint32_t code) {
 
 ClientConnection::ClientConnection(std::unique_ptr<net::Transport> transport, co::TimerWheel& wheel,
                                    const ClientSettings& settings)
-    : transport_(std::move(transport)), wheel_(wheel) {
+    : transport_(std::move(transport)),
+      wheel_(wheel),
+      reader_flow_control_(settings.reader_flow_control) {
   nghttp2_session_callbacks* cbs = nullptr;
   nghttp2_session_callbacks_new(&cbs);
   nghttp2_session_callbacks_set_on_header_callback(cbs, &ClientCallbacks::on_header);
@@ -125,6 +135,7 @@ ClientConnection::ClientConnection(std::unique_ptr<net::Transport> transport, co
   nghttp2_option* opt = nullptr;
   nghttp2_option_new(&opt);
   nghttp2_option_set_max_deflate_dynamic_table_size(opt, 1024);
+  if (reader_flow_control_) nghttp2_option_set_no_auto_window_update(opt, 1);
   nghttp2_session_client_new2(&session_, cbs, this, opt);
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
@@ -215,6 +226,10 @@ asio::awaitable<void> ClientConnection::read_loop() {
         co_return;
       }
       ssize_t rv = nghttp2_session_mem_recv(session_, buf, n);
+      if (rv >= 0 && unconsumed_connection_bytes_ > 0) {
+        nghttp2_session_consume_connection(session_, unconsumed_connection_bytes_);
+        unconsumed_connection_bytes_ = 0;
+      }
       if (rv < 0) {
         log::info("{}: closing client connection: HTTP/2 error: {}", peer(), nghttp2_strerror(rv));
         nghttp2_session_terminate_session(session_, NGHTTP2_PROTOCOL_ERROR);
@@ -334,6 +349,7 @@ int ClientConnection::on_frame_recv(const nghttp2_frame* frame) {
 
 int ClientConnection::on_data_chunk(std::int32_t stream_id, const std::uint8_t* data,
                                     std::size_t len) {
+  if (reader_flow_control_) unconsumed_connection_bytes_ += len;
   if (ClientStream* s = stream(stream_id)) {
     s->in_.append(reinterpret_cast<const char*>(data), len);
     s->wakeup_.notify();

@@ -62,10 +62,13 @@ class ClientCall {
   // status() is then INTERNAL).
   asio::awaitable<bool> read(google::protobuf::MessageLite& msg);
 
-  // RST_STREAM CANCEL; the call ends CANCELLED.
+  // RST_STREAM CANCEL; the call ends CANCELLED, and a read() parked in another coroutine returns.
   void cancel();
 
   bool done() const noexcept { return done_; }
+  // Response bytes received and not yet read (bounded by the stream window when the connection
+  // has reader_flow_control).
+  std::size_t buffered_bytes() const noexcept { return stream_ ? stream_->input().size() : 0; }
   const Status& status() const noexcept { return status_; }
   // Response headers and trailers (empty until received).
   const std::vector<h2::Header>& initial_metadata() const noexcept;

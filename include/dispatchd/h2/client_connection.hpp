@@ -33,6 +33,11 @@ struct ClientSettings {
   std::uint32_t connection_window_size = 1 << 20;
   std::uint32_t max_header_list_size = 64 * 1024;
   std::uint32_t header_table_size = 4096;
+  // A stream's window reopens only as its reader consumes what arrived (ClientStream::consume),
+  // so a slow reader makes the server hold back instead of our buffer growing: at most
+  // initial_window_size bytes wait per stream. The connection window still reopens on receipt,
+  // so one stalled stream never blocks the others. Off: windows reopen on receipt.
+  bool reader_flow_control = false;
 };
 
 class ClientConnection;
@@ -66,6 +71,9 @@ class ClientStream {
 
   // Queues request DATA; `end` half-closes the request after it.
   void send(std::string bytes, bool end);
+  // The reader took `n` bytes out of input(): reopens the stream's window by as much when the
+  // connection has reader_flow_control (nothing otherwise).
+  void consume(std::size_t n);
   // RST_STREAM (e.g. NGHTTP2_CANCEL); the stream is closed from our side at once.
   void reset(std::uint32_t error_code);
   // Marks the stream expired (and wakes its owner) at `deadline`.
@@ -134,6 +142,7 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   // Open, and the server has not sent GOAWAY: new streams may be opened.
   bool usable() const noexcept { return session_ && !dead_ && !goaway_ && !shutting_down_; }
   bool closed() const noexcept { return dead_; }
+  bool reader_flow_control() const noexcept { return reader_flow_control_; }
   // The server sent GOAWAY.
   bool goaway_received() const noexcept { return goaway_; }
   std::size_t open_streams() const noexcept { return streams_.size(); }
@@ -171,6 +180,9 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   co::Wakeup writer_done_wakeup_;
   co::Wakeup* state_waiter_ = nullptr;
   std::string out_;
+  // DATA received during one mem_recv, given back to the connection window after it returns.
+  std::size_t unconsumed_connection_bytes_ = 0;
+  bool reader_flow_control_ = false;
   bool dead_ = false;
   bool goaway_ = false;
   bool shutting_down_ = false;
