@@ -55,10 +55,11 @@ run_mode() {  # MODE REP
     --log-level warn "${extra[@]}" 2>"$work/server-$mode-$rep.log" &
   server_pid=$!
   for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  : >"$work/session.out"
   taskset -c 1 "$bin/peers/sessload" --addr "127.0.0.1:$port" --sessions 1 --connections 1 \
     --no-heartbeat --print-session-id >"$work/session.out" 2>/dev/null &
   load_pid=$!
-  for _ in $(seq 100); do [ -s "$work/session.out" ] && break; sleep 0.05; done
+  for _ in $(seq 100); do [ "$(wc -l <"$work/session.out")" -ge 1 ] && break; sleep 0.05; done
   local session task
   session=$(head -1 "$work/session.out")
   task=$("$bin/dispatchctl" --addr "127.0.0.1:$port" --insecure task create --node sessload-0)

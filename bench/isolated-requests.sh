@@ -64,10 +64,11 @@ run() {
     # One Session (held open by sessload as node sessload-0) gives the session ID every
     # Heartbeat names; one call must answer grpc-status 0 before the load, or the figures would
     # be those of an error path.
+    : >"$work/session.out"
     build/peers/sessload --addr "127.0.0.1:$port" --sessions 1 --connections 1 --no-heartbeat \
       --print-session-id >"$work/session.out" 2>"$work/session.log" &
     sessload=$!
-    for _ in $(seq 100); do [ -s "$work/session.out" ] && break; sleep 0.05; done
+    for _ in $(seq 100); do [ "$(wc -l <"$work/session.out")" -ge 1 ] && break; sleep 0.05; done
     local session
     session=$(head -1 "$work/session.out")
     [ ${#session} = 25 ] || { echo "isolated-requests.sh: no session from the server" >&2; exit 1; }

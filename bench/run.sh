@@ -163,10 +163,13 @@ grpc_headers=(-H 'content-type: application/grpc' -H 'te: trailers' -H 'node-id:
 # dispatchd wants a live session for Heartbeat: one sessload stream (node sessload-0, the
 # node-id h2load sends) holds it open; the peers take any ID. Frames HeartbeatRequest{session_id}.
 open_session() {
+  # Emptied here, not by the background job's redirection: that runs after the fork, so the
+  # loop below could read the previous scenario's ID, or an empty file truncated under it.
+  : >"$raw/session.out"
   "${pin_load[@]}" "$peers/sessload" --addr "127.0.0.1:$port" --sessions 1 --connections 1 \
     --no-heartbeat --print-session-id >"$raw/session.out" 2>"$raw/session.log" &
   load_pid=$!
-  for _ in $(seq 100); do [ -s "$raw/session.out" ] && break; sleep 0.05; done
+  for _ in $(seq 100); do [ "$(wc -l <"$raw/session.out")" -ge 1 ] && break; sleep 0.05; done
   session=$(head -1 "$raw/session.out")
   [ ${#session} = 25 ] || { echo "run.sh: no session from the server" >&2; exit 1; }
 }
