@@ -94,6 +94,10 @@ int run_daemon(DaemonOptions d) {
     log::warn("ignoring environment variable {}: no such flag (see --help)", name);
   }
 
+  if (!d.etcd_endpoints.empty()) {
+    return refuse(
+        "--store etcd://...: several managers on etcd are not available in this build yet");
+  }
   std::optional<StateDir> statedir;
   std::optional<dispatchd::state::v1::StoreSnapshot> saved;
   if (d.in_memory && !d.state_dir.empty()) {

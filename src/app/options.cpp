@@ -40,6 +40,57 @@ void add_flags(Flags& flags, DaemonOptions& o) {
             "write a snapshot of the store this often while running (off the serving thread; "
             "only when it changed) and remove the log it covers; 0: only on stop",
             duration_setter(o.state_sync_interval, true));
+  flags.add("store", "URL", "the embedded store (--state-dir)",
+            "etcd://HOST:PORT[,HOST:PORT...]: keep the store in etcd and run as one of several "
+            "managers; the one holding the etcd leadership runs the Dispatcher, the others "
+            "forward agents' calls to it",
+            [&o](std::string_view v) -> std::optional<std::string> {
+              o.etcd_endpoints.clear();
+              if (v.empty()) return std::nullopt;
+              constexpr std::string_view scheme = "etcd://";
+              if (!v.starts_with(scheme)) return "want etcd://HOST:PORT[,HOST:PORT...]";
+              v.remove_prefix(scheme.size());
+              while (true) {
+                auto comma = v.find(',');
+                auto ep = v.substr(0, comma);
+                auto colon = ep.rfind(':');
+                std::uint64_t port = 0;
+                if (ep.empty() || colon == std::string_view::npos || colon == 0 ||
+                    cli::parse_uint(ep.substr(colon + 1), 1, 65535, port)) {
+                  return "\"" + std::string(ep) + "\" is not HOST:PORT";
+                }
+                o.etcd_endpoints.emplace_back(ep);
+                if (comma == std::string_view::npos) break;
+                v.remove_prefix(comma + 1);
+              }
+              return std::nullopt;
+            });
+  flags.add("etcd-prefix", "PREFIX", o.etcd_prefix,
+            "keys dispatchd keeps in etcd start with this (one cluster per prefix)",
+            [&o](std::string_view v) -> std::optional<std::string> {
+              if (v.empty() || v.front() != '/') return "want a key prefix starting with /";
+              o.etcd_prefix = std::string(v);
+              if (!o.etcd_prefix.ends_with('/')) o.etcd_prefix += '/';
+              return std::nullopt;
+            });
+  flags.add("etcd-ca", "FILE", "",
+            "talk to etcd over TLS, checking its certificate against this CA bundle (PEM)",
+            string_setter(o.etcd_ca));
+  flags.add("etcd-cert", "FILE", "", "client certificate for etcd (PEM; with --etcd-key)",
+            string_setter(o.etcd_cert));
+  flags.add("etcd-key", "FILE", "", "client private key for etcd (PEM)", string_setter(o.etcd_key));
+  flags.add("etcd-lease-ttl", "DURATION", "5s",
+            "this manager's etcd lease: when the manager dies, the others see it leave (and a "
+            "new leader takes over) within this time; whole seconds, at least 2s",
+            [&o](std::string_view v) -> std::optional<std::string> {
+              auto d = cli::parse_duration(v);
+              if (!d) return "not a duration (write it like 300ms, 5s or 1m30s)";
+              if (*d < std::chrono::seconds(2) || *d % std::chrono::seconds(1) != d->zero()) {
+                return "want whole seconds, at least 2s";
+              }
+              o.etcd_lease_ttl = std::chrono::duration_cast<std::chrono::seconds>(*d);
+              return std::nullopt;
+            });
   flags.add("tls-cert", "FILE", "",
             "server certificate chain (PEM); its CN is this manager's node ID and its O the "
             "cluster organisation",
@@ -186,6 +237,19 @@ std::optional<std::string> check(const DaemonOptions& d) {
   }
   if (o.insecure && o.tls.openssl_records) {
     return "--tls-openssl-records has no effect with --insecure (no TLS): choose one";
+  }
+  if (!d.etcd_endpoints.empty() && (d.in_memory || !d.state_dir.empty())) {
+    return std::string(d.in_memory ? "--in-memory" : "--state-dir") +
+           " has no effect with --store etcd://... (etcd holds the store): choose one";
+  }
+  if (d.etcd_endpoints.empty() && (!d.etcd_ca.empty() || !d.etcd_cert.empty())) {
+    return "--etcd-ca/--etcd-cert need --store etcd://...";
+  }
+  if (d.etcd_cert.empty() != d.etcd_key.empty()) {
+    return "--etcd-cert and --etcd-key go together";
+  }
+  if (!d.etcd_cert.empty() && d.etcd_ca.empty()) {
+    return "--etcd-cert needs --etcd-ca (a client certificate is sent over TLS only)";
   }
   if (o.h2.keepalive_time.count() > 0 && o.h2.keepalive_timeout >= o.h2.keepalive_time) {
     return "--keepalive-timeout must be shorter than --keepalive-time";

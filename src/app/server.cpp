@@ -145,7 +145,7 @@ std::expected<asio::ip::tcp::endpoint, std::string> Server::listen() {
 }
 
 asio::awaitable<void> Server::run() {
-  if (!stopping_) dispatcher_.start();
+  if (!stopping_ && !options_.defer_dispatcher) dispatcher_.start();
   running_ = true;
   if (admin_endpoint_) admin_scope_.spawn(admin_.run());
   if (tls_ && options_.tls_handshake_threads > 0 && !handshake_pool_) {
@@ -326,6 +326,12 @@ std::size_t Server::retained_streams() const {
   std::size_t n = 0;
   connections_.for_each([&](const h2::Connection& c) { n += c.retained_streams(); });
   return n;
+}
+
+void Server::start_dispatcher() {
+  if (stopping_) return;
+  forwarding_ = false;
+  dispatcher_.start();
 }
 
 void Server::stop() {

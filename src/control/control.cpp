@@ -386,6 +386,9 @@ void ControlService::add(grpc::Server& server, const char* method, F f) {
         static const std::vector<std::string> managers = {auth::kManagerRole};
         auto id = authorizer_.authorize(ctx, managers, false);
         if (!id) co_return std::unexpected(id.error());
+        if (gate_) {
+          if (auto refused = gate_()) co_return std::unexpected(std::move(*refused));
+        }
         const std::uint64_t before = store_.index();
         std::expected<Resp, Status> r = f(req, id->node_id + "@" + id->remote_addr);
         // A change is answered once it is on disk (docs/behaviour.md §0.5).

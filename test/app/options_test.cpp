@@ -169,6 +169,43 @@ TEST(OptionsTest, CombinationsThatCannotWorkAreRefused) {
   accepted({"--listen", "127.0.0.1:4300", "--admin-listen="});
 }
 
+TEST(OptionsTest, EtcdStoreTakesEndpointsPrefixTlsAndLease) {
+  auto o = accepted({});
+  EXPECT_TRUE(o.etcd_endpoints.empty());  // the embedded store
+  EXPECT_EQ(o.etcd_prefix, "/dispatchd/");
+  EXPECT_EQ(o.etcd_lease_ttl, 5s);
+
+  o = accepted({"--store", "etcd://127.0.0.1:2379,etcd-2.example:2379,[::1]:2479",
+                "--etcd-prefix=/prod/swarm", "--etcd-lease-ttl", "10s", "--etcd-ca", "/ca.pem",
+                "--etcd-cert", "/c.pem", "--etcd-key", "/k.pem"});
+  EXPECT_EQ(o.etcd_endpoints,
+            (std::vector<std::string>{"127.0.0.1:2379", "etcd-2.example:2379", "[::1]:2479"}));
+  EXPECT_EQ(o.etcd_prefix, "/prod/swarm/");
+  EXPECT_EQ(o.etcd_lease_ttl, 10s);
+  EXPECT_EQ(o.etcd_ca, "/ca.pem");
+
+  EXPECT_EQ(refused({"--store", "http://127.0.0.1:2379"}),
+            "invalid value for --store: want etcd://HOST:PORT[,HOST:PORT...]");
+  EXPECT_EQ(refused({"--store", "etcd://127.0.0.1:2379,"}),
+            "invalid value for --store: \"\" is not HOST:PORT");
+  EXPECT_EQ(refused({"--store", "etcd://127.0.0.1"}),
+            "invalid value for --store: \"127.0.0.1\" is not HOST:PORT");
+  EXPECT_EQ(refused({"--etcd-prefix", "dispatchd"}),
+            "invalid value for --etcd-prefix: want a key prefix starting with /");
+  EXPECT_EQ(refused({"--etcd-lease-ttl", "1500ms"}),
+            "invalid value for --etcd-lease-ttl: want whole seconds, at least 2s");
+  EXPECT_EQ(refused({"--store", "etcd://a:1", "--in-memory"}),
+            "--in-memory has no effect with --store etcd://... (etcd holds the store): choose one");
+  EXPECT_EQ(refused({"--store", "etcd://a:1", "--state-dir", "/var/lib/x"}),
+            "--state-dir has no effect with --store etcd://... (etcd holds the store): choose "
+            "one");
+  EXPECT_EQ(refused({"--etcd-ca", "/ca.pem"}), "--etcd-ca/--etcd-cert need --store etcd://...");
+  EXPECT_EQ(refused({"--store", "etcd://a:1", "--etcd-ca", "/ca.pem", "--etcd-cert", "/c.pem"}),
+            "--etcd-cert and --etcd-key go together");
+  EXPECT_EQ(refused({"--store", "etcd://a:1", "--etcd-cert", "/c.pem", "--etcd-key", "/k.pem"}),
+            "--etcd-cert needs --etcd-ca (a client certificate is sent over TLS only)");
+}
+
 TEST(OptionsTest, EnvironmentFillsInAndTheCommandLineWins) {
   auto o = accepted({"--heartbeat-period", "10s"},
                     {"DISPATCHD_HEARTBEAT_PERIOD=2s", "DISPATCHD_LOG_FORMAT=json",

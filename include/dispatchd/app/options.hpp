@@ -25,6 +25,16 @@ struct DaemonOptions {
   std::string state_dir;
   // No state directory: the store lives in memory only (wins over state_dir).
   bool in_memory = false;
+  // Several managers (--store etcd://...): the etcd endpoints ("HOST:PORT"); empty: the embedded
+  // store (state_dir / in_memory).
+  std::vector<std::string> etcd_endpoints;
+  // Every key dispatchd writes in etcd starts with this (ends with '/').
+  std::string etcd_prefix = "/dispatchd/";
+  // TLS to etcd: the CA its certificates chain to (TLS when set), and our client certificate.
+  std::string etcd_ca, etcd_cert, etcd_key;
+  // This manager's etcd lease: when it dies, the others see it gone (and a leader replaced)
+  // within this time.
+  std::chrono::seconds etcd_lease_ttl{5};
   // Write a snapshot this often while running and prune the log it covers (0: only on stop).
   std::chrono::milliseconds state_sync_interval{30000};
   log::Level log_level = log::Level::info;

@@ -48,6 +48,9 @@ struct Options {
   // Once the oldest waiting handshake has waited this long, the newest is admitted first.
   std::chrono::milliseconds handshake_queue_lifo_after{1000};
   std::size_t max_connections = 200000;
+  // Several managers (--store etcd): the Dispatcher does not start with run() but when this
+  // manager becomes the leader (start_dispatcher()); until then agents' calls are forwarded.
+  bool defer_dispatcher = false;
   h2::Settings h2;
   grpc::ServerOptions grpc;
   dispatcher::Config dispatcher;
@@ -101,6 +104,12 @@ class Server {
   // Graceful stop: no new connections, every Session gets its final message, GOAWAY to every
   // connection, in-flight calls finish within the drain timeout.
   void stop();
+  // With defer_dispatcher: this manager became the leader; the Dispatcher starts (nodes are
+  // marked UNKNOWN with the start-up grace, docs/behaviour.md §2).
+  void start_dispatcher();
+  // With defer_dispatcher: whether this manager serves agents as a follower (forwarding their
+  // calls to a known leader), which makes it ready (/readyz) without a running Dispatcher.
+  void set_forwarding(bool forwarding) noexcept { forwarding_ = forwarding; }
 
   grpc::Server& grpc() noexcept { return grpc_; }
   grpc::HealthService& health() noexcept { return health_; }
@@ -108,6 +117,7 @@ class Server {
   grpc::ReflectionService& reflection() noexcept { return reflection_; }
   dispatcher::Dispatcher& dispatcher() noexcept { return dispatcher_; }
   logbroker::LogBroker& log_broker() noexcept { return log_broker_; }
+  control::ControlService& control() noexcept { return control_; }
   store::Store& store() noexcept { return store_; }
   co::TimerWheel& wheel() noexcept { return wheel_; }
   std::size_t connection_count() const noexcept { return connection_count_; }
@@ -123,7 +133,9 @@ class Server {
   // Stream objects nghttp2 holds on the open connections (open streams, and closed ones if kept).
   std::size_t retained_streams() const;
   // Serving and not draining (/readyz).
-  bool ready() const noexcept { return running_ && !stopping_ && dispatcher_.running(); }
+  bool ready() const noexcept {
+    return running_ && !stopping_ && (dispatcher_.running() || forwarding_);
+  }
   // The Prometheus text exposition of everything above (/metrics).
   std::string render_metrics() const;
   // Families of a part the daemon adds (the write-ahead log), written after the store's.
@@ -181,6 +193,7 @@ class Server {
   co::Scope admin_scope_;
   bool running_ = false;
   bool stopping_ = false;
+  bool forwarding_ = false;
   // Last, so destroyed first: its threads are joined while every handshake is still alive.
   std::unique_ptr<net::HandshakePool> handshake_pool_;
 };

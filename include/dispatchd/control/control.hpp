@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <expected>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -101,6 +102,10 @@ class ControlService {
   std::expected<pb::SetRootCAResponse, grpc::Status> set_root_ca(const pb::SetRootCARequest& r,
                                                                  const std::string& who);
 
+  // Checked after a call is authorized and before it runs: a status refuses the call (a manager
+  // that is not the leader refuses operator calls and names the leader). No gate: every call runs.
+  void set_gate(std::function<std::optional<grpc::Status>()> gate) { gate_ = std::move(gate); }
+
  private:
   template <class Req, class Resp, class F>
   void add(grpc::Server& server, const char* method, F f);
@@ -110,6 +115,7 @@ class ControlService {
   const auth::Authorizer& authorizer_;
   const AgentDirectory& agents_;
   std::string self_;
+  std::function<std::optional<grpc::Status>()> gate_;
 };
 
 }  // namespace dispatchd::control
