@@ -1,5 +1,7 @@
 #include "dispatchd/app/daemon.hpp"
 
+#include <fmt/ranges.h>
+
 #include <asio/co_spawn.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
@@ -12,6 +14,7 @@
 #include <thread>
 #include <utility>
 
+#include "dispatchd/app/cluster.hpp"
 #include "dispatchd/app/server.hpp"
 #include "dispatchd/app/state.hpp"
 #include "dispatchd/app/wal.hpp"
@@ -94,16 +97,14 @@ int run_daemon(DaemonOptions d) {
     log::warn("ignoring environment variable {}: no such flag (see --help)", name);
   }
 
-  if (!d.etcd_endpoints.empty()) {
-    return refuse(
-        "--store etcd://...: several managers on etcd are not available in this build yet");
-  }
+  const bool clustered = !d.etcd_endpoints.empty();
+  opt.defer_dispatcher = clustered;
   std::optional<StateDir> statedir;
   std::optional<dispatchd::state::v1::StoreSnapshot> saved;
   if (d.in_memory && !d.state_dir.empty()) {
     log::warn("--in-memory: the store is not kept in {} (--state-dir ignored)", d.state_dir);
   }
-  if (!d.in_memory) {
+  if (!d.in_memory && !clustered) {
     if (d.state_dir.empty()) d.state_dir = default_state_dir();
     auto dir = StateDir::open(d.state_dir);
     if (!dir) return refuse(dir.error());
@@ -201,6 +202,21 @@ int run_daemon(DaemonOptions d) {
   // The manager list agents receive names this server.
   std::string addr = d.advertise.empty() ? net::endpoint_string(*bound) : d.advertise;
   server.dispatcher().set_manager_addr(addr);
+  std::optional<ClusterManager> cluster;
+  if (clustered) {
+    ClusterOptions co;
+    for (const auto& ep : d.etcd_endpoints) {
+      co.etcd.endpoints.push_back((d.etcd_ca.empty() ? "http://" : "https://") + ep);
+    }
+    co.etcd.ca_file = d.etcd_ca;
+    co.etcd.cert_file = d.etcd_cert;
+    co.etcd.key_file = d.etcd_key;
+    co.prefix = d.etcd_prefix;
+    co.node_id = opt.dispatcher.manager_node_id;
+    co.advertise_addr = addr;
+    co.lease_ttl = d.etcd_lease_ttl;
+    cluster.emplace(server, std::move(co));
+  }
   if (opt.insecure) {
     log::warn(
         "insecure mode: plaintext HTTP/2 and no authentication; any client can claim any "
@@ -263,8 +279,18 @@ int run_daemon(DaemonOptions d) {
     sync_timer.async_wait(on_sync_timer);
   }
   bool done = false;
+  co::Event server_done;
+  bool cluster_failed = false;
+  if (cluster) {
+    log::info("store in etcd at {} under {}; this manager follows until it is elected leader",
+              fmt::join(d.etcd_endpoints, ","), d.etcd_prefix);
+    asio::co_spawn(io, cluster->run(server_done), [&](std::exception_ptr e, Status st) {
+      if (e || !st.is_ok()) cluster_failed = true;
+    });
+  }
   asio::co_spawn(io, server.run(), [&](std::exception_ptr e) {
     done = true;
+    server_done.set();
     signals.cancel();
     sync_timer.cancel();
     if (e) {
@@ -277,7 +303,7 @@ int run_daemon(DaemonOptions d) {
   });
   io.run();
   reloader.join();
-  int rc = done && !wal_failed ? 0 : 1;
+  int rc = done && !wal_failed && !cluster_failed ? 0 : 1;
   if (syncer) syncer->stop();  // never two writers at once
   // The io thread has ended: every acknowledged change is in the store and in the log.
   if (wal) {
