@@ -1,0 +1,383 @@
+// Three dispatchd managers on a real three-member etcd cluster (issue 16), driven by the real
+// gRPC C++ client as agents and operators: one leader runs the Dispatcher, the followers forward
+// agents to it, every Session carries the live manager list; SIGKILL the leader under load and
+// the agents have a session again with nothing acknowledged lost and the dead manager dropped
+// from their list; a leader paused past its lease is fenced off when it wakes.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "control.grpc.pb.h"
+#include "dispatcher.grpc.pb.h"
+#include "support/child_process.hpp"
+#include "support/etcd_cluster.hpp"
+#include "support/grpc_client.hpp"
+
+namespace {
+
+namespace api = docker::swarmkit::v1;
+namespace pb = dispatchd::control::v1;
+using dispatchd::test::ChildProcess;
+using dispatchd::test::EtcdCluster;
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+std::unique_ptr<grpc::ClientContext> as(const std::string& node_id, const std::string& role = {},
+                                        std::chrono::seconds timeout = 10s) {
+  return dispatchd::test::client_context(dispatchd::test::as_node(node_id, role), timeout);
+}
+
+std::string task_id(int i) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "t-%03d", i);
+  return buf;
+}
+
+struct Manager {
+  std::string node_id;
+  std::unique_ptr<ChildProcess> process;
+  std::string address;
+  bool killed = false;
+};
+
+// One manager process, started and listening, or failing the test.
+void start_manager(Manager& m, const std::string& node_id, const std::string& store) {
+  m.node_id = node_id;
+  m.process = std::make_unique<ChildProcess>(std::vector<std::string>{
+      DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0", "--admin-listen=", "--node-id",
+      node_id, "--store", store, "--etcd-lease-ttl", "2s", "--drain-timeout", "5s",
+      "--heartbeat-period", "2s", "--heartbeat-epsilon", "100ms"});
+  auto line = m.process->wait_for_line("dispatchd listening on ", 30s);
+  ASSERT_TRUE(line) << m.process->output();
+  auto at = line->find("listening on ") + 13;
+  m.address = line->substr(at, line->find(' ', at) - at);
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!EtcdCluster::available()) GTEST_SKIP() << EtcdCluster::kBinary << " is not installed";
+    etcd_ = std::make_unique<EtcdCluster>(3);
+    ASSERT_TRUE(etcd_->started()) << etcd_->error();
+    std::string store = "etcd://";
+    for (std::size_t i = 0; i < etcd_->size(); ++i)
+      store += (i ? "," : "") + etcd_->endpoint(i);
+    managers_.resize(3);
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_NO_FATAL_FAILURE(
+          start_manager(managers_[i], "manager-" + std::to_string(i + 1), store));
+    }
+  }
+
+  // The manager that logged its election (after `skip` earlier elections), within `timeout`.
+  Manager* wait_leader(std::chrono::milliseconds timeout, const Manager* not_this = nullptr) {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      for (auto& m : managers_) {
+        if (m.killed || &m == not_this) continue;
+        if (m.process->wait_for_line("leading the cluster", 50ms)) return &m;
+      }
+    }
+    return nullptr;
+  }
+
+  std::unique_ptr<EtcdCluster> etcd_;
+  std::vector<Manager> managers_;
+};
+
+std::unique_ptr<api::Dispatcher::Stub> dispatcher_at(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return api::Dispatcher::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+std::unique_ptr<pb::Control::Stub> control_at(const std::string& address) {
+  return pb::Control::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+}
+
+// An agent's Session through one manager.
+struct Session {
+  std::unique_ptr<api::Dispatcher::Stub> stub;
+  std::unique_ptr<grpc::ClientContext> ctx;
+  std::unique_ptr<grpc::ClientReader<api::SessionMessage>> reader;
+  api::SessionMessage first;
+  grpc::Status status;
+  bool ok = false;
+
+  Session(const std::string& address, const std::string& node_id,
+          std::chrono::seconds timeout = 60s) {
+    stub = dispatcher_at(address);
+    ctx = as(node_id, {}, timeout);
+    reader = stub->Session(ctx.get(), api::SessionRequest{});
+    ok = reader->Read(&first);
+    if (!ok) status = reader->Finish();
+  }
+  ~Session() {
+    if (ok) {
+      ctx->TryCancel();
+      api::SessionMessage m;
+      while (reader->Read(&m)) {
+      }
+      reader->Finish();
+    }
+  }
+};
+
+std::set<std::string> manager_ids(const api::SessionMessage& m) {
+  std::set<std::string> ids;
+  for (const auto& p : m.managers())
+    ids.insert(p.peer().node_id());
+  return ids;
+}
+
+// What an agent does after losing its manager: try the managers it knows, one after another,
+// until one gives it a session (bounded by `timeout`).
+std::unique_ptr<Session> reconnect(const std::vector<std::string>& addresses,
+                                   const std::string& node_id, std::chrono::seconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (std::size_t i = 0; Clock::now() < deadline; ++i) {
+    auto s = std::make_unique<Session>(addresses[i % addresses.size()], node_id, 5s);
+    if (s->ok) return s;
+  }
+  return nullptr;
+}
+
+TEST_F(ClusterTest, OneLeaderRunsTheDispatcherAndFollowersForwardAgentsToIt) {
+  Manager* leader = wait_leader(30s);
+  ASSERT_NE(leader, nullptr) << managers_[0].process->output();
+  Manager* follower = &managers_[leader == &managers_[0] ? 1 : 0];
+
+  // An agent on a follower gets the leader's session, with the three live managers listed.
+  Session s(follower->address, "node-a");
+  ASSERT_TRUE(s.ok) << s.status.error_message() << "\n" << follower->process->output();
+  EXPECT_EQ(s.first.node().id(), "node-a");
+  EXPECT_FALSE(s.first.session_id().empty());
+  std::set<std::string> want = {"manager-1", "manager-2", "manager-3"};
+  api::SessionMessage m = s.first;
+  while (manager_ids(m) != want && s.reader->Read(&m)) {
+  }
+  EXPECT_EQ(manager_ids(m), want);
+
+  // The leader registered it: the node is READY there, and its heartbeat through the follower
+  // works on that session.
+  api::HeartbeatRequest hb;
+  hb.set_session_id(s.first.session_id());
+  api::HeartbeatResponse hbr;
+  auto hctx = as("node-a");
+  auto st = dispatcher_at(follower->address)->Heartbeat(hctx.get(), hb, &hbr);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  pb::GetNodeRequest get;
+  get.set_node_id("node-a");
+  pb::GetNodeResponse node;
+  auto gctx = as("ops", "swarm-manager");
+  st = control_at(leader->address)->GetNode(gctx.get(), get, &node);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(node.node().status().state(), api::NodeStatus::READY);
+
+  // Operator calls go to the leader: a follower names it.
+  pb::ListNodesResponse nodes;
+  auto lctx = as("ops", "swarm-manager");
+  st = control_at(follower->address)->ListNodes(lctx.get(), pb::ListNodesRequest{}, &nodes);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(st.error_message().find(leader->node_id + " at " + leader->address), std::string::npos)
+      << st.error_message();
+}
+
+// Reporters for node-a through one manager, one update per call, until every task is reported
+// or a call fails. Records what was acknowledged.
+class Reporters {
+ public:
+  Reporters(const std::string& address, const std::string& session_id, int first, int last)
+      : thread_([=, this] {
+          auto stub = dispatcher_at(address);
+          for (int i = first; i < last && !stop_; ++i) {
+            api::UpdateTaskStatusRequest req;
+            req.set_session_id(session_id);
+            auto* u = req.add_updates();
+            u->set_task_id(task_id(i));
+            u->mutable_status()->set_state(api::RUNNING);
+            u->mutable_status()->set_message("reported " + task_id(i));
+            api::UpdateTaskStatusResponse resp;
+            auto ctx = as("node-a");
+            if (!stub->UpdateTaskStatus(ctx.get(), req, &resp).ok()) return;
+            std::lock_guard lock(mu_);
+            acknowledged_.insert(task_id(i));
+          }
+        }) {}
+  ~Reporters() { join(); }
+  std::size_t acks() {
+    std::lock_guard lock(mu_);
+    return acknowledged_.size();
+  }
+  bool wait_for_acks(std::size_t n) {
+    const auto deadline = Clock::now() + 30s;
+    while (acks() < n && Clock::now() < deadline)
+      std::this_thread::yield();
+    return acks() >= n;
+  }
+  void join() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  std::set<std::string> acknowledged() {
+    std::lock_guard lock(mu_);
+    return acknowledged_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::set<std::string> acknowledged_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+TEST_F(ClusterTest, KillingTheLeaderUnderLoadMovesAgentsAndLosesNoAcknowledgedStatus) {
+  Manager* leader = wait_leader(30s);
+  ASSERT_NE(leader, nullptr) << managers_[0].process->output();
+  constexpr int kTasks = 400;
+  auto control = control_at(leader->address);
+  for (int i = 0; i < kTasks; ++i) {
+    pb::CreateTaskRequest req;
+    req.mutable_task()->set_id(task_id(i));
+    req.mutable_task()->set_node_id("node-a");
+    pb::CreateTaskResponse resp;
+    auto ctx = as("ops", "swarm-manager");
+    auto st = control->CreateTask(ctx.get(), req, &resp);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+  }
+  std::vector<std::string> survivors;
+  for (auto& m : managers_)
+    if (&m != leader) survivors.push_back(m.address);
+
+  // node-a's session through a follower; reporters through the follower and the leader.
+  auto s = std::make_unique<Session>(survivors[0], "node-a");
+  ASSERT_TRUE(s->ok) << s->status.error_message();
+  Reporters via_follower(survivors[0], s->first.session_id(), 0, kTasks / 2);
+  Reporters via_leader(leader->address, s->first.session_id(), kTasks / 2, kTasks);
+  ASSERT_TRUE(via_follower.wait_for_acks(20));
+  ASSERT_TRUE(via_leader.wait_for_acks(20));
+
+  leader->process->signal(SIGKILL);
+  const auto killed_at = Clock::now();
+  leader->killed = true;
+  leader->process->wait(10s);
+  via_follower.join();
+  via_leader.join();
+  std::set<std::string> acknowledged = via_follower.acknowledged();
+  for (const auto& id : via_leader.acknowledged())
+    acknowledged.insert(id);
+
+  // The session ends (the leader it was forwarded to is gone); the agent finds a session on the
+  // managers it knows, within the lease TTL and its backoff.
+  api::SessionMessage m;
+  while (s->reader->Read(&m)) {
+  }
+  s->ok = false;
+  s->reader->Finish();
+  auto again = reconnect(survivors, "node-a", 30s);
+  ASSERT_NE(again, nullptr);
+  const auto back_after = Clock::now() - killed_at;
+  Manager* next = wait_leader(10s, leader);
+  ASSERT_NE(next, nullptr);
+  RecordProperty(
+      "agent_back_after_ms",
+      std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(back_after).count()));
+
+  // The dead manager leaves every session's manager list.
+  m = again->first;
+  while (manager_ids(m).contains(leader->node_id) && again->reader->Read(&m)) {
+  }
+  EXPECT_FALSE(manager_ids(m).contains(leader->node_id));
+  EXPECT_EQ(manager_ids(m).size(), 2u);
+
+  // Every acknowledged status is in the new leader's store.
+  pb::ListTasksRequest list;
+  list.set_node_id("node-a");
+  pb::ListTasksResponse tasks;
+  auto ctx = as("ops", "swarm-manager");
+  auto st = control_at(next->address)->ListTasks(ctx.get(), list, &tasks);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(tasks.tasks_size(), kTasks);
+  std::size_t found = 0;
+  for (const auto& t : tasks.tasks()) {
+    if (!acknowledged.contains(t.id())) continue;
+    EXPECT_EQ(t.status().state(), api::RUNNING) << t.id() << " was acknowledged but is lost";
+    EXPECT_EQ(t.status().message(), "reported " + t.id());
+    ++found;
+  }
+  EXPECT_EQ(found, acknowledged.size());
+  EXPECT_GE(acknowledged.size(), 40u);
+}
+
+TEST_F(ClusterTest, ALeaderPausedPastItsLeaseIsFencedOffWhenItWakes) {
+  Manager* leader = wait_leader(30s);
+  ASSERT_NE(leader, nullptr) << managers_[0].process->output();
+  pb::CreateTaskRequest req;
+  req.mutable_task()->set_id("t-old");
+  req.mutable_task()->set_node_id("node-a");
+  pb::CreateTaskResponse resp;
+  auto ctx = as("ops", "swarm-manager");
+  ASSERT_TRUE(control_at(leader->address)->CreateTask(ctx.get(), req, &resp).ok());
+
+  // Frozen: its lease runs out, another manager is elected and writes.
+  leader->process->signal(SIGSTOP);
+  Manager* next = wait_leader(30s, leader);
+  ASSERT_NE(next, nullptr);
+  req.mutable_task()->set_id("t-new");
+  auto ctx2 = as("ops", "swarm-manager");
+  auto st = control_at(next->address)->CreateTask(ctx2.get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+
+  // A write sent to the old leader while it sleeps: when it wakes, it must not be acknowledged.
+  std::optional<grpc::Status> late;
+  std::thread writer([&] {
+    pb::UpdateTaskRequest up;
+    up.set_task_id("t-old");
+    up.set_desired_state(api::SHUTDOWN);
+    pb::UpdateTaskResponse r;
+    auto c = as("ops", "swarm-manager", 20s);
+    late = control_at(leader->address)->UpdateTask(c.get(), up, &r);
+  });
+  leader->process->signal(SIGCONT);
+  writer.join();
+  ASSERT_TRUE(late.has_value());
+  EXPECT_FALSE(late->ok()) << "a deposed leader acknowledged a write";
+
+  // It steps down and exits non-zero, saying why.
+  auto rc = leader->process->wait(30s);
+  leader->killed = true;
+  ASSERT_TRUE(rc.has_value()) << leader->process->output();
+  EXPECT_NE(*rc, 0);
+  const std::string out = leader->process->output();
+  EXPECT_TRUE(out.find("lost the leadership") != std::string::npos ||
+              out.find("etcd lease is lost") != std::string::npos ||
+              out.find("no longer the leader") != std::string::npos)
+      << out;
+
+  // The new leader's store has the new task, and t-old as it was.
+  pb::ListTasksRequest list;
+  list.set_node_id("node-a");
+  pb::ListTasksResponse tasks;
+  auto lctx = as("ops", "swarm-manager");
+  st = control_at(next->address)->ListTasks(lctx.get(), list, &tasks);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  std::set<std::string> ids;
+  for (const auto& t : tasks.tasks()) {
+    ids.insert(t.id());
+    if (t.id() == "t-old") EXPECT_NE(t.desired_state(), api::SHUTDOWN);
+  }
+  EXPECT_EQ(ids, (std::set<std::string>{"t-new", "t-old"}));
+}
+
+}  // namespace
