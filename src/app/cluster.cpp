@@ -184,7 +184,12 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
   }(*this));
 
   // A follower until elected.
-  server_.control().set_gate([this]() -> std::optional<Status> {
+  server_.control().set_gate([this](std::string_view method) -> std::optional<Status> {
+    if (method == "SetManagers") {
+      return Status(StatusCode::failed_precondition,
+                    "the manager list is the managers registered in etcd (--store etcd): start or "
+                    "stop a manager to change it");
+    }
     if (leader_) return std::nullopt;
     const cluster::Membership* m = membership();
     if (!m || m->leader.node_id.empty()) {

@@ -380,14 +380,14 @@ template <class Req, class Resp, class F>
 void ControlService::add(grpc::Server& server, const char* method, F f) {
   server.add_unary<Req, Resp>(
       std::string("/") + kServiceName + "/" + method,
-      [this, f](grpc::ServerContext& ctx,
-                const Req& req) -> asio::awaitable<std::expected<Resp, Status>> {
+      [this, f, method](grpc::ServerContext& ctx,
+                        const Req& req) -> asio::awaitable<std::expected<Resp, Status>> {
         // Operators are managers of this cluster; no forwarding.
         static const std::vector<std::string> managers = {auth::kManagerRole};
         auto id = authorizer_.authorize(ctx, managers, false);
         if (!id) co_return std::unexpected(id.error());
         if (gate_) {
-          if (auto refused = gate_()) co_return std::unexpected(std::move(*refused));
+          if (auto refused = gate_(method)) co_return std::unexpected(std::move(*refused));
         }
         const std::uint64_t before = store_.index();
         std::expected<Resp, Status> r = f(req, id->node_id + "@" + id->remote_addr);

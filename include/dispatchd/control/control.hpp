@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "control.pb.h"
 #include "dispatchd/auth/authorizer.hpp"
@@ -102,9 +103,11 @@ class ControlService {
   std::expected<pb::SetRootCAResponse, grpc::Status> set_root_ca(const pb::SetRootCARequest& r,
                                                                  const std::string& who);
 
-  // Checked after a call is authorized and before it runs: a status refuses the call (a manager
-  // that is not the leader refuses operator calls and names the leader). No gate: every call runs.
-  void set_gate(std::function<std::optional<grpc::Status>()> gate) { gate_ = std::move(gate); }
+  // Checked after a call is authorized and before it runs, with the method's name ("ListNodes"):
+  // a status refuses the call (a manager that is not the leader refuses operator calls and names
+  // the leader). No gate: every call runs.
+  using Gate = std::function<std::optional<grpc::Status>(std::string_view method)>;
+  void set_gate(Gate gate) { gate_ = std::move(gate); }
 
  private:
   template <class Req, class Resp, class F>
@@ -115,7 +118,7 @@ class ControlService {
   const auth::Authorizer& authorizer_;
   const AgentDirectory& agents_;
   std::string self_;
-  std::function<std::optional<grpc::Status>()> gate_;
+  Gate gate_;
 };
 
 }  // namespace dispatchd::control
