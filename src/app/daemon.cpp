@@ -18,6 +18,8 @@
 #include "dispatchd/app/server.hpp"
 #include "dispatchd/app/state.hpp"
 #include "dispatchd/app/wal.hpp"
+#include "dispatchd/cluster/etcd_journal.hpp"
+#include "dispatchd/cluster/manager_watch.hpp"
 #include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
 
@@ -216,6 +218,32 @@ int run_daemon(DaemonOptions d) {
     co.advertise_addr = addr;
     co.lease_ttl = d.etcd_lease_ttl;
     cluster.emplace(server, std::move(co));
+    server.add_metrics([&c = *cluster](metrics::Writer& m) {
+      auto family = [&](const char* name, const char* type, const char* help, double v) {
+        m.family(name, type, help);
+        m.sample(name, v);
+      };
+      family("dispatchd_cluster_leader", "gauge",
+             "1 while this manager leads the cluster (runs the Dispatcher), 0 as a follower.",
+             c.leader() ? 1 : 0);
+      family("dispatchd_cluster_leader_terms_total", "counter",
+             "Times this process was elected leader.", double(c.terms()));
+      const cluster::Membership* ms = c.membership();
+      family("dispatchd_cluster_managers", "gauge", "Live managers registered in etcd.",
+             ms ? double(ms->managers.size()) : 0);
+      if (const cluster::EtcdJournal* j = c.journal()) {
+        const auto& st = j->stats();
+        family("dispatchd_etcd_txns_total", "counter",
+               "Store writes committed to etcd (transactions; group commit).", double(st.txns));
+        family("dispatchd_etcd_commits_total", "counter",
+               "Store transactions appended to the etcd journal.", double(st.commits));
+        family("dispatchd_etcd_txn_failures_total", "counter",
+               "etcd transactions that failed (retried, or ending the leadership).",
+               double(st.failures));
+        family("dispatchd_etcd_wait_seconds_total", "counter",
+               "Time spent waiting for etcd to commit the store's writes.", st.wait_seconds);
+      }
+    });
   }
   if (opt.insecure) {
     log::warn(
