@@ -4,7 +4,9 @@
 # interleaved repetitions of one run. Prints a Markdown table: calls/s, latency p50/p99 (from
 # h2load's per-request log), server CPU per call, fsyncs per second and transactions per fsync.
 #
-# Usage: bench/durable-status.sh [--calls N] [--reps N] [--bin DIR]
+# Usage: bench/durable-status.sh [--calls N] [--reps N] [--bin DIR] [--etcd]
+#   --etcd   also the store in etcd (three local members, scripts/etcd-local.sh): one manager,
+#            the leader, every reply after its fenced etcd transaction
 #   --calls  calls per measurement (default 50000)
 #   --reps   repetitions of each mode, interleaved (default 3; the table shows medians)
 #   --bin    build directory with dispatchd, dispatchctl and peers/sessload (default build)
@@ -13,9 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-calls=50000 reps=3 bin=build
+calls=50000 reps=3 bin=build modes="durable in-memory"
 while [ $# -gt 0 ]; do
   case $1 in
+    --etcd) modes="durable etcd in-memory"; shift ;;
     --calls) calls=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --bin) bin=$2; shift 2 ;;
@@ -33,6 +36,7 @@ cleanup() {
   [ -n "$load_pid" ] && kill "$load_pid" 2>/dev/null || true
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
   wait 2>/dev/null || true
+  if [[ $modes == *etcd* ]]; then scripts/etcd-local.sh stop --dir "$work/etcd"; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -48,6 +52,8 @@ run_mode() {  # MODE REP
   port=$((port + 2)) admin=$((port + 1))
   if [ "$mode" = durable ]; then
     extra=(--state-dir "$work/state-$rep")
+  elif [ "$mode" = etcd ]; then
+    extra=(--store "$etcd_store" --etcd-prefix "/bench-$rep/")
   else
     extra=(--in-memory)
   fi
@@ -55,6 +61,9 @@ run_mode() {  # MODE REP
     --log-level warn "${extra[@]}" 2>"$work/server-$mode-$rep.log" &
   server_pid=$!
   for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  if [ "$mode" = etcd ]; then  # elected (alone) before it serves
+    for _ in $(seq 200); do [ "$(metric dispatchd_cluster_leader)" = 1 ] && break; sleep 0.05; done
+  fi
   : >"$work/session.out"
   taskset -c 1 "$bin/peers/sessload" --addr "127.0.0.1:$port" --sessions 1 --connections 1 \
     --no-heartbeat --print-session-id >"$work/session.out" 2>/dev/null &
@@ -67,19 +76,24 @@ run_mode() {  # MODE REP
   for shape in 1x1 10x10; do
     local c=${shape%x*} m=${shape#*x}
     local c0 s0 r0 c1 s1 r1
-    c0=$(cpu_ticks "$server_pid") s0=$(metric dispatchd_wal_syncs_total) r0=$(metric dispatchd_wal_records_total)
+    local sm=dispatchd_wal_syncs_total rm=dispatchd_wal_records_total
+    [ "$mode" = etcd ] && sm=dispatchd_etcd_txns_total rm=dispatchd_etcd_commits_total
+    c0=$(cpu_ticks "$server_pid") s0=$(metric $sm) r0=$(metric $rm)
     taskset -c 1 h2load -n "$calls" -c "$c" -m "$m" -d "$work/body.bin" "${headers[@]}" \
       --log-file="$work/h2-$mode-$shape-$rep.log" \
       "http://127.0.0.1:$port/docker.swarmkit.v1.Dispatcher/UpdateTaskStatus" >"$work/h2-$mode-$shape-$rep.out" 2>&1
-    c1=$(cpu_ticks "$server_pid") s1=$(metric dispatchd_wal_syncs_total) r1=$(metric dispatchd_wal_records_total)
+    c1=$(cpu_ticks "$server_pid") s1=$(metric $sm) r1=$(metric $rm)
     echo "$mode $shape $rep $((c1 - c0)) ${s0:-0} ${s1:-0} ${r0:-0} ${r1:-0} $work/h2-$mode-$shape-$rep" >>"$results"
   done
   kill "$load_pid" 2>/dev/null || true; wait "$load_pid" 2>/dev/null || true; load_pid=""
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
 }
 
+if [[ $modes == *etcd* ]]; then
+  etcd_store=$(scripts/etcd-local.sh start --dir "$work/etcd" --port-base 23790)
+fi
 for rep in $(seq 1 "$reps"); do
-  for mode in durable in-memory; do
+  for mode in $modes; do
     echo "durable-status.sh: rep $rep, $mode" >&2
     run_mode "$mode" "$rep"
   done
@@ -102,21 +116,22 @@ for line in open(results):
         rps=float(m.group(3)), p50=pick(0.50), p99=pick(0.99), ok=int(ok.group(1)),
         cpu=int(ticks) / tck / calls * 1e6, fsyncs=syncs / secs, per=(recs / syncs if syncs else 0)))
 med = lambda xs: statistics.median(xs)
-print("| shape | store | calls/s | p50 ms | p99 ms | server CPU µs/call | fsyncs/s | commits per fsync |")
+print("| shape | store | calls/s | p50 ms | p99 ms | server CPU µs/call | syncs/s | commits per sync |")
 print("|---|---|---|---|---|---|---|---|")
 for shape in ("1x1", "10x10"):
-    for mode in ("durable", "in-memory"):
+    for mode in ("durable", "etcd", "in-memory"):
         r = rows.get((shape, mode), [])
         if not r:
             continue
         f = lambda k: med([x[k] for x in r])
-        fs = f"{f('fsyncs'):.0f}" if mode == "durable" else "—"
-        per = f"{f('per'):.1f}" if mode == "durable" else "—"
+        fs = f"{f('fsyncs'):.0f}" if mode != "in-memory" else "—"
+        per = f"{f('per'):.1f}" if mode != "in-memory" else "—"
         print(f"| {shape.replace('x', '×')} | {mode} | {f('rps'):.0f} | {f('p50'):.3f} | {f('p99'):.3f} | "
               f"{f('cpu'):.1f} | {fs} | {per} |")
-    d, i = rows.get((shape, "durable")), rows.get((shape, "in-memory"))
-    if d and i:
-        print(f"| {shape.replace('x', '×')} | durable ÷ in-memory | {med([x['rps'] for x in d]) / med([x['rps'] for x in i]):.2f}× | "
+    for name in ("durable", "etcd"):
+      d, i = rows.get((shape, name)), rows.get((shape, "in-memory"))
+      if d and i:
+        print(f"| {shape.replace('x', '×')} | {name} ÷ in-memory | {med([x['rps'] for x in d]) / med([x['rps'] for x in i]):.2f}× | "
               f"{med([x['p50'] for x in d]) / med([x['p50'] for x in i]):.1f}× | {med([x['p99'] for x in d]) / med([x['p99'] for x in i]):.1f}× | "
               f"{med([x['cpu'] for x in d]) / med([x['cpu'] for x in i]):.2f}× | | |")
 bad = [k for k, r in rows.items() for x in r if x["ok"] != calls]
