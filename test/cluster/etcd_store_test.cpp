@@ -10,9 +10,11 @@
 
 #include <algorithm>
 #include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
 #include <asio/io_context.hpp>
 #include <functional>
 #include <optional>
+#include <set>
 
 #include "dispatchd/cluster/etcd_journal.hpp"
 #include "dispatchd/cluster/replica.hpp"
@@ -94,11 +96,11 @@ struct Recorder : store::Watcher {
 
 class EtcdStoreTest : public ::testing::Test {
  protected:
-  void start(etcd::ClientOptions options = {}) {
+  void start(etcd::ClientOptions options = {}, std::size_t members = 1) {
     if (!EtcdCluster::available()) GTEST_SKIP() << EtcdCluster::kBinary << " is not installed";
-    cluster_ = std::make_unique<EtcdCluster>(1);
+    cluster_ = std::make_unique<EtcdCluster>(members);
     ASSERT_TRUE(cluster_->started()) << cluster_->error();
-    options.endpoints = cluster_->endpoints();
+    if (options.endpoints.empty()) options.endpoints = cluster_->endpoints();
     auto c = etcd::Client::create(wheel_, std::move(options));
     ASSERT_TRUE(c) << c.error().message();
     client_ = std::move(*c);
@@ -391,6 +393,40 @@ TEST_F(EtcdStoreTest, GroupCommitMergesCommitsLastWriteWinsAndDeleteAfterPut) {
   EXPECT_EQ(stored.status().state(), api::NodeStatus::DOWN);
 }
 
+TEST_F(EtcdStoreTest, CommitsDuringATransactionJoinTheNextOne) {
+  start();
+  store::Store leader("org");
+  seed(leader);
+  cluster::EtcdJournal journal(*client_, leader, kPrefix, fence_);
+  leader.set_journal(&journal);
+  auto running = spawn_journal(journal);
+
+  // 200 writers, each committing in its own io turn and waiting for its commit: while one
+  // transaction is in flight the others queue, so there are far fewer transactions than commits.
+  constexpr int kWriters = 200;
+  int acknowledged = 0;
+  for (int i = 0; i < kWriters; ++i) {
+    asio::co_spawn(
+        io_,
+        [&, i]() -> asio::awaitable<void> {
+          const std::string id = "n" + std::to_string(i % 20);
+          Status st = leader.update([&](store::WriteTx& tx) {
+            return tx.node(id) ? tx.update(node(id, api::NodeStatus::DOWN)) : tx.create(node(id));
+          });
+          if (st.is_ok()) st = co_await leader.wait_durable(leader.index());
+          if (st.is_ok()) ++acknowledged;
+        },
+        asio::detached);
+  }
+  ASSERT_TRUE(run_until([&] { return acknowledged == kWriters; }));
+  EXPECT_EQ(journal.stats().commits, static_cast<std::uint64_t>(kWriters));
+  EXPECT_LT(journal.stats().txns, static_cast<std::uint64_t>(kWriters / 4))
+      << "group commit: " << journal.stats().txns << " transactions";
+  EXPECT_GE(journal.stats().txns, 1u);
+  EXPECT_EQ(value(kPrefix + "index"), std::to_string(leader.index()));
+  EXPECT_EQ(canonical(load_ok().snapshot), canonical(leader.snapshot()));
+}
+
 TEST_F(EtcdStoreTest, BatchesAreCutToTheOpLimitAndOnlyTheLastChunkWritesTheIndex) {
   start();
   store::Store leader("org");
@@ -631,6 +667,64 @@ TEST_F(EtcdStoreTest, ReplicaSurvivesManyRevisions) {
   EXPECT_EQ(replica.stats().revisions, static_cast<std::uint64_t>(kCommits));
   EXPECT_EQ(follower.index(), leader.index());
   EXPECT_EQ(canonical(follower.snapshot()), canonical(leader.snapshot()));
+}
+
+TEST_F(EtcdStoreTest, ReplicaWatchesAgainThroughAnotherMemberWhenItsMemberDies) {
+  // Three members; the leader writes through members 1 and 2, the follower first watches
+  // through member 0, which then dies.
+  etcd::ClientOptions o;
+  o.dial_timeout = 500ms;
+  start(o, 3);
+  if (IsSkipped() || HasFatalFailure()) return;
+  o.endpoints = {cluster_->endpoint(0), cluster_->endpoint(1), cluster_->endpoint(2)};
+  auto fc = etcd::Client::create(wheel_, o);
+  ASSERT_TRUE(fc);
+  auto follower_client = std::move(*fc);
+  o.endpoints = {cluster_->endpoint(1), cluster_->endpoint(2)};
+  auto lc = etcd::Client::create(wheel_, o);
+  ASSERT_TRUE(lc);
+  auto leader_client = std::move(*lc);
+
+  store::Store leader("org");
+  seed(leader);
+  cluster::EtcdJournalOptions jo;
+  jo.retry_deadline = 15s;  // etcd may have to elect a new raft leader
+  cluster::EtcdJournal journal(*leader_client, leader, kPrefix, fence_, jo);
+  leader.set_journal(&journal);
+  auto running = spawn_journal(journal);
+
+  store::Store follower("org");
+  auto loaded = run(cluster::load(*follower_client, kPrefix));
+  ASSERT_TRUE(loaded) << loaded.error().message();
+  ASSERT_TRUE(follower.restore(loaded->snapshot).is_ok());
+  cluster::ReplicaOptions ro;
+  ro.retry_deadline = 15s;
+  cluster::Replica replica(*follower_client, follower, kPrefix, loaded->revision, ro);
+  Recorder nodes;
+  follower.watch(nodes, {ObjectType::node, ""});
+  auto following = spawn_replica(replica);
+
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(commit(leader, [&](store::WriteTx& tx) {
+                  return tx.create(node("a" + std::to_string(i)));
+                }).is_ok());
+  }
+  ASSERT_TRUE(run_until([&] { return nodes.seen.size() == 20; }));
+  cluster_->kill(0);
+  for (int i = 0; i < 20; ++i) {
+    Status st = commit(
+        leader, [&](store::WriteTx& tx) { return tx.create(node("b" + std::to_string(i))); });
+    ASSERT_TRUE(st.is_ok()) << st.message();
+  }
+  auto head = run(leader_client->range(kPrefix + "index"));
+  ASSERT_TRUE(head && head->kvs_size() == 1);
+  Status waited = run(replica.wait_revision(head->kvs(0).mod_revision(), etcd::Clock::now() + 20s));
+  ASSERT_TRUE(waited.is_ok()) << waited.message();
+  EXPECT_GE(replica.stats().rewatches, 1u);
+  EXPECT_EQ(nodes.seen.size(), 40u) << "every change once, none lost or doubled across the rewatch";
+  EXPECT_EQ(std::set<std::string>(nodes.seen.begin(), nodes.seen.end()).size(), 40u);
+  EXPECT_EQ(canonical(follower.snapshot()), canonical(leader.snapshot()));
+  EXPECT_EQ(follower.index(), leader.index());
 }
 
 TEST_F(EtcdStoreTest, ReplicaReportsCompactionAndCorruptValues) {
