@@ -386,6 +386,118 @@ Status Store::update(const std::function<Status(WriteTx&)>& f) {
   return st;
 }
 
+namespace {
+
+// The ID of a replicated object, whatever its type (nullptr for the manager list).
+const std::string* remote_id(ObjectType type, const void* o) {
+  switch (type) {
+    case ObjectType::node:
+      return &static_cast<const api::Node*>(o)->id();
+    case ObjectType::task:
+      return &static_cast<const api::Task*>(o)->id();
+    case ObjectType::secret:
+      return &static_cast<const api::Secret*>(o)->id();
+    case ObjectType::config:
+      return &static_cast<const api::Config*>(o)->id();
+    case ObjectType::volume:
+      return &static_cast<const api::Volume*>(o)->id();
+    case ObjectType::cluster:
+      return &static_cast<const api::Cluster*>(o)->id();
+    case ObjectType::managers:
+      break;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Status Store::apply_remote(std::span<const RemoteChange> changes, std::uint64_t index) {
+  if (in_tx_) return Status(StatusCode::failed_precondition, "remote changes inside a transaction");
+  if (journal_) {
+    return Status(StatusCode::failed_precondition,
+                  "remote changes to a store with a journal (only the leader writes)");
+  }
+  // Check everything first: a refused batch leaves the store as it was.
+  for (const auto& c : changes) {
+    const char* kind = object_type_name(c.type);
+    if (c.type == ObjectType::managers) {
+      return Status(StatusCode::invalid_argument, "the manager list is not replicated");
+    }
+    if (!c.object) {
+      if (c.type == ObjectType::cluster) {
+        return Status(StatusCode::invalid_argument, "the cluster object cannot be removed");
+      }
+      continue;
+    }
+    const std::string* id = remote_id(c.type, c.object.get());
+    if (*id != c.id) {
+      return Status(StatusCode::invalid_argument,
+                    std::string(kind) + " " + c.id + " has ID \"" + *id + "\"");
+    }
+    if (c.type == ObjectType::cluster && c.id != cluster_->id()) {
+      return Status(StatusCode::failed_precondition, "the change belongs to cluster \"" + c.id +
+                                                         "\", this server is \"" + cluster_->id() +
+                                                         "\"");
+    }
+  }
+  std::vector<Change> applied;
+  applied.reserve(changes.size());
+  for (const auto& c : changes) {
+    auto apply = [&](auto& table, auto tag) {
+      using T = decltype(tag);
+      auto it = table.find(c.id);
+      const T* before = it == table.end() ? nullptr : it->second.get();
+      if (!c.object) {
+        if (!before) return;
+        if constexpr (std::is_same_v<T, api::Task>) index_task(before, nullptr);
+        applied.push_back(Change{EventKind::remove, c.type, c.id, it->second, nullptr});
+        table.erase(it);
+        return;
+      }
+      auto p = std::static_pointer_cast<const T>(c.object);
+      if constexpr (std::is_same_v<T, api::Task>) index_task(before, p.get());
+      if (!before) {
+        applied.push_back(Change{EventKind::create, c.type, c.id, p, nullptr});
+        table.emplace(c.id, std::move(p));
+      } else {
+        applied.push_back(Change{EventKind::update, c.type, c.id, p, it->second});
+        it->second = std::move(p);
+      }
+    };
+    switch (c.type) {
+      case ObjectType::node:
+        apply(nodes_, api::Node{});
+        break;
+      case ObjectType::task:
+        apply(tasks_, api::Task{});
+        break;
+      case ObjectType::secret:
+        apply(secrets_, api::Secret{});
+        break;
+      case ObjectType::config:
+        apply(configs_, api::Config{});
+        break;
+      case ObjectType::volume:
+        apply(volumes_, api::Volume{});
+        break;
+      case ObjectType::cluster: {
+        auto p = std::static_pointer_cast<const api::Cluster>(c.object);
+        applied.push_back(Change{EventKind::update, c.type, c.id, p, cluster_});
+        cluster_ = std::move(p);
+        break;
+      }
+      case ObjectType::managers:
+        break;
+    }
+  }
+  if (!applied.empty()) ++commits_;
+  index_ = std::max(index_, index);
+  mark_durable(index_);
+  for (const auto& c : applied)
+    publish(c);
+  return Status::ok();
+}
+
 void Store::set_journal(Journal* j) noexcept {
   journal_ = j;
   if (!j) mark_durable(index_);

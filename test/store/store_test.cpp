@@ -727,4 +727,116 @@ TEST(StoreTest, RestoreRefusesAnotherFormatAnotherClusterAWatchedStoreAndBadObje
   EXPECT_EQ(inside.code(), StatusCode::failed_precondition);
 }
 
+// =============================================================================================
+// Remote changes (a follower's replica, issue 16)
+
+template <class T>
+store::RemoteChange put_remote(ObjectType type, T obj) {
+  std::string id = obj.id();
+  return store::RemoteChange{type, std::move(id), std::make_shared<const T>(std::move(obj))};
+}
+
+store::RemoteChange remove_remote(ObjectType type, std::string id) {
+  return store::RemoteChange{type, std::move(id), nullptr};
+}
+
+TEST(StoreTest, RemoteChangesPublishOneTransactionAndKeepTheLeadersMeta) {
+  store::Store s("org");
+  ok(s.update([](store::WriteTx& tx) { return tx.create(node("n1")); }));
+  Recorder nodes, tasks, of_n2;
+  s.watch(nodes, {ObjectType::node, ""});
+  s.watch(tasks, {ObjectType::task, ""});
+  s.watch(of_n2, {ObjectType::task, "n2"});
+  const auto commits = s.commits();
+
+  auto n1 = node("n1", api::NodeStatus::DOWN);
+  n1.mutable_meta()->mutable_version()->set_index(41);
+  auto t1 = task("t1", "n2");
+  t1.mutable_meta()->mutable_version()->set_index(42);
+  std::vector<store::RemoteChange> batch = {
+      put_remote(ObjectType::node, n1), put_remote(ObjectType::task, t1),
+      put_remote(ObjectType::node, node("n3")), remove_remote(ObjectType::secret, "absent")};
+  ok(s.apply_remote(batch, 42));
+
+  EXPECT_EQ(nodes.seen, (Lines{"update node n1", "create node n3"}));
+  EXPECT_EQ(tasks.seen, (Lines{"create task t1"}));
+  EXPECT_EQ(of_n2.seen, (Lines{"create task t1"})) << "node-scoped watchers see it too";
+  EXPECT_EQ(s.commits(), commits + 1);
+  EXPECT_EQ(s.index(), 42u);
+  EXPECT_EQ(s.durable_index(), 42u);
+  auto got = s.view([](const store::ReadTx& tx) { return tx.node("n1"); });
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->meta().version().index(), 41u) << "not stamped again";
+  EXPECT_EQ(got->status().state(), api::NodeStatus::DOWN);
+  ASSERT_NE(nodes.events[0].old_as<api::Node>(), nullptr);
+  EXPECT_EQ(nodes.events[0].old_as<api::Node>()->status().state(), api::NodeStatus::READY);
+  EXPECT_EQ(task_ids_of_node(s, "n2"), (Lines{"t1"}));
+
+  // A move to another node and a removal: the task index follows, the event carries the object.
+  ok(s.apply_remote(std::vector{put_remote(ObjectType::task, task("t1", "n3"))}, 43));
+  EXPECT_EQ(task_ids_of_node(s, "n2"), Lines{});
+  EXPECT_EQ(task_ids_of_node(s, "n3"), (Lines{"t1"}));
+  ok(s.apply_remote(std::vector{remove_remote(ObjectType::task, "t1")}, 44));
+  EXPECT_EQ(task_ids_of_node(s, "n3"), Lines{});
+  EXPECT_EQ(tasks.seen, (Lines{"create task t1", "update task t1", "remove task t1"}));
+  EXPECT_EQ(tasks.events.back().as<api::Task>().node_id(), "n3");
+  EXPECT_EQ(s.index(), 44u);
+}
+
+TEST(StoreTest, RemoteIndexOnlyMovesUpAndAnEmptyBatchPublishesNothing) {
+  store::Store s("org");
+  Recorder all;
+  s.watch(all, {ObjectType::node, ""});
+  ok(s.apply_remote({}, 10));
+  EXPECT_EQ(s.index(), 10u);
+  EXPECT_EQ(s.commits(), 0u);
+  ok(s.apply_remote(std::vector{put_remote(ObjectType::node, node("n1"))}, 7));
+  EXPECT_EQ(s.index(), 10u) << "an older index never lowers the store's";
+  EXPECT_EQ(all.seen, (Lines{"create node n1"}));
+
+  api::Cluster c;
+  c.set_id("org");
+  c.mutable_spec()->mutable_annotations()->set_name("default");
+  c.mutable_meta()->mutable_version()->set_index(11);
+  Recorder clusters;
+  s.watch(clusters, {ObjectType::cluster, ""});
+  ok(s.apply_remote(std::vector{put_remote(ObjectType::cluster, c)}, 11));
+  EXPECT_EQ(clusters.seen, (Lines{"update cluster org"}));
+  EXPECT_EQ(s.view([](const store::ReadTx& tx) { return tx.cluster(); })->meta().version().index(),
+            11u);
+}
+
+TEST(StoreTest, RemoteChangesThatDoNotFitAreRefusedWholly) {
+  store::Store s("org");
+  Recorder all;
+  s.watch(all, {ObjectType::node, ""});
+  auto wrong_id = put_remote(ObjectType::node, node("n2"));
+  wrong_id.id = "n9";
+  std::vector<store::RemoteChange> batch = {put_remote(ObjectType::node, node("n1")), wrong_id};
+  EXPECT_EQ(s.apply_remote(batch, 5).code(), StatusCode::invalid_argument);
+  api::Cluster other;
+  other.set_id("another");
+  EXPECT_EQ(s.apply_remote(std::vector{put_remote(ObjectType::cluster, other)}, 5).code(),
+            StatusCode::failed_precondition);
+  EXPECT_EQ(s.apply_remote(std::vector{remove_remote(ObjectType::cluster, "org")}, 5).code(),
+            StatusCode::invalid_argument);
+  EXPECT_EQ(
+      s.apply_remote(std::vector{store::RemoteChange{ObjectType::managers, "",
+                                                     std::make_shared<const store::ManagerList>()}},
+                     5)
+          .code(),
+      StatusCode::invalid_argument);
+  EXPECT_TRUE(all.seen.empty());
+  EXPECT_FALSE(s.view([](const store::ReadTx& tx) { return tx.node("n1"); }));
+  EXPECT_LT(s.index(), 5u);
+
+  struct NullJournal : store::Journal {
+    void append(std::uint64_t, std::uint64_t, std::span<const store::Change>) override {}
+  } journal;
+  s.set_journal(&journal);
+  EXPECT_EQ(s.apply_remote(std::vector{put_remote(ObjectType::node, node("n1"))}, 5).code(),
+            StatusCode::failed_precondition)
+      << "a store with a journal is the leader's";
+}
+
 }  // namespace

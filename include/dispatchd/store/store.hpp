@@ -94,6 +94,14 @@ struct Change {
   std::shared_ptr<const void> old;
 };
 
+// One change made by another manager's store and replicated to this one (issue 16): the object
+// as that store wrote it (the api type named by `type`), or null when it was removed.
+struct RemoteChange {
+  ObjectType type;
+  std::string id;
+  std::shared_ptr<const void> object;
+};
+
 // Told of every commit, in order, before any watcher sees it: the write-ahead log
 // (docs/architecture.md, "Durability"). `prev` and `index` are the store's index before and
 // after the commit; the
@@ -210,6 +218,14 @@ class Store {
   // at or below the current index are already in the snapshot and are skipped; the first one
   // after must continue the current index (DATA_LOSS otherwise).
   Status replay(const dispatchd::state::v1::JournalRecord& r);
+  // A follower's replica (issue 16): applies what the leader committed as one transaction that
+  // publishes its events like update() does, so view-then-watch holds on the follower too.
+  // Objects are kept exactly as given (meta is not stamped again). A put of an absent object is a
+  // create, of a present one an update; removing an absent object is skipped. `index` becomes
+  // the store's index if it is above it. Refused (nothing applied) inside a transaction, with a
+  // journal (only the leader writes), for a manager list, a removed cluster, an object whose ID
+  // is not `id` or a cluster of another ID.
+  Status apply_remote(std::span<const RemoteChange> changes, std::uint64_t index);
 
   // Durability. Without a journal every commit is durable when it returns.
   void set_journal(Journal* j) noexcept;
