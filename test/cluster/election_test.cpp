@@ -242,5 +242,26 @@ TEST_F(ElectionTest, LeaderKeepsLeadershipWhenItsEtcdMemberIsKilled) {
   EXPECT_EQ(fenced_write(*follower.client, fence, "old"), std::optional<bool>(false));
 }
 
+TEST_F(ElectionTest, LeaderCutOffFromQuorumStepsDownWithinItsTtl) {
+  auto& a = add_manager("a", 2s);
+  start(a);
+  campaign(a);
+  ASSERT_TRUE(run_until([&] { return a.campaigned.has_value(); }));
+  ASSERT_TRUE(*a.campaigned) << a.campaigned->error().message();
+  hold(a, **a.campaigned);
+  ASSERT_EQ(fenced_write(*a.client, **a.campaigned, "v"), std::optional<bool>(true));
+  // Two of three etcd members die: no quorum, no renewal can succeed.
+  etcd_->kill(1);
+  etcd_->kill(2);
+  auto t0 = SteadyClock::now();
+  ASSERT_TRUE(run_until([&] { return a.ran.has_value() && a.held.has_value(); }, 10s));
+  // The member presumes its lease expired once its TTL passed without a renewal, and with it
+  // the leadership: the daemon steps down before etcd could have let another manager in.
+  EXPECT_EQ(a.ran->code(), StatusCode::deadline_exceeded) << a.ran->message();
+  EXPECT_EQ(a.held->code(), StatusCode::deadline_exceeded) << a.held->message();
+  EXPECT_TRUE(a.member->gone());
+  EXPECT_LE(SteadyClock::now() - t0, a.member->lease_ttl() + 1s);
+}
+
 }  // namespace
 }  // namespace dispatchd::test
