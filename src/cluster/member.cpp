@@ -49,9 +49,15 @@ asio::awaitable<Status> Member::join() {
   if (options_.node_id.empty()) {
     co_return Status(StatusCode::invalid_argument, "a cluster member needs a node ID");
   }
-  if (joining_) co_return Status(StatusCode::failed_precondition, "already joining");
   if (gone_.is_set()) co_return gone_result();
+  if (joining_) {
+    // Another coroutine is joining (run() and an explicit join()): share its outcome.
+    auto done = join_done_;
+    co_await done->wait();
+    co_return joined_.is_set() ? Status::ok() : join_error_;
+  }
   joining_ = true;
+  join_done_ = std::make_shared<co::Event>();
   Status st = co_await grant_or_resume();
   if (st.is_ok()) {
     api::WeightedPeer peer;
@@ -67,10 +73,12 @@ asio::awaitable<Status> Member::join() {
     }
   }
   joining_ = false;
+  join_error_ = st;
+  if (st.is_ok()) joined_.set();
+  join_done_->set();
   if (!st.is_ok()) co_return st;
   log::info("cluster: {} joined as a manager ({}, etcd lease {:x}, TTL {} s)", options_.node_id,
             options_.advertise_addr, lease_, ttl_.count());
-  joined_.set();
   co_return Status::ok();
 }
 

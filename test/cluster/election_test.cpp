@@ -9,6 +9,7 @@ namespace dispatchd::test {
 namespace {
 
 using cluster::Fence;
+namespace api = ::docker::swarmkit::v1;
 
 class ElectionTest : public ClusterTest {
  protected:
@@ -240,6 +241,54 @@ TEST_F(ElectionTest, LeaderKeepsLeadershipWhenItsEtcdMemberIsKilled) {
   EXPECT_EQ(fenced_write(*follower.client, **follower.campaigned, "new"),
             std::optional<bool>(true));
   EXPECT_EQ(fenced_write(*follower.client, fence, "old"), std::optional<bool>(false));
+}
+
+TEST_F(ElectionTest, JoinAndRunTogetherRegisterOnceOnOneLease) {
+  auto& a = add_manager("a");
+  std::optional<Status> joined;
+  spawn(a.member->run(), a.ran);
+  spawn(a.member->join(), joined);
+  ASSERT_TRUE(run_until([&] { return joined.has_value(); }));
+  ASSERT_TRUE(joined->is_ok()) << joined->message();
+  EXPECT_FALSE(a.ran.has_value());
+  auto key = run(a.client->range(cluster::manager_key(kPrefix, "a")));
+  ASSERT_TRUE(key) << key.error().message();
+  ASSERT_EQ(key->kvs_size(), 1);
+  EXPECT_EQ(key->kvs(0).lease(), a.member->lease_id());
+  EXPECT_EQ(key->kvs(0).version(), 1);  // written once
+  api::WeightedPeer peer;
+  ASSERT_TRUE(peer.ParseFromString(key->kvs(0).value()));
+  EXPECT_EQ(peer.peer().node_id(), "a");
+  EXPECT_EQ(peer.peer().addr(), addr_of("a"));
+  EXPECT_EQ(peer.weight(), 10);
+  // Stopping revokes the lease: the key is gone at once.
+  a.member->stop();
+  ASSERT_TRUE(run_until([&] { return a.ran.has_value(); }));
+  EXPECT_TRUE(a.ran->is_ok()) << a.ran->message();
+  auto gone = run(a.client->range(cluster::manager_key(kPrefix, "a")));
+  ASSERT_TRUE(gone);
+  EXPECT_EQ(gone->kvs_size(), 0);
+}
+
+TEST_F(ElectionTest, LeaderCutOffFromQuorumStepsDownWithinItsTtl) {
+  auto& a = add_manager("a", 2s);
+  start(a);
+  campaign(a);
+  ASSERT_TRUE(run_until([&] { return a.campaigned.has_value(); }));
+  ASSERT_TRUE(*a.campaigned) << a.campaigned->error().message();
+  hold(a, **a.campaigned);
+  ASSERT_EQ(fenced_write(*a.client, **a.campaigned, "v"), std::optional<bool>(true));
+  // Two of three etcd members die: no quorum, no renewal can succeed.
+  etcd_->kill(1);
+  etcd_->kill(2);
+  auto t0 = SteadyClock::now();
+  ASSERT_TRUE(run_until([&] { return a.ran.has_value() && a.held.has_value(); }, 10s));
+  // The member presumes its lease expired once its TTL passed without a renewal, and with it
+  // the leadership: the daemon steps down before etcd could have let another manager in.
+  EXPECT_EQ(a.ran->code(), StatusCode::deadline_exceeded) << a.ran->message();
+  EXPECT_EQ(a.held->code(), StatusCode::deadline_exceeded) << a.held->message();
+  EXPECT_TRUE(a.member->gone());
+  EXPECT_LE(SteadyClock::now() - t0, a.member->lease_ttl() + 1s);
 }
 
 }  // namespace

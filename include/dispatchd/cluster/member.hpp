@@ -20,6 +20,7 @@
 #include <asio/awaitable.hpp>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -100,6 +101,8 @@ class Member {
   std::int64_t lease_ = 0;
   std::chrono::seconds ttl_{0};
   bool joining_ = false;
+  std::shared_ptr<co::Event> join_done_;
+  Status join_error_;
   bool stopping_ = false;
   bool running_ = false;
   std::optional<etcd::LeaseKeeper> keeper_;
