@@ -24,6 +24,7 @@
 #include "dispatchd/net/acceptor.hpp"
 #include "dispatchd/net/handshake_pool.hpp"
 #include "dispatchd/net/tls.hpp"
+#include "dispatchd/proxy/forwarder.hpp"
 #include "dispatchd/store/store.hpp"
 
 namespace dispatchd::app {
@@ -108,6 +109,9 @@ class Server {
   grpc::ReflectionService& reflection() noexcept { return reflection_; }
   dispatcher::Dispatcher& dispatcher() noexcept { return dispatcher_; }
   logbroker::LogBroker& log_broker() noexcept { return log_broker_; }
+  // The follower's proxy (issue 16): off until set_forwarding(true); then the Dispatcher's and
+  // the agents' LogBroker calls go to the leader set with set_leader.
+  proxy::Forwarder& forwarder() noexcept { return forwarder_; }
   store::Store& store() noexcept { return store_; }
   co::TimerWheel& wheel() noexcept { return wheel_; }
   std::size_t connection_count() const noexcept { return connection_count_; }
@@ -162,6 +166,7 @@ class Server {
   } agents_{dispatcher_};
   control::ControlService control_;
   logbroker::LogBroker log_broker_;
+  proxy::Forwarder forwarder_;
   net::Acceptor acceptor_;
   co::Scope connections_scope_;
   co::IntrusiveList<h2::Connection> connections_;
