@@ -72,9 +72,9 @@ asio::awaitable<RelayOutcome> ServerCall::relay(h2::ClientStream& up, bool strea
     if (cancelled_.is_set()) {
       // The client reset the stream, the deadline passed or the server is shutting down.
       up.reset(NGHTTP2_CANCEL);
-      co_return RelayOutcome{deadline_exceeded_
-                                 ? Status(StatusCode::deadline_exceeded, "context deadline exceeded")
-                                 : Status(StatusCode::cancelled, "context canceled")};
+      co_return RelayOutcome{
+          deadline_exceeded_ ? Status(StatusCode::deadline_exceeded, "context deadline exceeded")
+                             : Status(StatusCode::cancelled, "context canceled")};
     }
     if (owed > 0 && stream_->pending_bytes() == 0) {
       up.consume(owed);
@@ -104,8 +104,8 @@ asio::awaitable<RelayOutcome> ServerCall::relay(h2::ClientStream& up, bool strea
 
     // Upstream to client.
     // A response that is one HEADERS frame with END_STREAM goes on as one (gRPC trailers-only).
-    const bool trailers_only = up.ended() && up.trailers().empty() && up.input().empty() &&
-                               !stream_->response_started();
+    const bool trailers_only =
+        up.ended() && up.trailers().empty() && up.input().empty() && !stream_->response_started();
     if (up.headers_received() && !stream_->response_started() && !trailers_only) {
       stream_->submit_headers(up.headers());
     }

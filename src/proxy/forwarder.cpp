@@ -16,24 +16,20 @@ namespace dispatchd::proxy {
 
 namespace {
 
-constexpr std::string_view kPublishLogs = "/docker.swarmkit.v1.LogBroker/PublishLogs";
-
-bool is_unary(std::string_view path) {
-  return path == "/docker.swarmkit.v1.Dispatcher/Heartbeat" ||
-         path == "/docker.swarmkit.v1.Dispatcher/UpdateTaskStatus" ||
-         path == "/docker.swarmkit.v1.Dispatcher/UpdateVolumeStatus";
-}
-
 // Request headers that are not the caller's to pass on: HTTP/2 and gRPC framing (set again for
 // the upstream call), and every identity key, which only the forwarder may set (§9.4: an agent
 // must not be able to impersonate the forwarder or forward for someone else).
 bool dropped(std::string_view name) {
-  static constexpr std::string_view kDropped[] = {
-      "content-type",      "te",                "grpc-timeout",      "host",
-      "connection",        "content-length",    "keep-alive",        "proxy-connection",
-      "transfer-encoding", "upgrade",           "node-id",           "node-role",
-      "node-org",          "forwarded_cert",    "forwarded_cert_cn", "forwarded_cert_org",
-      "forwarded_cert_ou", "remote_addr",       "redirect"};
+  static constexpr std::string_view kDropped[] = {"content-type",      "te",
+                                                  "grpc-timeout",      "host",
+                                                  "connection",        "content-length",
+                                                  "keep-alive",        "proxy-connection",
+                                                  "transfer-encoding", "upgrade",
+                                                  "node-id",           "node-role",
+                                                  "node-org",          "forwarded_cert",
+                                                  "forwarded_cert_cn", "forwarded_cert_org",
+                                                  "forwarded_cert_ou", "remote_addr",
+                                                  "redirect"};
   if (name.starts_with(':')) return true;
   for (auto d : kDropped)
     if (name == d) return true;
@@ -60,18 +56,18 @@ std::optional<std::pair<std::string, std::string>> split_host_port(std::string_v
 
 }  // namespace
 
-const std::vector<std::string_view>& forwarded_methods() {
-  static const std::vector<std::string_view> paths = {
-      "/docker.swarmkit.v1.Dispatcher/Session",
-      "/docker.swarmkit.v1.Dispatcher/Heartbeat",
-      "/docker.swarmkit.v1.Dispatcher/UpdateTaskStatus",
-      "/docker.swarmkit.v1.Dispatcher/UpdateVolumeStatus",
-      "/docker.swarmkit.v1.Dispatcher/Tasks",
-      "/docker.swarmkit.v1.Dispatcher/Assignments",
-      "/docker.swarmkit.v1.LogBroker/ListenSubscriptions",
-      kPublishLogs,
+const std::vector<ForwardedMethod>& forwarded_methods() {
+  static const std::vector<ForwardedMethod> methods = {
+      {"/docker.swarmkit.v1.Dispatcher/Session", CallShape::server_stream},
+      {"/docker.swarmkit.v1.Dispatcher/Heartbeat", CallShape::unary},
+      {"/docker.swarmkit.v1.Dispatcher/UpdateTaskStatus", CallShape::unary},
+      {"/docker.swarmkit.v1.Dispatcher/UpdateVolumeStatus", CallShape::unary},
+      {"/docker.swarmkit.v1.Dispatcher/Tasks", CallShape::server_stream},
+      {"/docker.swarmkit.v1.Dispatcher/Assignments", CallShape::server_stream},
+      {"/docker.swarmkit.v1.LogBroker/ListenSubscriptions", CallShape::server_stream},
+      {"/docker.swarmkit.v1.LogBroker/PublishLogs", CallShape::client_stream},
   };
-  return paths;
+  return methods;
 }
 
 std::expected<void, std::string> load_tls(ForwarderOptions& options, const net::TlsFiles& files) {
@@ -92,8 +88,13 @@ Forwarder::~Forwarder() {
     c->close();
 }
 
-void Forwarder::add_to(grpc::Server& server) {
-  server.divert(forwarded_methods(), this);
+void Forwarder::add_to(grpc::Server& server, const std::vector<ForwardedMethod>& methods) {
+  std::vector<std::string_view> paths;
+  for (const auto& m : methods) {
+    shapes_[std::string(m.path)] = m.shape;
+    paths.push_back(m.path);
+  }
+  server.divert(paths, this);
 }
 
 void Forwarder::set_leader(std::optional<std::string> address) {
@@ -224,8 +225,8 @@ asio::awaitable<void> Forwarder::run_connection(std::shared_ptr<h2::ClientConnec
   notify_waiters();
 }
 
-asio::awaitable<std::expected<std::shared_ptr<h2::ClientConnection>, Status>>
-Forwarder::connection(grpc::ServerCall& call, bool wait) {
+asio::awaitable<std::expected<std::shared_ptr<h2::ClientConnection>, Status>> Forwarder::connection(
+    grpc::ServerCall& call, bool wait) {
   for (;;) {
     if (call.is_cancelled()) {
       co_return std::unexpected(Status(StatusCode::cancelled, "context canceled"));
@@ -237,9 +238,9 @@ Forwarder::connection(grpc::ServerCall& call, bool wait) {
       if (conn_ && conn_address_ == *leader_ && conn_->usable()) co_return conn_;
       if (conn_) drop_connection();
       if (!maybe_dial(*leader_) && !wait) {
-        co_return std::unexpected(Status(
-            StatusCode::unavailable, "cannot reach the leader at " + *leader_ + ": " +
-                                         last_error_.message()));
+        co_return std::unexpected(
+            Status(StatusCode::unavailable,
+                   "cannot reach the leader at " + *leader_ + ": " + last_error_.message()));
       }
     } else if (!wait) {
       co_return std::unexpected(Status(StatusCode::unavailable, "no leader is known"));
@@ -336,9 +337,10 @@ asio::awaitable<Status> Forwarder::serve(grpc::ServerCall& call) {
   if (call.peer().empty()) {
     co_return Status(StatusCode::invalid_argument, "remote addr is not found in context");
   }
-  const std::string_view path = call.method_path();
-  const bool unary = is_unary(path);
-  const bool stream_requests = path == kPublishLogs;
+  auto shape = shapes_.find(call.method_path());
+  if (shape == shapes_.end()) co_return Status(StatusCode::unimplemented, "not forwarded");
+  const bool unary = shape->second == CallShape::unary;
+  const bool stream_requests = shape->second == CallShape::client_stream;
 
   std::string first;
   if (!stream_requests) {
@@ -366,8 +368,8 @@ asio::awaitable<Status> Forwarder::serve(grpc::ServerCall& call) {
     if (!stream) {
       if (conn_ == *conn) drop_connection();
       if (unary) continue;
-      co_return Status(StatusCode::unavailable, "cannot open a stream to the leader: " +
-                                                    stream.error());
+      co_return Status(StatusCode::unavailable,
+                       "cannot open a stream to the leader: " + stream.error());
     }
     grpc::RelayOutcome out = co_await call.relay(**stream, stream_requests, unary);
     if (!out.retryable) co_return out.status;

@@ -116,11 +116,14 @@ TEST_P(ForwarderTest, AgentThroughFollowerGetsLeadersSessionHeartbeatAssignments
   EXPECT_EQ(node->role(), api::NodeRole::WORKER);
 
   api::HeartbeatResponse hb;
-  auto hst = stub->Heartbeat(context(agent_md()).get(), [&] {
-    api::HeartbeatRequest r;
-    r.set_session_id(reg->id());
-    return r;
-  }(), &hb);
+  auto hst = stub->Heartbeat(
+      context(agent_md()).get(),
+      [&] {
+        api::HeartbeatRequest r;
+        r.set_session_id(reg->id());
+        return r;
+      }(),
+      &hb);
   ASSERT_TRUE(hst.ok()) << describe(hst);
   EXPECT_GT(hb.period().seconds() + hb.period().nanos(), 0);
 
@@ -199,9 +202,10 @@ TEST_P(ForwarderTest, CancellingTheAgentsSessionEndsTheUpstreamSession) {
   reg->stream->cancel();
   auto st = reg->stream->finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::CANCELLED);
-  EXPECT_TRUE(leader_->eventually([&] { return leader_->server().dispatcher().open_sessions() == 0; }));
-  EXPECT_TRUE(follower_.eventually(
-      [&] { return follower_.server().forwarder().active_calls() == 0; }));
+  EXPECT_TRUE(
+      leader_->eventually([&] { return leader_->server().dispatcher().open_sessions() == 0; }));
+  EXPECT_TRUE(
+      follower_.eventually([&] { return follower_.server().forwarder().active_calls() == 0; }));
 }
 
 TEST_P(ForwarderTest, LeaderStoppingEndsTheAgentsStreamWithTheLeadersStatus) {
@@ -278,8 +282,8 @@ TEST_P(ForwarderTest, SetLeaderLetsAWaitingUnaryCallThrough) {
     args.SetSslTargetNameOverride("swarm-manager");
     direct = grpc::CreateCustomChannel(leader_->address(), grpc::SslCredentials(o), args);
   } else {
-    direct = grpc::CreateCustomChannel(leader_->address(), grpc::InsecureChannelCredentials(),
-                                       args);
+    direct =
+        grpc::CreateCustomChannel(leader_->address(), grpc::InsecureChannelCredentials(), args);
   }
   auto direct_stub = api::Dispatcher::NewStub(direct);
   reg = open_session(*direct_stub, agent_md());
@@ -293,8 +297,8 @@ TEST_P(ForwarderTest, SetLeaderLetsAWaitingUnaryCallThrough) {
     api::HeartbeatResponse resp;
     return stub->Heartbeat(context(agent_md(), 20s).get(), req, &resp);
   });
-  ASSERT_TRUE(follower_.eventually(
-      [&] { return follower_.server().forwarder().active_calls() == 1; }));
+  ASSERT_TRUE(
+      follower_.eventually([&] { return follower_.server().forwarder().active_calls() == 1; }));
   EXPECT_EQ(heartbeat.wait_for(300ms), std::future_status::timeout);  // it waits for a leader
   auto t0 = Clock::now();
   set_leader(leader_->address());

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <expected>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,8 +39,17 @@
 
 namespace dispatchd::proxy {
 
+// How a forwarded method's messages flow: the request is read whole before the leader is asked
+// (unary, server streaming) or relayed message by message (client streaming). Unary calls wait
+// for a leader and are retried on connection errors; streams are not.
+enum class CallShape { unary, server_stream, client_stream };
+struct ForwardedMethod {
+  std::string_view path;
+  CallShape shape;
+};
+
 // The methods a follower forwards: the Dispatcher's, and the LogBroker methods agents call.
-const std::vector<std::string_view>& forwarded_methods();
+const std::vector<ForwardedMethod>& forwarded_methods();
 
 struct ForwarderOptions {
   // This manager's node ID and organisation. In insecure (h2c) mode the forwarder identifies
@@ -67,10 +77,10 @@ struct ForwarderOptions {
 std::expected<void, std::string> load_tls(ForwarderOptions& options, const net::TlsFiles& files);
 
 struct ForwarderStats {
-  std::uint64_t calls = 0;      // calls diverted to the forwarder
-  std::uint64_t connects = 0;   // connections made to a leader
+  std::uint64_t calls = 0;     // calls diverted to the forwarder
+  std::uint64_t connects = 0;  // connections made to a leader
   std::uint64_t dial_failures = 0;
-  std::uint64_t retries = 0;    // unary calls sent again after their connection failed
+  std::uint64_t retries = 0;  // unary calls sent again after their connection failed
   std::uint64_t redirect_loops = 0;
 };
 
@@ -81,8 +91,9 @@ class Forwarder final : public grpc::CallDiverter {
   Forwarder& operator=(const Forwarder&) = delete;
   ~Forwarder();
 
-  // Diverts forwarded_methods() of `server` to this forwarder (while forwarding()).
-  void add_to(grpc::Server& server);
+  // Diverts `methods` of `server` (added to it already) to this forwarder, while forwarding().
+  void add_to(grpc::Server& server,
+              const std::vector<ForwardedMethod>& methods = forwarded_methods());
 
   // Follower (true): calls are relayed to the leader; leader (false, the default): served
   // locally.
@@ -133,6 +144,7 @@ class Forwarder final : public grpc::CallDiverter {
 
   co::TimerWheel& wheel_;
   ForwarderOptions options_;
+  std::map<std::string, CallShape, std::less<>> shapes_;
   co::Scope scope_;
   std::optional<std::string> leader_;
   bool forwarding_ = false;
