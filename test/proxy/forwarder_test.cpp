@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "dispatcher.grpc.pb.h"
+#include "logbroker.grpc.pb.h"
 #include "support/agent.hpp"
 #include "support/certs.hpp"
 #include "support/test_server.hpp"
@@ -78,6 +79,22 @@ class ForwarderTest : public ::testing::TestWithParam<bool> {
     o.pem_cert_chain = read_file(cert_dir() + "/node-1.pem");
     args.SetSslTargetNameOverride("swarm-manager");
     return grpc::CreateCustomChannel(target, grpc::SslCredentials(o), args);
+  }
+
+  // A channel straight to the leader presenting `cert` (TLS) or nothing (h2c).
+  std::shared_ptr<grpc::Channel> leader_channel(const std::string& cert) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    if (!tls()) {
+      return grpc::CreateCustomChannel(leader_->address(), grpc::InsecureChannelCredentials(),
+                                       args);
+    }
+    grpc::SslCredentialsOptions o;
+    o.pem_root_certs = read_file(cert_dir() + "/ca.pem");
+    o.pem_private_key = read_file(cert_dir() + "/" + cert + ".key");
+    o.pem_cert_chain = read_file(cert_dir() + "/" + cert + ".pem");
+    args.SetSslTargetNameOverride("swarm-manager");
+    return grpc::CreateCustomChannel(leader_->address(), grpc::SslCredentials(o), args);
   }
 
   // The agent's identity: its certificate names node-1; in insecure mode its metadata does.
@@ -305,6 +322,86 @@ TEST_P(ForwarderTest, SetLeaderLetsAWaitingUnaryCallThrough) {
   auto st = heartbeat.get();
   EXPECT_TRUE(st.ok()) << describe(st);
   EXPECT_LT(Clock::now() - t0, 5s);
+}
+
+TEST_P(ForwarderTest, AgentsLogBrokerCallsGoToTheLeader) {
+  // The agent listens for log subscriptions through B; an operator subscribes on A.
+  write(*leader_, [&](dispatchd::store::WriteTx& tx) {
+    auto st = tx.create(node_object(kAgent, api::NodeStatus::READY));
+    if (!st.is_ok()) return st;
+    return tx.create(task_object("task-l", kAgent, api::RUNNING));
+  });
+  auto broker = api::LogBroker::NewStub(agent_channel());
+  auto lctx = context(agent_md());
+  auto listening = broker->ListenSubscriptions(lctx.get(), api::ListenSubscriptionsRequest());
+  ASSERT_TRUE(leader_->eventually([&] { return leader_->server().log_broker().listeners() == 1; }));
+
+  auto logs = api::Logs::NewStub(leader_channel("ctl"));
+  const Metadata op = tls() ? Metadata{} : as_node("ops-1", "swarm-manager");
+  auto sctx = context(op);
+  api::SubscribeLogsRequest sreq;
+  sreq.mutable_selector()->add_task_ids("task-l");
+  auto subscribed = logs->SubscribeLogs(sctx.get(), sreq);
+  api::SubscriptionMessage sub;
+  ASSERT_TRUE(listening->Read(&sub));
+  ASSERT_FALSE(sub.id().empty());
+
+  // The agent publishes through B (a client stream); the operator reads the lines on A.
+  auto pctx = context(agent_md());
+  api::PublishLogsResponse presp;
+  auto publishing = broker->PublishLogs(pctx.get(), &presp);
+  api::PublishLogsMessage batch;
+  batch.set_subscription_id(sub.id());
+  auto* line = batch.add_messages();
+  line->mutable_context()->set_node_id(kAgent);
+  line->mutable_context()->set_task_id("task-l");
+  line->set_stream(api::LOG_STREAM_STDOUT);
+  line->set_data("through the follower\n");
+  ASSERT_TRUE(publishing->Write(batch));
+  api::PublishLogsMessage close;
+  close.set_subscription_id(sub.id());
+  close.set_close(true);
+  ASSERT_TRUE(publishing->Write(close));
+  publishing->WritesDone();
+  auto pst = publishing->Finish();
+  EXPECT_TRUE(pst.ok()) << describe(pst);
+
+  api::SubscribeLogsMessage got;
+  ASSERT_TRUE(subscribed->Read(&got));
+  ASSERT_EQ(got.messages_size(), 1);
+  EXPECT_EQ(got.messages(0).data(), "through the follower\n");
+  EXPECT_EQ(got.messages(0).context().node_id(), kAgent);
+  while (subscribed->Read(&got)) {
+  }
+  EXPECT_TRUE(subscribed->Finish().ok());
+  lctx->TryCancel();
+  listening->Finish();
+}
+
+TEST_P(ForwarderTest, NewLeaderTakesNewCallsWhileCallsOnTheOldOneRunOn) {
+  auto stub = api::Dispatcher::NewStub(agent_channel());
+  auto old_session = open_session(*stub, agent_md());
+  ASSERT_TRUE(old_session && old_session->ok);
+
+  TestServer next(manager_options(tls(), "127.0.0.1:0", "manager-c"));
+  set_leader(next.address());
+  // C never saw the agent: its answer to the old session's heartbeat says so.
+  api::HeartbeatRequest hreq;
+  hreq.set_session_id(old_session->id());
+  api::HeartbeatResponse hresp;
+  auto hst = stub->Heartbeat(context(agent_md()).get(), hreq, &hresp);
+  EXPECT_EQ(hst.error_code(), grpc::StatusCode::NOT_FOUND) << describe(hst);
+  EXPECT_EQ(hst.error_message(), "node not registered");
+
+  // A new session is C's; the old one is still A's, and ends with A's answer.
+  auto new_session = open_session(*stub, agent_md());
+  ASSERT_TRUE(new_session && new_session->ok);
+  EXPECT_EQ(next.call([&] { return next.server().dispatcher().open_sessions(); }), 1u);
+  EXPECT_EQ(leader_sessions(), 1u);
+  ASSERT_TRUE(leader_->stop());
+  auto st = old_session->stream->finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED) << describe(st);
+  EXPECT_EQ(follower_.call([&] { return follower_.server().forwarder().stats().connects; }), 2u);
 }
 
 TEST_P(ForwarderTest, ServedLocallyWhenNotForwarding) {
