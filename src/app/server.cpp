@@ -32,6 +32,20 @@ std::expected<std::shared_ptr<net::TlsContext>, std::string> prepare_tls(Options
 }
 
 namespace {
+proxy::ForwarderOptions forwarder_options(const Options& o) {
+  proxy::ForwarderOptions f;
+  f.node_id = o.dispatcher.manager_node_id;
+  f.org = o.dispatcher.cluster_id;
+  if (!o.insecure && !o.tls.ca.empty()) {
+    // Over mutual TLS the forwarder presents this manager's own certificate to the leader.
+    if (auto loaded = proxy::load_tls(f, o.tls); !loaded) {
+      log::error("{}", loaded.error());
+      f.unusable = loaded.error();
+    }
+  }
+  return f;
+}
+
 // protobuf reports bad input (e.g. a non-UTF-8 string field in a request) on stderr itself; a
 // client must not be able to flood the log, so those lines become debug lines of ours.
 void route_protobuf_logs() {
@@ -70,6 +84,7 @@ Server::Server(asio::io_context& io, Options options)
       dispatcher_(wheel_, store_, options_.dispatcher),
       control_(store_, dispatcher_.authorizer(), agents_, options_.dispatcher.manager_node_id),
       log_broker_(store_, dispatcher_.authorizer(), options_.logs),
+      forwarder_(wheel_, forwarder_options(options_)),
       acceptor_(io),
       connections_scope_(io.get_executor()),
       admin_(io, admin::HttpOptions{.listen = options_.admin_listen}),
@@ -82,6 +97,7 @@ Server::Server(asio::io_context& io, Options options)
   health_.set_status(control::kServiceName, grpc::HealthService::serving);
   control_.add_to(grpc_);
   log_broker_.add_to(grpc_);
+  forwarder_.add_to(grpc_);
   admin_.route("/metrics", [this](const admin::Request&) {
     return admin::Response{.content_type = "text/plain; version=0.0.4; charset=utf-8",
                            .body = render_metrics()};
@@ -171,6 +187,7 @@ asio::awaitable<void> Server::run() {
     connections_scope_.spawn(serve_connection(std::move(c)));
   });
   co_await connections_scope_.join();
+  co_await forwarder_.join();
   // The admin endpoint answers (/readyz: 503) until the last connection has drained.
   admin_.stop();
   co_await admin_scope_.join();
@@ -330,7 +347,7 @@ std::size_t Server::retained_streams() const {
 
 void Server::start_dispatcher() {
   if (stopping_) return;
-  forwarding_ = false;
+  set_forwarding(false);
   dispatcher_.start();
 }
 
@@ -344,6 +361,8 @@ void Server::stop() {
   // Sessions send their final message and end before the connections go away.
   dispatcher_.stop();
   log_broker_.stop();
+  // Calls relayed to the leader end (UNAVAILABLE): their agents reconnect elsewhere.
+  forwarder_.stop();
   connections_.for_each([](h2::Connection& c) { c.shutdown(); });
   handshakes_.for_each([](Handshake& h) { h.close(); });
   wheel_.disarm(admission_check_);

@@ -70,4 +70,12 @@ std::string encode_message(const google::protobuf::MessageLite& msg) {
   return out;
 }
 
+std::string frame_payload(std::string_view payload) {
+  std::string out(kPrefixSize + payload.size(), '\0');
+  write_prefix(reinterpret_cast<std::uint8_t*>(out.data()),
+               static_cast<std::uint32_t>(payload.size()));
+  out.replace(kPrefixSize, payload.size(), payload);
+  return out;
+}
+
 }  // namespace dispatchd::grpc

@@ -51,6 +51,17 @@ void Server::add_method(std::string path, const char* type, Invoker invoke) {
   methods_[std::move(path)] = Method{std::move(invoke), st};
 }
 
+std::size_t Server::divert(const std::vector<std::string_view>& paths, CallDiverter* d) {
+  std::size_t n = 0;
+  for (auto path : paths) {
+    auto it = methods_.find(path);
+    if (it == methods_.end()) continue;
+    it->second.diverter = d;
+    ++n;
+  }
+  return n;
+}
+
 const MethodStats* Server::stats(std::string_view path) const {
   auto it = stats_.find(path);
   return it == stats_.end() ? nullptr : &it->second;
@@ -133,7 +144,11 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
     }
     if (ok) {
       try {
-        result = co_await it->second.invoke(*call);
+        if (CallDiverter* d = it->second.diverter; d && d->diverting()) {
+          result = co_await d->serve(*call);
+        } else {
+          result = co_await it->second.invoke(*call);
+        }
       } catch (const std::exception& e) {
         log::error("{} {}: handler threw: {}", call->peer(), s.path(), e.what());
         result = Status(StatusCode::unknown, "internal error");

@@ -95,6 +95,7 @@ long ClientStream::read_data(std::uint8_t* buf, std::size_t length, std::uint32_
   if (n > 0) std::memcpy(buf, out_.data() + out_off_, n);
   out_off_ += n;
   if (out_off_ == out_.size()) {
+    if (n > 0) waiter_->notify();  // a relay may queue its next message now
     std::string().swap(out_);
     out_off_ = 0;
     if (out_end_) {
@@ -114,7 +115,7 @@ void ClientStream::on_closed(std::uint32_t code) {
   close_code_ = code;
   conn_->wheel().disarm(deadline_);
   std::string().swap(out_);
-  wakeup_.notify();
+  waiter_->notify();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,7 +335,7 @@ int ClientConnection::on_frame_recv(const nghttp2_frame* frame) {
         s->headers_received_ = true;
       }
       if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) s->ended_ = true;
-      s->wakeup_.notify();
+      s->waiter_->notify();
       break;
     }
     case NGHTTP2_GOAWAY:
@@ -352,7 +353,7 @@ int ClientConnection::on_data_chunk(std::int32_t stream_id, const std::uint8_t* 
   if (reader_flow_control_) unconsumed_connection_bytes_ += len;
   if (ClientStream* s = stream(stream_id)) {
     s->in_.append(reinterpret_cast<const char*>(data), len);
-    s->wakeup_.notify();
+    s->waiter_->notify();
   }
   return 0;
 }

@@ -21,9 +21,9 @@ inline Metadata as_node(const std::string& node_id, const std::string& role = {}
   return md;
 }
 
-inline std::unique_ptr<grpc::ClientContext> client_context(
+inline std::unique_ptr<::grpc::ClientContext> client_context(
     const Metadata& md, std::chrono::seconds timeout = std::chrono::seconds(20)) {
-  auto ctx = std::make_unique<grpc::ClientContext>();
+  auto ctx = std::make_unique<::grpc::ClientContext>();
   for (const auto& [k, v] : md)
     ctx->AddMetadata(k, v);
   ctx->set_deadline(std::chrono::system_clock::now() + timeout);

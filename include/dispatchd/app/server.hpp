@@ -24,6 +24,7 @@
 #include "dispatchd/net/acceptor.hpp"
 #include "dispatchd/net/handshake_pool.hpp"
 #include "dispatchd/net/tls.hpp"
+#include "dispatchd/proxy/forwarder.hpp"
 #include "dispatchd/store/store.hpp"
 
 namespace dispatchd::app {
@@ -109,7 +110,10 @@ class Server {
   void start_dispatcher();
   // With defer_dispatcher: whether this manager serves agents as a follower (forwarding their
   // calls to a known leader), which makes it ready (/readyz) without a running Dispatcher.
-  void set_forwarding(bool forwarding) noexcept { forwarding_ = forwarding; }
+  void set_forwarding(bool forwarding) noexcept {
+    forwarding_ = forwarding;
+    forwarder_.set_forwarding(forwarding);
+  }
 
   grpc::Server& grpc() noexcept { return grpc_; }
   grpc::HealthService& health() noexcept { return health_; }
@@ -118,6 +122,9 @@ class Server {
   dispatcher::Dispatcher& dispatcher() noexcept { return dispatcher_; }
   logbroker::LogBroker& log_broker() noexcept { return log_broker_; }
   control::ControlService& control() noexcept { return control_; }
+  // The follower's proxy (issue 16): off until set_forwarding(true); then the Dispatcher's and
+  // the agents' LogBroker calls go to the leader set with set_leader.
+  proxy::Forwarder& forwarder() noexcept { return forwarder_; }
   store::Store& store() noexcept { return store_; }
   co::TimerWheel& wheel() noexcept { return wheel_; }
   std::size_t connection_count() const noexcept { return connection_count_; }
@@ -174,6 +181,7 @@ class Server {
   } agents_{dispatcher_};
   control::ControlService control_;
   logbroker::LogBroker log_broker_;
+  proxy::Forwarder forwarder_;
   net::Acceptor acceptor_;
   co::Scope connections_scope_;
   co::IntrusiveList<h2::Connection> connections_;

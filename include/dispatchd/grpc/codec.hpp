@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dispatchd/grpc/status.hpp"
@@ -49,5 +50,7 @@ class MessageDecoder {
 // Prefix + serialized message in one buffer.
 std::string encode_message(const google::protobuf::MessageLite& msg);
 void write_prefix(std::uint8_t* out, std::uint32_t length, bool compressed = false);
+// Prefix + an already serialized payload (a proxy passing a message on).
+std::string frame_payload(std::string_view payload);
 
 }  // namespace dispatchd::grpc

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "dispatchd/co/intrusive_list.hpp"
 #include "dispatchd/co/timer_wheel.hpp"
@@ -74,6 +75,18 @@ struct MethodStats {
   std::uint64_t started = 0;
   const char* type = "unary";  // grpc-prometheus' grpc_type: unary, server_stream, bidi_stream
   metrics::Histogram latency;  // from the request headers to the status
+};
+
+// Serves a set of methods elsewhere while it says so, in place of their own handlers: a
+// follower manager forwards the Dispatcher's calls to the leader (proxy::Forwarder). Asked once
+// per call of those methods, after the deadline is armed.
+class CallDiverter {
+ public:
+  virtual bool diverting() const noexcept = 0;
+  virtual asio::awaitable<Status> serve(ServerCall& call) = 0;
+
+ protected:
+  ~CallDiverter() = default;
 };
 
 class Server : public h2::RequestSink {
@@ -137,6 +150,10 @@ class Server : public h2::RequestSink {
   // h2::RequestSink
   asio::awaitable<void> on_request(h2::StreamRef stream) override;
 
+  // Calls of `paths` (methods added already) go to `d` whenever d->diverting(); nullptr: never.
+  // Returns how many of `paths` are known methods.
+  std::size_t divert(const std::vector<std::string_view>& paths, CallDiverter* d);
+
   // Cancels every call in flight (shutdown). Their handlers see ServerContext::cancelled().
   void cancel_all() noexcept;
   std::size_t active_calls() const noexcept { return active_calls_; }
@@ -147,6 +164,7 @@ class Server : public h2::RequestSink {
   struct Method {
     Invoker invoke;
     MethodStats* stats;
+    CallDiverter* diverter = nullptr;
   };
   void add_method(std::string path, const char* type, Invoker invoke);
   asio::awaitable<void> serve(std::unique_ptr<ServerCall> call);

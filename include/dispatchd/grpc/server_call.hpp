@@ -16,7 +16,19 @@
 #include "dispatchd/grpc/status.hpp"
 #include "dispatchd/h2/stream.hpp"
 
+namespace dispatchd::h2 {
+class ClientStream;
+}
+
 namespace dispatchd::grpc {
+
+// How a relayed call ended (ServerCall::relay).
+struct RelayOutcome {
+  Status status;  // the upstream's status as the client got it, or why the relay ended
+  // The upstream failed before answering (connection lost, stream refused) and nothing was
+  // sent to the client: the call may be tried again elsewhere. The call is not finished.
+  bool retryable = false;
+};
 
 class ServerCall final : public ServerContext, public co::ListHook, private h2::StreamListener {
  public:
@@ -57,6 +69,18 @@ class ServerCall final : public ServerContext, public co::ListHook, private h2::
 
   // Ends the call from the server side (shutdown): cancels the handler.
   void cancel() noexcept { cancelled_.set(); }
+
+  // Relays this call to `upstream`, the same call opened on another server (a proxy to the
+  // leader), until either side ends it (src/grpc/relay.cpp). Bytes pass unchanged: the
+  // upstream's response headers, DATA and trailers reach the client as they came, and with
+  // `stream_requests` every request message (read as read_message does) goes upstream as it
+  // is read, then the half-close; otherwise the request was read and sent already. Each
+  // direction holds at most one flow-control window: upstream DATA is taken only once the
+  // client has taken the last batch, and the next request message only once nghttp2 has taken
+  // the previous one. Cancellation (client reset, deadline, shutdown) resets the upstream.
+  // The call is finished on return unless the outcome is retryable (and `allow_retry`).
+  asio::awaitable<RelayOutcome> relay(h2::ClientStream& upstream, bool stream_requests,
+                                      bool allow_retry);
 
  private:
   // Waits until nghttp2 has taken everything queued; false when the call is over.

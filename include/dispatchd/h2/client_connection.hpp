@@ -68,9 +68,15 @@ class ClientStream {
 
   // The one coroutine waiting on this stream parks here; every change notifies it.
   co::Wakeup& wakeup() noexcept { return wakeup_; }
+  // Sends every notification to `w` instead (nullptr: back to wakeup()), for a coroutine that
+  // waits on this stream and on something else at once (a proxy relaying a call).
+  void set_waiter(co::Wakeup* w) noexcept { waiter_ = w ? w : &wakeup_; }
 
   // Queues request DATA; `end` half-closes the request after it.
   void send(std::string bytes, bool end);
+  // Request bytes queued and not yet taken by nghttp2 (which takes them as the server's window
+  // allows); the waiter is notified when this drops to zero.
+  std::size_t pending_output() const noexcept { return out_.size() - out_off_; }
   // The reader took `n` bytes out of input(): reopens the stream's window by as much when the
   // connection has reader_flow_control (nothing otherwise).
   void consume(std::size_t n);
@@ -91,7 +97,7 @@ class ClientStream {
    private:
     void on_expire() override {
       s_.expired_ = true;
-      s_.wakeup_.notify();
+      s_.waiter_->notify();
     }
     ClientStream& s_;
   };
@@ -115,6 +121,7 @@ class ClientStream {
   bool expired_ = false;
   std::uint32_t close_code_ = 0;
   co::Wakeup wakeup_;
+  co::Wakeup* waiter_ = &wakeup_;
   Deadline deadline_{*this};
 };
 
