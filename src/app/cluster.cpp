@@ -17,7 +17,11 @@
 namespace dispatchd::app {
 
 ClusterManager::ClusterManager(Server& server, ClusterOptions options)
-    : server_(server), options_(std::move(options)), scope_(server.wheel().executor()) {}
+    : server_(server), options_(std::move(options)), scope_(server.wheel().io().get_executor()) {
+  // A follower from the start: agents' calls wait for (or are refused for want of) a leader
+  // rather than reaching the Dispatcher, which only a leader starts.
+  server_.set_forwarding(true);
+}
 
 ClusterManager::~ClusterManager() = default;
 
@@ -36,9 +40,10 @@ void ClusterManager::fail(const Status& why) {
 void ClusterManager::on_membership(const cluster::Membership& m) {
   std::string list;
   for (const auto& p : m.managers)
-    list += (list.empty() ? "" : ", ") + p.node_id() + "@" + p.addr();
+    list += (list.empty() ? "" : ", ") + p.peer().node_id() + "@" + p.peer().addr();
   log::info("managers: {}; leader: {}", list.empty() ? "none" : list,
             m.leader.node_id.empty() ? "none" : m.leader.node_id + " at " + m.leader.addr);
+  if (failure_ || stopping_) return;  // the server is stopping: nothing to forward or publish
   if (leader_) {
     publish_managers();
     return;
@@ -76,9 +81,11 @@ asio::awaitable<Status> ClusterManager::run(co::Event& server_done) {
   // leader's pending writes first, then its leadership, then the lease.
   co_await server_done.wait();
   stopping_ = true;
+  log::debug("cluster: leaving (leader {}, journal {})", leader_, journal_ != nullptr);
   if (journal_) {
     journal_->stop();
     co_await journal_done_.wait();
+    log::debug("cluster: journal ended");
     if (leader_ && !journal_->failure()) {
       if (Status r = co_await member_->resign(*fence_); r.is_ok()) {
         log::info("resigned the leadership: another manager takes over now");
@@ -89,7 +96,16 @@ asio::awaitable<Status> ClusterManager::run(co::Event& server_done) {
   if (replica_) replica_->stop();
   if (watch_) watch_->stop();
   if (member_) member_->stop();
+  log::debug("cluster: waiting for {} coroutines", scope_.size());
   co_await scope_.join();
+  // Nothing of ours runs any more: close the connection to etcd, so that the io_context ends.
+  server_.store().set_journal(nullptr);
+  journal_.reset();
+  replica_.reset();
+  watch_.reset();
+  member_.reset();
+  client_.reset();
+  log::debug("cluster: left");
   co_return failure_ ? *failure_ : Status::ok();
 }
 
@@ -109,12 +125,12 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
                        "cannot read the managers from etcd: " + m.error().message());
     }
     auto same = std::find_if(m->managers.begin(), m->managers.end(),
-                             [&](const auto& p) { return p.node_id() == options_.node_id; });
+                             [&](const auto& p) { return p.peer().node_id() == options_.node_id; });
     if (same == m->managers.end()) break;
     if (etcd::Clock::now() >= give_up) {
       co_return Status(StatusCode::already_exists,
                        "another live manager is registered as " + options_.node_id + " (at " +
-                           same->addr() +
+                           same->peer().addr() +
                            "): give each manager its own node ID (--node-id, or the CN of its "
                            "certificate)");
     }
@@ -122,7 +138,7 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
       log::warn(
           "a manager is registered as {} at {}: waiting up to {}s for that registration to "
           "expire (a previous run of this manager) ",
-          options_.node_id, same->addr(), options_.lease_ttl.count() + 2);
+          options_.node_id, same->peer().addr(), options_.lease_ttl.count() + 2);
       warned = true;
     }
     asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::milliseconds(500));
@@ -200,8 +216,6 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
                   "this manager is not the leader: send operator calls to the leader, " +
                       m->leader.node_id + " at " + m->leader.addr);
   });
-  server_.set_forwarding(true);
-
   auto fence = co_await member_->campaign(&server_done);
   if (!fence) {
     if (fence.error().code() == StatusCode::cancelled) co_return Status::ok();

@@ -57,7 +57,7 @@ void start_manager(Manager& m, const std::string& node_id, const std::string& st
   m.process = std::make_unique<ChildProcess>(std::vector<std::string>{
       DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0", "--admin-listen=", "--node-id",
       node_id, "--store", store, "--etcd-lease-ttl", "2s", "--drain-timeout", "5s",
-      "--heartbeat-period", "2s", "--heartbeat-epsilon", "100ms"});
+      "--heartbeat-period", "2s", "--heartbeat-epsilon", "100ms", "--log-level", "debug"});
   auto line = m.process->wait_for_line("dispatchd listening on ", 30s);
   ASSERT_TRUE(line) << m.process->output();
   auto at = line->find("listening on ") + 13;
@@ -80,16 +80,31 @@ class ClusterTest : public ::testing::Test {
     }
   }
 
-  // The manager that logged its election (after `skip` earlier elections), within `timeout`.
+  // A manager (not `not_this`) that logged its election, within `timeout`.
   Manager* wait_leader(std::chrono::milliseconds timeout, const Manager* not_this = nullptr) {
     const auto deadline = Clock::now() + timeout;
     while (Clock::now() < deadline) {
       for (auto& m : managers_) {
         if (m.killed || &m == not_this) continue;
-        if (m.process->wait_for_line("leading the cluster", 50ms)) return &m;
+        if (m.process->wait_for_output("leading the cluster", 20ms)) return &m;
       }
     }
     return nullptr;
+  }
+
+  // The leader, once every other live manager forwards to it (or nullptr after `timeout`).
+  Manager* wait_cluster(std::chrono::milliseconds timeout, const Manager* not_this = nullptr) {
+    const auto deadline = Clock::now() + timeout;
+    Manager* leader = wait_leader(timeout, not_this);
+    if (!leader) return nullptr;
+    for (auto& m : managers_) {
+      if (m.killed || &m == leader || &m == not_this) continue;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      if (!m.process->wait_for_output("forwarder: leader is now " + leader->address, left)) {
+        return nullptr;
+      }
+    }
+    return leader;
   }
 
   std::unique_ptr<EtcdCluster> etcd_;
@@ -154,7 +169,7 @@ std::unique_ptr<Session> reconnect(const std::vector<std::string>& addresses,
 }
 
 TEST_F(ClusterTest, OneLeaderRunsTheDispatcherAndFollowersForwardAgentsToIt) {
-  Manager* leader = wait_leader(30s);
+  Manager* leader = wait_cluster(30s);
   ASSERT_NE(leader, nullptr) << managers_[0].process->output();
   Manager* follower = &managers_[leader == &managers_[0] ? 1 : 0];
 
@@ -243,8 +258,15 @@ class Reporters {
 };
 
 TEST_F(ClusterTest, KillingTheLeaderUnderLoadMovesAgentsAndLosesNoAcknowledgedStatus) {
-  Manager* leader = wait_leader(30s);
+  Manager* leader = wait_cluster(30s);
   ASSERT_NE(leader, nullptr) << managers_[0].process->output();
+  std::vector<std::string> survivors;
+  for (auto& m : managers_)
+    if (&m != leader) survivors.push_back(m.address);
+  // node-a's session through a follower (which also admits the node).
+  auto s = std::make_unique<Session>(survivors[0], "node-a");
+  ASSERT_TRUE(s->ok) << s->status.error_message();
+
   constexpr int kTasks = 400;
   auto control = control_at(leader->address);
   for (int i = 0; i < kTasks; ++i) {
@@ -256,13 +278,7 @@ TEST_F(ClusterTest, KillingTheLeaderUnderLoadMovesAgentsAndLosesNoAcknowledgedSt
     auto st = control->CreateTask(ctx.get(), req, &resp);
     ASSERT_TRUE(st.ok()) << st.error_message();
   }
-  std::vector<std::string> survivors;
-  for (auto& m : managers_)
-    if (&m != leader) survivors.push_back(m.address);
-
-  // node-a's session through a follower; reporters through the follower and the leader.
-  auto s = std::make_unique<Session>(survivors[0], "node-a");
-  ASSERT_TRUE(s->ok) << s->status.error_message();
+  // Reporters through the follower and straight to the leader.
   Reporters via_follower(survivors[0], s->first.session_id(), 0, kTasks / 2);
   Reporters via_leader(leader->address, s->first.session_id(), kTasks / 2, kTasks);
   ASSERT_TRUE(via_follower.wait_for_acks(20));
@@ -323,6 +339,12 @@ TEST_F(ClusterTest, KillingTheLeaderUnderLoadMovesAgentsAndLosesNoAcknowledgedSt
 TEST_F(ClusterTest, ALeaderPausedPastItsLeaseIsFencedOffWhenItWakes) {
   Manager* leader = wait_leader(30s);
   ASSERT_NE(leader, nullptr) << managers_[0].process->output();
+  pb::CreateNodeRequest node;
+  node.set_node_id("node-a");
+  pb::CreateNodeResponse created;
+  auto nctx = as("ops", "swarm-manager");
+  auto nst = control_at(leader->address)->CreateNode(nctx.get(), node, &created);
+  ASSERT_TRUE(nst.ok()) << nst.error_message();
   pb::CreateTaskRequest req;
   req.mutable_task()->set_id("t-old");
   req.mutable_task()->set_node_id("node-a");
@@ -375,7 +397,9 @@ TEST_F(ClusterTest, ALeaderPausedPastItsLeaseIsFencedOffWhenItWakes) {
   std::set<std::string> ids;
   for (const auto& t : tasks.tasks()) {
     ids.insert(t.id());
-    if (t.id() == "t-old") EXPECT_NE(t.desired_state(), api::SHUTDOWN);
+    if (t.id() == "t-old") {
+      EXPECT_NE(t.desired_state(), api::SHUTDOWN);
+    }
   }
   EXPECT_EQ(ids, (std::set<std::string>{"t-new", "t-old"}));
 }

@@ -87,6 +87,20 @@ std::optional<std::string> ChildProcess::wait_for_line(const std::string& needle
   }
 }
 
+bool ChildProcess::wait_for_output(const std::string& needle, std::chrono::milliseconds timeout,
+                                   std::size_t count) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::unique_lock lock(mu_);
+  for (;;) {
+    std::size_t found = 0;
+    for (auto at = err_.find(needle); at != std::string::npos; at = err_.find(needle, at + 1))
+      ++found;
+    if (found >= count) return true;
+    if (eof_) return false;
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) return false;
+  }
+}
+
 void ChildProcess::signal(int sig) {
   if (pid_ > 0 && !status_) ::kill(pid_, sig);
 }

@@ -28,6 +28,10 @@ class ChildProcess {
   // Reads stderr until a line containing `needle` arrives; returns that line.
   std::optional<std::string> wait_for_line(const std::string& needle,
                                            std::chrono::milliseconds timeout);
+  // Waits until everything read from stderr so far (from the start, whatever wait_for_line
+  // consumed) contains `needle` `count` times; false at the timeout or at EOF without it.
+  bool wait_for_output(const std::string& needle, std::chrono::milliseconds timeout,
+                       std::size_t count = 1);
   void signal(int sig);
   // Waits for the exit (reading stderr meanwhile); the exit status, 128 + signal, or nullopt on
   // timeout.
