@@ -183,6 +183,12 @@ TEST_P(ForwarderTest, AgentThroughFollowerGetsLeadersSessionHeartbeatAssignments
   auto bst = stub->Heartbeat(context(agent_md()).get(), bad, &hb);
   EXPECT_EQ(bst.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << describe(bst);
   EXPECT_EQ(bst.error_message(), "session invalid");
+
+  // Operators see the follower relaying.
+  auto metrics = follower_.call([&] { return follower_.server().render_metrics(); });
+  EXPECT_NE(metrics.find("\ndispatchd_forwarding 1\n"), std::string::npos);
+  EXPECT_NE(metrics.find("\ndispatchd_forwarder_connects_total 1\n"), std::string::npos);
+  EXPECT_EQ(metrics.find("\ndispatchd_forwarded_calls_total 0\n"), std::string::npos);
 }
 
 TEST_P(ForwarderTest, CallerThatAlreadySentRedirectGetsResourceExhausted) {
