@@ -191,6 +191,26 @@ std::string Server::render_metrics() const {
   w.sample("dispatchd_log_messages_total", {{"outcome", "dropped"}}, d(ls.messages_dropped));
   w.sample("dispatchd_log_messages_total", {{"outcome", "discarded"}}, d(ls.messages_discarded));
 
+  // ---- follower's proxy (issue 16) ---------------------------------------------------------
+  const auto& fs = forwarder_.stats();
+  scalar("dispatchd_forwarding", "gauge",
+         "1 while this manager follows and relays agents' calls to the leader.",
+         d(forwarder_.forwarding() ? 1 : 0));
+  scalar("dispatchd_forwarded_calls", "gauge",
+         "Calls being relayed to the leader or waiting for a reachable one.",
+         d(forwarder_.active_calls()));
+  scalar("dispatchd_forwarded_calls_total", "counter", "Calls relayed to the leader.", d(fs.calls));
+  scalar("dispatchd_forwarder_connects_total", "counter", "Connections made to a leader.",
+         d(fs.connects));
+  scalar("dispatchd_forwarder_dial_failures_total", "counter",
+         "Attempts to connect to the leader that failed.", d(fs.dial_failures));
+  scalar("dispatchd_forwarder_retries_total", "counter",
+         "Unary calls sent again after the leader's connection failed before it answered.",
+         d(fs.retries));
+  scalar("dispatchd_forwarder_redirect_loops_total", "counter",
+         "Calls refused because they had been forwarded already (redirect loops).",
+         d(fs.redirect_loops));
+
   // ---- store -------------------------------------------------------------------------------
   std::array<std::uint64_t, 4> by_state{};
   std::array<std::uint64_t, 3> by_availability{};

@@ -36,9 +36,10 @@ bool dropped(std::string_view name) {
   return false;
 }
 
-// A waiting unary call gives up this long before its deadline, so that it ends UNAVAILABLE
-// (no leader) rather than DEADLINE_EXCEEDED from the call's own timer (5 ms ticks).
-constexpr auto kDeadlineMargin = std::chrono::milliseconds(20);
+// A waiting unary call gives up this long before its deadline, so that the agent gets
+// UNAVAILABLE (no leader) before its own deadline passes, across a busy loop and the network,
+// rather than DEADLINE_EXCEEDED.
+constexpr auto kDeadlineMargin = std::chrono::milliseconds(100);
 
 // "host:port" or "[v6]:port".
 std::optional<std::pair<std::string, std::string>> split_host_port(std::string_view a) {
