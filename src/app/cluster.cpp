@@ -1,5 +1,7 @@
 #include "dispatchd/app/cluster.hpp"
 
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
@@ -117,9 +119,24 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
   // Each manager needs its own node ID: the manager list and the forwarded identity name it.
   // A registration under ours may be this manager's own previous run, whose lease runs out
   // within its TTL; a live manager renews it.
-  const auto give_up = etcd::Clock::now() + options_.lease_ttl + std::chrono::seconds(2);
+  auto give_up = etcd::Clock::now() + options_.lease_ttl + std::chrono::seconds(2);
+  std::uint64_t unreachable = 0;
   for (bool warned = false;;) {
     auto m = co_await cluster::read_membership(*client_, options_.prefix);
+    if (!m && (m.error().code() == StatusCode::unavailable ||
+               m.error().code() == StatusCode::deadline_exceeded)) {
+      // etcd not up yet (containers starting together): keep trying until it is, or until
+      // the server is stopped.
+      if (server_done.is_set()) co_return Status::ok();
+      if (unreachable++ % 10 == 0) {
+        log::warn("etcd at {} does not answer ({}); trying again",
+                  fmt::join(options_.etcd.endpoints, ","), m.error().message());
+      }
+      asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::seconds(1));
+      co_await t.async_wait(asio::use_awaitable);
+      give_up = etcd::Clock::now() + options_.lease_ttl + std::chrono::seconds(2);
+      continue;
+    }
     if (!m) {
       co_return Status(m.error().code(),
                        "cannot read the managers from etcd: " + m.error().message());
@@ -234,8 +251,10 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
 
   // The first leader of a new cluster writes the store's first state.
   if (store.index() == 0) {
-    if (Status st = co_await cluster::write_all(*client_, options_.prefix, store.capture(), *fence);
-        !st.is_ok()) {
+    Status st = co_await cluster::write_all(*client_, options_.prefix, store.capture(), *fence);
+    // FAILED_PRECONDITION: a store is there already (one written at index 0), which the replica
+    // has applied: nothing to seed.
+    if (!st.is_ok() && st.code() != StatusCode::failed_precondition) {
       co_return Status(st.code(), "cannot write the first store to etcd: " + st.message());
     }
   }
