@@ -43,6 +43,11 @@ trap cleanup EXIT
 tck=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 metric() { curl -s "http://127.0.0.1:$admin/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+# UpdateTaskStatus calls answered OK (h2load counts HTTP 200, which gRPC errors are too).
+oks() {
+  curl -s "http://127.0.0.1:$admin/metrics" |
+    awk '/^grpc_server_handled_total/ && /grpc_method="UpdateTaskStatus"/ && /grpc_code="OK"/ { print $2 }'
+}
 headers=(-H 'content-type: application/grpc' -H 'te: trailers' -H 'node-id: sessload-0')
 
 port=4700
@@ -66,7 +71,7 @@ run_mode() {  # MODE REP
   fi
   : >"$work/session.out"
   taskset -c 1 "$bin/peers/sessload" --addr "127.0.0.1:$port" --sessions 1 --connections 1 \
-    --no-heartbeat --print-session-id >"$work/session.out" 2>/dev/null &
+    --print-session-id >"$work/session.out" 2>/dev/null &
   load_pid=$!
   for _ in $(seq 100); do [ "$(wc -l <"$work/session.out")" -ge 1 ] && break; sleep 0.05; done
   local session task
@@ -75,15 +80,15 @@ run_mode() {  # MODE REP
   python3 bench/run-report.py --encode-status "$session" "$work/body.bin" "$task"
   for shape in 1x1 10x10; do
     local c=${shape%x*} m=${shape#*x}
-    local c0 s0 r0 c1 s1 r1
+    local c0 s0 r0 c1 s1 r1 k0 k1
     local sm=dispatchd_wal_syncs_total rm=dispatchd_wal_records_total
     [ "$mode" = etcd ] && sm=dispatchd_etcd_txns_total rm=dispatchd_etcd_commits_total
-    c0=$(cpu_ticks "$server_pid") s0=$(metric $sm) r0=$(metric $rm)
+    c0=$(cpu_ticks "$server_pid") s0=$(metric $sm) r0=$(metric $rm) k0=$(oks)
     taskset -c 1 h2load -n "$calls" -c "$c" -m "$m" -d "$work/body.bin" "${headers[@]}" \
       --log-file="$work/h2-$mode-$shape-$rep.log" \
       "http://127.0.0.1:$port/docker.swarmkit.v1.Dispatcher/UpdateTaskStatus" >"$work/h2-$mode-$shape-$rep.out" 2>&1
-    c1=$(cpu_ticks "$server_pid") s1=$(metric $sm) r1=$(metric $rm)
-    echo "$mode $shape $rep $((c1 - c0)) ${s0:-0} ${s1:-0} ${r0:-0} ${r1:-0} $work/h2-$mode-$shape-$rep" >>"$results"
+    c1=$(cpu_ticks "$server_pid") s1=$(metric $sm) r1=$(metric $rm) k1=$(oks)
+    echo "$mode $shape $rep $((c1 - c0)) ${s0:-0} ${s1:-0} ${r0:-0} ${r1:-0} $work/h2-$mode-$shape-$rep $((${k1:-0} - ${k0:-0}))" >>"$results"
   done
   kill "$load_pid" 2>/dev/null || true; wait "$load_pid" 2>/dev/null || true; load_pid=""
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
@@ -104,7 +109,7 @@ import re, statistics, sys
 results, tck, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rows = {}
 for line in open(results):
-    mode, shape, rep, ticks, s0, s1, r0, r1, base = line.split()
+    mode, shape, rep, ticks, s0, s1, r0, r1, base, oks = line.split()
     out = open(base + ".out").read()
     m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
     ok = re.search(r"(\d+) succeeded", out)
@@ -113,7 +118,7 @@ for line in open(results):
     pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000.0
     syncs, recs = float(s1) - float(s0), float(r1) - float(r0)
     rows.setdefault((shape, mode), []).append(dict(
-        rps=float(m.group(3)), p50=pick(0.50), p99=pick(0.99), ok=int(ok.group(1)),
+        rps=float(m.group(3)), p50=pick(0.50), p99=pick(0.99), ok=min(int(ok.group(1)), int(oks)),
         cpu=int(ticks) / tck / calls * 1e6, fsyncs=syncs / secs, per=(recs / syncs if syncs else 0)))
 med = lambda xs: statistics.median(xs)
 print("| shape | store | calls/s | p50 ms | p99 ms | server CPU µs/call | syncs/s | commits per sync |")

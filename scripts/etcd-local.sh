@@ -59,7 +59,7 @@ case $cmd in
         if curl -sf "http://127.0.0.1:$client/health" | grep -q '"health":"true"'; then ok=1; break; fi
         sleep 0.1
       done
-      [ -n "$ok" ] || { echo "etcd-local.sh: member e$i not healthy; see $dir/e$i.log" >&2; stop; exit 1; }
+      [ -n "$ok" ] || { echo "etcd-local.sh: member e$i not healthy:" >&2; tail -5 "$dir/e$i.log" >&2; stop; exit 1; }
     done
     echo "etcd://$urls"
     ;;

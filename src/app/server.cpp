@@ -36,6 +36,7 @@ proxy::ForwarderOptions forwarder_options(const Options& o) {
   proxy::ForwarderOptions f;
   f.node_id = o.dispatcher.manager_node_id;
   f.org = o.dispatcher.cluster_id;
+  f.stream_leader_wait = o.forward_stream_wait;
   if (!o.insecure && !o.tls.ca.empty()) {
     // Over mutual TLS the forwarder presents this manager's own certificate to the leader.
     if (auto loaded = proxy::load_tls(f, o.tls); !loaded) {

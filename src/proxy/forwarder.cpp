@@ -227,7 +227,7 @@ asio::awaitable<void> Forwarder::run_connection(std::shared_ptr<h2::ClientConnec
 }
 
 asio::awaitable<std::expected<std::shared_ptr<h2::ClientConnection>, Status>> Forwarder::connection(
-    grpc::ServerCall& call, bool wait) {
+    grpc::ServerCall& call, bool wait, co::TimerWheel::Clock::time_point wait_until) {
   for (;;) {
     if (call.is_cancelled()) {
       co_return std::unexpected(Status(StatusCode::cancelled, "context canceled"));
@@ -254,14 +254,16 @@ asio::awaitable<std::expected<std::shared_ptr<h2::ClientConnection>, Status>> Fo
     co::TimerCallback poll([&w] { w.notify(); });
     if (wait) {
       auto at = co::TimerWheel::Clock::now() + options_.leader_poll;
-      if (auto deadline = call.deadline()) {
-        if (*deadline - kDeadlineMargin <= co::TimerWheel::Clock::now()) {
+      auto end = wait_until;
+      if (auto deadline = call.deadline()) end = std::min(end, *deadline - kDeadlineMargin);
+      if (end != co::TimerWheel::Clock::time_point::max()) {
+        if (end <= co::TimerWheel::Clock::now()) {
           co_return std::unexpected(Status(
               StatusCode::unavailable,
               leader_ ? "cannot reach the leader at " + *leader_ + ": " + last_error_.message()
                       : std::string("no leader is known")));
         }
-        at = std::min(at, *deadline - kDeadlineMargin);
+        at = std::min(at, end);
       }
       wheel_.arm(poll, at);
     }
@@ -351,7 +353,11 @@ asio::awaitable<Status> Forwarder::serve(grpc::ServerCall& call) {
   }
   std::vector<h2::Header> headers = upstream_headers(call);
   for (;;) {
-    auto conn = co_await connection(call, unary);
+    // A unary call waits for a leader until its deadline; a stream for stream_leader_wait.
+    auto conn =
+        co_await connection(call, unary || options_.stream_leader_wait.count() > 0,
+                            unary ? co::TimerWheel::Clock::time_point::max()
+                                  : co::TimerWheel::Clock::now() + options_.stream_leader_wait);
     if (!conn) co_return conn.error();
     const std::string address = conn_address_;
     if (auto deadline = call.deadline()) {

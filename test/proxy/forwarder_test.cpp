@@ -40,6 +40,7 @@ dispatchd::app::Options manager_options(bool tls, const std::string& listen,
   auto o = TestServer::default_options();
   o.listen = listen;
   o.dispatcher.manager_node_id = node_id;
+  o.forward_stream_wait = 2s;  // a stream waits this long for a leader, then fails UNAVAILABLE
   if (tls) {
     o.insecure = false;
     o.tls = {cert_dir() + "/server.pem", cert_dir() + "/server.key", cert_dir() + "/ca.pem"};
@@ -244,7 +245,7 @@ TEST_P(ForwarderTest, LeaderStoppingEndsTheAgentsStreamWithTheLeadersStatus) {
   EXPECT_EQ(st.error_message(), "node must disconnect");
 }
 
-TEST_P(ForwarderTest, WithoutLeaderUnaryFailsUnavailableAtItsDeadlineAndStreamsAtOnce) {
+TEST_P(ForwarderTest, WithoutLeaderUnaryFailsAtItsDeadlineAndStreamsAfterTheirWait) {
   set_leader(std::nullopt);
   auto stub = api::Dispatcher::NewStub(agent_channel());
 
@@ -265,7 +266,7 @@ TEST_P(ForwarderTest, WithoutLeaderUnaryFailsUnavailableAtItsDeadlineAndStreamsA
   EXPECT_LT(Clock::now() - t0, 5s);
 }
 
-TEST_P(ForwarderTest, UnreachableLeaderFailsUnaryAtItsDeadlineAndStreamsAtOnce) {
+TEST_P(ForwarderTest, UnreachableLeaderFailsUnaryAtItsDeadlineAndStreamsAfterTheirWait) {
   // A port nothing listens on: A's, once A has stopped.
   const std::string gone = leader_->address();
   ASSERT_TRUE(leader_->stop());
@@ -328,6 +329,21 @@ TEST_P(ForwarderTest, SetLeaderLetsAWaitingUnaryCallThrough) {
   auto st = heartbeat.get();
   EXPECT_TRUE(st.ok()) << describe(st);
   EXPECT_LT(Clock::now() - t0, 5s);
+}
+
+TEST_P(ForwarderTest, SetLeaderLetsAWaitingSessionThrough) {
+  // During a leader change the agent's Session waits on the follower instead of failing.
+  set_leader(std::nullopt);
+  auto stub = api::Dispatcher::NewStub(agent_channel());
+  auto session = std::async(std::launch::async, [&] { return open_session(*stub, agent_md()); });
+  ASSERT_TRUE(
+      follower_.eventually([&] { return follower_.server().forwarder().active_calls() == 1; }));
+  EXPECT_EQ(session.wait_for(200ms), std::future_status::timeout);  // it waits for a leader
+  set_leader(leader_->address());
+  auto reg = session.get();
+  ASSERT_TRUE(reg && reg->ok);
+  EXPECT_FALSE(reg->id().empty());
+  EXPECT_EQ(leader_->call([&] { return leader_->server().dispatcher().open_sessions(); }), 1u);
 }
 
 TEST_P(ForwarderTest, AgentsLogBrokerCallsGoToTheLeader) {

@@ -52,6 +52,8 @@ struct Options {
   // Several managers (--store etcd): the Dispatcher does not start with run() but when this
   // manager becomes the leader (start_dispatcher()); until then agents' calls are forwarded.
   bool defer_dispatcher = false;
+  // A follower's streams wait this long for a reachable leader (proxy::ForwarderOptions).
+  std::chrono::milliseconds forward_stream_wait{3000};
   h2::Settings h2;
   grpc::ServerOptions grpc;
   dispatcher::Config dispatcher;

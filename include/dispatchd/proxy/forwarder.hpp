@@ -63,6 +63,11 @@ struct ForwarderOptions {
   std::string server_name = "swarm-manager";  // SNI and the name checked, as agents dial
   // How often a waiting unary call looks for a reachable leader again (SwarmKit: 500 ms).
   std::chrono::milliseconds leader_poll{500};
+  // How long a stream (Session, Assignments, ...) waits for a reachable leader before it fails
+  // UNAVAILABLE: during a leader change the agent's Session then gets its first message from
+  // the new leader instead of failing at once and backing off (under the agent's 5 s wait for
+  // that first message). 0: fail at once.
+  std::chrono::milliseconds stream_leader_wait{3000};
   // Connecting to the leader (TCP, TLS) gives up after this.
   std::chrono::milliseconds dial_timeout{5000};
   // Per relayed stream, each direction: what waits at the follower at most.
@@ -129,7 +134,8 @@ class Forwarder final : public grpc::CallDiverter {
   // The connection to the current leader: waits for a dial in progress (or starts one); with
   // `wait`, also waits for a leader to be known and reachable, until the call is cancelled.
   asio::awaitable<std::expected<std::shared_ptr<h2::ClientConnection>, Status>> connection(
-      grpc::ServerCall& call, bool wait);
+      grpc::ServerCall& call, bool wait,
+      co::TimerWheel::Clock::time_point wait_until = co::TimerWheel::Clock::time_point::max());
   // Starts a dial to `address` unless one runs, or the last one to it failed under leader_poll
   // ago. True when a dial is (now) in progress.
   bool maybe_dial(const std::string& address);
