@@ -24,11 +24,18 @@ done
 
 stop() {
   [ -d "$dir" ] || return 0
+  local pids=()
   for f in "$dir"/*.pid; do
     [ -e "$f" ] || continue
-    kill "$(cat "$f")" 2>/dev/null || true
+    pids+=("$(cat "$f")")
     rm -f "$f"
   done
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  # A member whose peers are gone can linger trying to hand over its leadership: 3 s, then KILL.
+  alive() { for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && return 0; done; return 1; }
+  for _ in $(seq 30); do alive || return 0; sleep 0.1; done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 
 case $cmd in
