@@ -37,6 +37,15 @@ class EtcdClientTest : public ::testing::Test {
     client_ = std::move(*c);
   }
 
+  // Closes the client, then lets what it had running (the connection's reader, a stream's
+  // coroutine parked on it) see the close and end, so that no coroutine frame, and no
+  // connection it holds, outlives the io_context.
+  void TearDown() override {
+    client_.reset();
+    io_.restart();
+    io_.run_for(300ms);
+  }
+
   // Drives the io_context until the coroutine finishes (bounded).
   template <class T>
   T run(asio::awaitable<T> a, std::chrono::seconds limit = 30s) {
