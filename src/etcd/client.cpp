@@ -178,31 +178,11 @@ grpc::CallOptions Client::call_options(Clock::time_point deadline) const {
 
 asio::awaitable<Result<std::unique_ptr<net::Transport>>> Client::connect_transport(
     const Endpoint& ep) {
-  auto ex = co_await asio::this_coro::executor;
-  using asio::experimental::as_tuple;
-  asio::ip::tcp::resolver resolver(ex);
-  auto [rec, results] = co_await resolver.async_resolve(ep.host, std::to_string(ep.port),
-                                                        as_tuple(asio::use_awaitable));
-  if (rec) co_return std::unexpected(Status(StatusCode::unavailable, "resolve: " + rec.message()));
-  std::string last = "no address";
-  for (const auto& r : results) {
-    auto sock = co_await net::dial(ex, r.endpoint());
-    if (!sock) {
-      last = sock.error().message();
-      continue;
-    }
-    sock->set_option(asio::ip::tcp::no_delay(true));
-    if (!ep.tls) co_return std::make_unique<net::TcpTransport>(std::move(*sock));
-    auto tls = std::make_unique<net::TlsClientTransport>(
-        std::move(*sock), tls_, tls_cert_,
-        options_.server_name.empty() ? ep.host : options_.server_name);
-    if (auto ec = co_await tls->handshake(); ec) {
-      co_return std::unexpected(
-          Status(StatusCode::unavailable, "TLS handshake: " + tls->handshake_error()));
-    }
-    co_return std::unique_ptr<net::Transport>(std::move(tls));
-  }
-  co_return std::unexpected(Status(StatusCode::unavailable, last));
+  auto t = co_await net::connect(co_await asio::this_coro::executor, ep.host,
+                                 std::to_string(ep.port), ep.tls ? tls_ : nullptr, tls_cert_,
+                                 options_.server_name.empty() ? ep.host : options_.server_name);
+  if (!t) co_return std::unexpected(Status(StatusCode::unavailable, t.error()));
+  co_return std::move(*t);
 }
 
 asio::awaitable<Result<std::shared_ptr<h2::ClientConnection>>> Client::dial(

@@ -129,4 +129,30 @@ asio::awaitable<std::expected<asio::ip::tcp::socket, std::error_code>> dial(
   co_return s;
 }
 
+asio::awaitable<std::expected<std::unique_ptr<Transport>, std::string>> connect(
+    asio::any_io_executor ex, const std::string& host, const std::string& port,
+    std::shared_ptr<TlsClientContext> tls, std::shared_ptr<const TlsClientCertificate> cert,
+    const std::string& server_name) {
+  asio::ip::tcp::resolver resolver(ex);
+  auto [rec, results] = co_await resolver.async_resolve(
+      host, port, asio::experimental::as_tuple(asio::use_awaitable));
+  if (rec) co_return std::unexpected("resolve: " + rec.message());
+  std::string last = "no address";
+  for (const auto& r : results) {
+    auto sock = co_await dial(ex, r.endpoint());
+    if (!sock) {
+      last = sock.error().message();
+      continue;
+    }
+    sock->set_option(asio::ip::tcp::no_delay(true));
+    if (!tls) co_return std::make_unique<TcpTransport>(std::move(*sock));
+    auto t = std::make_unique<TlsClientTransport>(std::move(*sock), tls, cert, server_name);
+    if (auto ec = co_await t->handshake(); ec) {
+      co_return std::unexpected("TLS handshake: " + t->handshake_error());
+    }
+    co_return std::unique_ptr<Transport>(std::move(t));
+  }
+  co_return std::unexpected(last);
+}
+
 }  // namespace dispatchd::net

@@ -147,35 +147,15 @@ bool Forwarder::maybe_dial(const std::string& address) {
 
 asio::awaitable<std::expected<std::unique_ptr<net::Transport>, Status>>
 Forwarder::connect_transport(std::string address) {
-  using asio::experimental::as_tuple;
   auto hp = split_host_port(address);
   if (!hp) {
     co_return std::unexpected(
         Status(StatusCode::unavailable, "leader address \"" + address + "\" is not host:port"));
   }
-  auto ex = co_await asio::this_coro::executor;
-  asio::ip::tcp::resolver resolver(ex);
-  auto [rec, results] =
-      co_await resolver.async_resolve(hp->first, hp->second, as_tuple(asio::use_awaitable));
-  if (rec) co_return std::unexpected(Status(StatusCode::unavailable, "resolve: " + rec.message()));
-  std::string last = "no address";
-  for (const auto& r : results) {
-    auto sock = co_await net::dial(ex, r.endpoint());
-    if (!sock) {
-      last = sock.error().message();
-      continue;
-    }
-    sock->set_option(asio::ip::tcp::no_delay(true));
-    if (!options_.tls) co_return std::make_unique<net::TcpTransport>(std::move(*sock));
-    auto tls = std::make_unique<net::TlsClientTransport>(std::move(*sock), options_.tls,
-                                                         options_.cert, options_.server_name);
-    if (auto ec = co_await tls->handshake(); ec) {
-      co_return std::unexpected(
-          Status(StatusCode::unavailable, "TLS handshake: " + tls->handshake_error()));
-    }
-    co_return std::unique_ptr<net::Transport>(std::move(tls));
-  }
-  co_return std::unexpected(Status(StatusCode::unavailable, last));
+  auto t = co_await net::connect(co_await asio::this_coro::executor, hp->first, hp->second,
+                                 options_.tls, options_.cert, options_.server_name);
+  if (!t) co_return std::unexpected(Status(StatusCode::unavailable, t.error()));
+  co_return std::move(*t);
 }
 
 asio::awaitable<void> Forwarder::dial(std::string address) {

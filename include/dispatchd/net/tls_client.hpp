@@ -70,4 +70,13 @@ asio::awaitable<std::expected<asio::ip::tcp::socket, std::error_code>> dial(
     asio::any_io_executor ex, asio::ip::tcp::endpoint to,
     std::optional<asio::ip::address> from = std::nullopt);
 
+// A client transport to HOST:PORT: resolves `host`, dials its addresses in turn (TCP_NODELAY)
+// and, with `tls`, runs the client handshake verifying `server_name`. The error says what
+// failed: "resolve: …", the last connect error, or "TLS handshake: …". Bounded by the caller
+// (cancel it with a timer).
+asio::awaitable<std::expected<std::unique_ptr<Transport>, std::string>> connect(
+    asio::any_io_executor ex, const std::string& host, const std::string& port,
+    std::shared_ptr<TlsClientContext> tls, std::shared_ptr<const TlsClientCertificate> cert,
+    const std::string& server_name);
+
 }  // namespace dispatchd::net
