@@ -54,6 +54,11 @@ class Writer {
   // NaN, +Inf and -Inf spelled as Prometheus spells them.
   void sample(std::string_view name, Labels labels, double value);
   void sample(std::string_view name, double value) { sample(name, {}, value); }
+  // A family with its one unlabelled sample.
+  void scalar(std::string_view name, std::string_view type, std::string_view help, double value) {
+    family(name, type, help);
+    sample(name, value);
+  }
   // name_bucket{...,le="..."} cumulative including +Inf, then name_sum and name_count.
   void histogram(std::string_view name, Labels labels, const Histogram& h);
 

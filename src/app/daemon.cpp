@@ -180,20 +180,17 @@ int run_daemon(DaemonOptions d) {
     store.set_journal(&*wal);
     server.add_metrics([&w = *wal](metrics::Writer& m) {
       const auto& st = w.stats();
-      auto family = [&](const char* name, const char* type, const char* help, double v) {
-        m.family(name, type, help);
-        m.sample(name, v);
-      };
-      family("dispatchd_wal_records_total", "counter",
-             "Store transactions appended to the write-ahead log.", double(st.records));
-      family("dispatchd_wal_syncs_total", "counter",
-             "Batches written and fdatasync'ed (group commit: one per batch).", double(st.batches));
-      family("dispatchd_wal_bytes_total", "counter", "Bytes written to the write-ahead log.",
-             double(st.bytes));
-      family("dispatchd_wal_segments_total", "counter", "Write-ahead log segments started.",
-             double(st.segments));
-      family("dispatchd_wal_sync_seconds_total", "counter",
-             "Time the log's writer thread spent writing and syncing.", st.sync_seconds);
+      m.scalar("dispatchd_wal_records_total", "counter",
+               "Store transactions appended to the write-ahead log.", double(st.records));
+      m.scalar("dispatchd_wal_syncs_total", "counter",
+               "Batches written and fdatasync'ed (group commit: one per batch).",
+               double(st.batches));
+      m.scalar("dispatchd_wal_bytes_total", "counter", "Bytes written to the write-ahead log.",
+               double(st.bytes));
+      m.scalar("dispatchd_wal_segments_total", "counter", "Write-ahead log segments started.",
+               double(st.segments));
+      m.scalar("dispatchd_wal_sync_seconds_total", "counter",
+               "Time the log's writer thread spent writing and syncing.", st.sync_seconds);
     });
   }
   auto bound = server.listen();
@@ -219,29 +216,25 @@ int run_daemon(DaemonOptions d) {
     co.lease_ttl = d.etcd_lease_ttl;
     cluster.emplace(server, std::move(co));
     server.add_metrics([&c = *cluster](metrics::Writer& m) {
-      auto family = [&](const char* name, const char* type, const char* help, double v) {
-        m.family(name, type, help);
-        m.sample(name, v);
-      };
-      family("dispatchd_cluster_leader", "gauge",
-             "1 while this manager leads the cluster (runs the Dispatcher), 0 as a follower.",
-             c.leader() ? 1 : 0);
-      family("dispatchd_cluster_leader_terms_total", "counter",
-             "Times this process was elected leader.", double(c.terms()));
+      m.scalar("dispatchd_cluster_leader", "gauge",
+               "1 while this manager leads the cluster (runs the Dispatcher), 0 as a follower.",
+               c.leader() ? 1 : 0);
+      m.scalar("dispatchd_cluster_leader_terms_total", "counter",
+               "Times this process was elected leader.", double(c.terms()));
       const cluster::Membership* ms = c.membership();
-      family("dispatchd_cluster_managers", "gauge", "Live managers registered in etcd.",
-             ms ? double(ms->managers.size()) : 0);
+      m.scalar("dispatchd_cluster_managers", "gauge", "Live managers registered in etcd.",
+               ms ? double(ms->managers.size()) : 0);
       if (const cluster::EtcdJournal* j = c.journal()) {
         const auto& st = j->stats();
-        family("dispatchd_etcd_txns_total", "counter",
-               "Store writes committed to etcd (transactions; group commit).", double(st.txns));
-        family("dispatchd_etcd_commits_total", "counter",
-               "Store transactions appended to the etcd journal.", double(st.commits));
-        family("dispatchd_etcd_txn_failures_total", "counter",
-               "etcd transactions that failed (retried, or ending the leadership).",
-               double(st.failures));
-        family("dispatchd_etcd_wait_seconds_total", "counter",
-               "Time spent waiting for etcd to commit the store's writes.", st.wait_seconds);
+        m.scalar("dispatchd_etcd_txns_total", "counter",
+                 "Store writes committed to etcd (transactions; group commit).", double(st.txns));
+        m.scalar("dispatchd_etcd_commits_total", "counter",
+                 "Store transactions appended to the etcd journal.", double(st.commits));
+        m.scalar("dispatchd_etcd_txn_failures_total", "counter",
+                 "etcd transactions that failed (retried, or ending the leadership).",
+                 double(st.failures));
+        m.scalar("dispatchd_etcd_wait_seconds_total", "counter",
+                 "Time spent waiting for etcd to commit the store's writes.", st.wait_seconds);
       }
     });
   }

@@ -37,10 +37,6 @@ std::string Server::render_metrics() const {
   metrics::Writer w;
   auto d = [](auto v) { return static_cast<double>(v); };
   // A family of one unlabelled sample: its name is written once.
-  auto scalar = [&w](std::string_view name, const char* type, std::string_view help, double v) {
-    w.family(name, type, help);
-    w.sample(name, v);
-  };
 
   // ---- connections -------------------------------------------------------------------------
   std::uint64_t live_in = 0, live_out = 0, live_streams = 0;
@@ -49,28 +45,29 @@ std::string Server::render_metrics() const {
     live_out += c.stats().bytes_out;
     live_streams += c.stats().streams;
   });
-  scalar("dispatchd_connections", "gauge", "HTTP/2 connections open.", d(connection_count_));
-  scalar("dispatchd_tls_handshakes_in_progress", "gauge", "TLS handshakes not finished yet.",
-         d(handshake_count_));
-  scalar("dispatchd_tls_handshake_threads", "gauge",
-         "Threads running TLS handshake cryptography (--tls-handshake-threads; 0: the io thread).",
-         d(handshake_pool_ ? handshake_pool_->threads() : 0));
-  scalar("dispatchd_log_lines_dropped_total", "counter",
-         "Log lines dropped because stderr did not keep up (--log-buffer full).",
-         d(log::dropped_lines()));
-  scalar("dispatchd_tls_handshakes_waiting", "gauge",
-         "TLS handshakes whose ClientHello arrived, waiting for a place (--max-handshakes).",
-         d(handshakes_waiting_));
-  scalar("dispatchd_connections_accepted_total", "counter", "TCP connections accepted.",
-         d(stats_.accepted));
-  scalar("dispatchd_connections_refused_total", "counter",
-         "Connections refused because --max-connections were open.", d(stats_.refused));
-  scalar("dispatchd_connections_closed_total", "counter", "HTTP/2 connections closed.",
-         d(stats_.closed_connections));
-  scalar("dispatchd_connections_calmed_total", "counter",
-         "Connections closed with GOAWAY ENHANCE_YOUR_CALM: floods of stream resets, PINGs or "
-         "SETTINGS, or ACKs left unread.",
-         d(stats_.calmed_connections));
+  w.scalar("dispatchd_connections", "gauge", "HTTP/2 connections open.", d(connection_count_));
+  w.scalar("dispatchd_tls_handshakes_in_progress", "gauge", "TLS handshakes not finished yet.",
+           d(handshake_count_));
+  w.scalar(
+      "dispatchd_tls_handshake_threads", "gauge",
+      "Threads running TLS handshake cryptography (--tls-handshake-threads; 0: the io thread).",
+      d(handshake_pool_ ? handshake_pool_->threads() : 0));
+  w.scalar("dispatchd_log_lines_dropped_total", "counter",
+           "Log lines dropped because stderr did not keep up (--log-buffer full).",
+           d(log::dropped_lines()));
+  w.scalar("dispatchd_tls_handshakes_waiting", "gauge",
+           "TLS handshakes whose ClientHello arrived, waiting for a place (--max-handshakes).",
+           d(handshakes_waiting_));
+  w.scalar("dispatchd_connections_accepted_total", "counter", "TCP connections accepted.",
+           d(stats_.accepted));
+  w.scalar("dispatchd_connections_refused_total", "counter",
+           "Connections refused because --max-connections were open.", d(stats_.refused));
+  w.scalar("dispatchd_connections_closed_total", "counter", "HTTP/2 connections closed.",
+           d(stats_.closed_connections));
+  w.scalar("dispatchd_connections_calmed_total", "counter",
+           "Connections closed with GOAWAY ENHANCE_YOUR_CALM: floods of stream resets, PINGs or "
+           "SETTINGS, or ACKs left unread.",
+           d(stats_.calmed_connections));
   w.family("dispatchd_tls_handshake_failures_total", "counter",
            "TLS handshakes that failed or timed out.");
   w.sample("dispatchd_tls_handshake_failures_total", {{"reason", "error"}},
@@ -90,21 +87,21 @@ std::string Server::render_metrics() const {
   w.sample("dispatchd_tls_connections_total", {{"records", "own"}}, d(stats_.tls_own_records));
   w.sample("dispatchd_tls_connections_total", {{"records", "openssl"}},
            d(stats_.tls_openssl_records));
-  scalar("dispatchd_received_bytes_total", "counter",
-         "Bytes received on agent connections (after TLS).", d(stats_.closed_bytes_in + live_in));
-  scalar("dispatchd_sent_bytes_total", "counter", "Bytes sent on agent connections (before TLS).",
-         d(stats_.closed_bytes_out + live_out));
-  scalar("dispatchd_streams_total", "counter", "HTTP/2 streams opened by clients.",
-         d(stats_.closed_streams + live_streams));
-  scalar("dispatchd_received_pings_total", "counter",
-         "PING frames received from clients (keepalive and bandwidth probes).",
-         d(pings_received()));
-  scalar("dispatchd_frame_buffer_releases_total", "counter",
-         "Times the pages of a connection's HTTP/2 frame buffer went back to the kernel (the "
-         "connection idle, or closed).",
-         d(h2::FramePool::local().releases()));
-  scalar("dispatchd_streams", "gauge", "gRPC calls in flight (open streams).",
-         d(grpc_.active_calls()));
+  w.scalar("dispatchd_received_bytes_total", "counter",
+           "Bytes received on agent connections (after TLS).", d(stats_.closed_bytes_in + live_in));
+  w.scalar("dispatchd_sent_bytes_total", "counter", "Bytes sent on agent connections (before TLS).",
+           d(stats_.closed_bytes_out + live_out));
+  w.scalar("dispatchd_streams_total", "counter", "HTTP/2 streams opened by clients.",
+           d(stats_.closed_streams + live_streams));
+  w.scalar("dispatchd_received_pings_total", "counter",
+           "PING frames received from clients (keepalive and bandwidth probes).",
+           d(pings_received()));
+  w.scalar("dispatchd_frame_buffer_releases_total", "counter",
+           "Times the pages of a connection's HTTP/2 frame buffer went back to the kernel (the "
+           "connection idle, or closed).",
+           d(h2::FramePool::local().releases()));
+  w.scalar("dispatchd_streams", "gauge", "gRPC calls in flight (open streams).",
+           d(grpc_.active_calls()));
 
   // ---- RPCs --------------------------------------------------------------------------------
   w.family("grpc_server_started_total", "counter", "RPCs started on the server.");
@@ -147,43 +144,46 @@ std::string Server::render_metrics() const {
            "streaming (a Session stream open).");
   w.sample("dispatchd_sessions", {{"state", "registered"}}, d(dispatcher_.registered_nodes()));
   w.sample("dispatchd_sessions", {{"state", "streaming"}}, d(dispatcher_.open_sessions()));
-  scalar("dispatchd_assignment_streams", "gauge", "Open Assignments and Tasks streams.",
-         d(dispatcher_.open_streams()));
-  scalar("dispatchd_registrations_total", "counter", "Session registrations.", d(ds.registrations));
-  scalar("dispatchd_registrations_rate_limited_total", "counter",
-         "Registrations refused by --rate-limit-period.", d(ds.rate_limited));
-  scalar("dispatchd_heartbeat_expiries_total", "counter",
-         "Nodes marked DOWN because their heartbeats stopped.", d(ds.heartbeat_expiries));
-  scalar("dispatchd_watch_overflows_total", "counter",
-         "Streams ended because they fell more than --watch-buffer events behind.",
-         d(ds.watch_overflows));
-  scalar("dispatchd_store_flushes_total", "counter", "Batched store writes.", d(ds.flushes));
+  w.scalar("dispatchd_assignment_streams", "gauge", "Open Assignments and Tasks streams.",
+           d(dispatcher_.open_streams()));
+  w.scalar("dispatchd_registrations_total", "counter", "Session registrations.",
+           d(ds.registrations));
+  w.scalar("dispatchd_registrations_rate_limited_total", "counter",
+           "Registrations refused by --rate-limit-period.", d(ds.rate_limited));
+  w.scalar("dispatchd_heartbeat_expiries_total", "counter",
+           "Nodes marked DOWN because their heartbeats stopped.", d(ds.heartbeat_expiries));
+  w.scalar("dispatchd_watch_overflows_total", "counter",
+           "Streams ended because they fell more than --watch-buffer events behind.",
+           d(ds.watch_overflows));
+  w.scalar("dispatchd_store_flushes_total", "counter", "Batched store writes.", d(ds.flushes));
   w.family("dispatchd_status_updates_flushed_total", "counter",
            "Task and node status updates written to the store.");
   w.sample("dispatchd_status_updates_flushed_total", {{"kind", "task"}},
            d(ds.flushed_task_updates));
   w.sample("dispatchd_status_updates_flushed_total", {{"kind", "node"}},
            d(ds.flushed_node_updates));
-  scalar("dispatchd_status_updates_pending", "gauge", "Status updates waiting to be written.",
-         d(dispatcher_.pending_updates()));
+  w.scalar("dispatchd_status_updates_pending", "gauge", "Status updates waiting to be written.",
+           d(dispatcher_.pending_updates()));
 
   // ---- task logs ---------------------------------------------------------------------------
   const auto& ls = log_broker_.stats();
-  scalar("dispatchd_log_listeners", "gauge",
-         "Open LogBroker.ListenSubscriptions streams (agents waiting for log subscriptions).",
-         d(log_broker_.listeners()));
-  scalar("dispatchd_log_subscriptions", "gauge", "Log subscriptions being served (SubscribeLogs).",
-         d(log_broker_.active_subscriptions()));
-  scalar("dispatchd_log_subscriptions_total", "counter", "Log subscriptions started.",
-         d(ls.subscriptions));
-  scalar("dispatchd_log_subscribers_cut_off_total", "counter",
-         "Log subscriptions ended because their subscriber fell more than "
-         "--log-subscriber-buffer bytes behind.",
-         d(ls.subscribers_cut_off));
-  scalar("dispatchd_log_buffered_bytes", "gauge",
-         "Bytes of log messages waiting for their subscribers.", d(log_broker_.buffered_bytes()));
-  scalar("dispatchd_log_messages_published_total", "counter",
-         "Log messages agents published (PublishLogs batches accepted).", d(ls.messages_published));
+  w.scalar("dispatchd_log_listeners", "gauge",
+           "Open LogBroker.ListenSubscriptions streams (agents waiting for log subscriptions).",
+           d(log_broker_.listeners()));
+  w.scalar("dispatchd_log_subscriptions", "gauge",
+           "Log subscriptions being served (SubscribeLogs).",
+           d(log_broker_.active_subscriptions()));
+  w.scalar("dispatchd_log_subscriptions_total", "counter", "Log subscriptions started.",
+           d(ls.subscriptions));
+  w.scalar("dispatchd_log_subscribers_cut_off_total", "counter",
+           "Log subscriptions ended because their subscriber fell more than "
+           "--log-subscriber-buffer bytes behind.",
+           d(ls.subscribers_cut_off));
+  w.scalar("dispatchd_log_buffered_bytes", "gauge",
+           "Bytes of log messages waiting for their subscribers.", d(log_broker_.buffered_bytes()));
+  w.scalar("dispatchd_log_messages_published_total", "counter",
+           "Log messages agents published (PublishLogs batches accepted).",
+           d(ls.messages_published));
   w.family("dispatchd_log_messages_total", "counter",
            "Published log messages by outcome: delivered to the subscriber, dropped (lost when "
            "their subscriber was cut off), discarded (the subscription had already ended).");
@@ -193,23 +193,24 @@ std::string Server::render_metrics() const {
 
   // ---- follower's proxy (issue 16) ---------------------------------------------------------
   const auto& fs = forwarder_.stats();
-  scalar("dispatchd_forwarding", "gauge",
-         "1 while this manager follows and relays agents' calls to the leader.",
-         d(forwarder_.forwarding() ? 1 : 0));
-  scalar("dispatchd_forwarded_calls", "gauge",
-         "Calls being relayed to the leader or waiting for a reachable one.",
-         d(forwarder_.active_calls()));
-  scalar("dispatchd_forwarded_calls_total", "counter", "Calls relayed to the leader.", d(fs.calls));
-  scalar("dispatchd_forwarder_connects_total", "counter", "Connections made to a leader.",
-         d(fs.connects));
-  scalar("dispatchd_forwarder_dial_failures_total", "counter",
-         "Attempts to connect to the leader that failed.", d(fs.dial_failures));
-  scalar("dispatchd_forwarder_retries_total", "counter",
-         "Unary calls sent again after the leader's connection failed before it answered.",
-         d(fs.retries));
-  scalar("dispatchd_forwarder_redirect_loops_total", "counter",
-         "Calls refused because they had been forwarded already (redirect loops).",
-         d(fs.redirect_loops));
+  w.scalar("dispatchd_forwarding", "gauge",
+           "1 while this manager follows and relays agents' calls to the leader.",
+           d(forwarder_.forwarding() ? 1 : 0));
+  w.scalar("dispatchd_forwarded_calls", "gauge",
+           "Calls being relayed to the leader or waiting for a reachable one.",
+           d(forwarder_.active_calls()));
+  w.scalar("dispatchd_forwarded_calls_total", "counter", "Calls relayed to the leader.",
+           d(fs.calls));
+  w.scalar("dispatchd_forwarder_connects_total", "counter", "Connections made to a leader.",
+           d(fs.connects));
+  w.scalar("dispatchd_forwarder_dial_failures_total", "counter",
+           "Attempts to connect to the leader that failed.", d(fs.dial_failures));
+  w.scalar("dispatchd_forwarder_retries_total", "counter",
+           "Unary calls sent again after the leader's connection failed before it answered.",
+           d(fs.retries));
+  w.scalar("dispatchd_forwarder_redirect_loops_total", "counter",
+           "Calls refused because they had been forwarded already (redirect loops).",
+           d(fs.redirect_loops));
 
   // ---- store -------------------------------------------------------------------------------
   std::array<std::uint64_t, 4> by_state{};
@@ -236,17 +237,17 @@ std::string Server::render_metrics() const {
         lower(api::NodeSpec::Availability_Name(static_cast<api::NodeSpec::Availability>(a)));
     w.sample("dispatchd_nodes_availability", {{"availability", name}}, d(by_availability[a]));
   }
-  scalar("dispatchd_tasks", "gauge", "Task objects in the store.", d(tasks));
-  scalar("dispatchd_store_index", "counter", "The store's change index.", d(store_.index()));
-  scalar("dispatchd_store_durable_index", "counter",
-         "The store index up to which every change is on disk (equal to the index when the "
-         "store is in memory only).",
-         d(store_.durable_index()));
+  w.scalar("dispatchd_tasks", "gauge", "Task objects in the store.", d(tasks));
+  w.scalar("dispatchd_store_index", "counter", "The store's change index.", d(store_.index()));
+  w.scalar("dispatchd_store_durable_index", "counter",
+           "The store index up to which every change is on disk (equal to the index when the "
+           "store is in memory only).",
+           d(store_.durable_index()));
   for (const auto& f : extra_metrics_)
     f(w);
 
-  scalar("dispatchd_ready", "gauge", "1 when serving and not draining (as /readyz).",
-         ready() ? 1 : 0);
+  w.scalar("dispatchd_ready", "gauge", "1 when serving and not draining (as /readyz).",
+           ready() ? 1 : 0);
   metrics::write_process_metrics(w);
   return w.take();
 }
