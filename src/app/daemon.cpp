@@ -44,16 +44,20 @@ class CertificateReloader {
     reloading_ = true;
     join();
     thread_ = std::thread([this] {
-      auto ctx = net::TlsContext::load(files_);
-      asio::post(io_, [this, ctx = std::move(ctx)] {
+      auto tls = ReloadedTls::load(files_);
+      asio::post(io_, [this, tls = std::move(tls)]() mutable {
         reloading_ = false;
-        if (!ctx) {
-          log::error("SIGHUP: certificates not reloaded, keeping the old ones: {}", ctx.error());
+        if (!tls) {
+          log::error("SIGHUP: certificates not reloaded, keeping the old ones: {}", tls.error());
           return;
         }
-        server_.set_tls(*ctx);
-        log::info("SIGHUP: certificates reloaded (CN {}, O {}); new connections use them",
-                  (*ctx)->common_name(), (*ctx)->organization());
+        const auto cn = tls->server->common_name();
+        const auto org = tls->server->organization();
+        server_.reload_tls(std::move(*tls));
+        log::info(
+            "SIGHUP: certificates reloaded (CN {}, O {}); new connections, and new calls "
+            "forwarded to the leader, use them",
+            cn, org);
       });
     });
   }

@@ -31,6 +31,19 @@ std::expected<std::shared_ptr<net::TlsContext>, std::string> prepare_tls(Options
   return *ctx;
 }
 
+std::expected<ReloadedTls, std::string> ReloadedTls::load(const net::TlsFiles& files) {
+  auto server = net::TlsContext::load(files);
+  if (!server) return std::unexpected(server.error());
+  proxy::ForwarderOptions client;
+  if (auto loaded = proxy::load_tls(client, files); !loaded) return std::unexpected(loaded.error());
+  return ReloadedTls{std::move(*server), std::move(client.tls), std::move(client.cert)};
+}
+
+void Server::reload_tls(ReloadedTls tls) {
+  tls_ = std::move(tls.server);
+  forwarder_.set_tls(std::move(tls.client), std::move(tls.client_cert));
+}
+
 namespace {
 proxy::ForwarderOptions forwarder_options(const Options& o) {
   proxy::ForwarderOptions f;

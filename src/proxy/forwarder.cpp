@@ -109,6 +109,17 @@ void Forwarder::set_leader(std::optional<std::string> address) {
   notify_waiters();
 }
 
+void Forwarder::set_tls(std::shared_ptr<net::TlsClientContext> tls,
+                        std::shared_ptr<const net::TlsClientCertificate> cert) {
+  options_.tls = std::move(tls);
+  options_.cert = std::move(cert);
+  options_.unusable.clear();
+  // The next call dials again with the new certificate. A dial already in progress finishes
+  // with the old one (cancelling it would count as a failure and hold calls back).
+  drop_connection();
+  notify_waiters();
+}
+
 void Forwarder::stop() {
   if (stopped_) return;
   stopped_ = true;

@@ -426,6 +426,43 @@ TEST_P(ForwarderTest, NewLeaderTakesNewCallsWhileCallsOnTheOldOneRunOn) {
   EXPECT_EQ(follower_.call([&] { return follower_.server().forwarder().stats().connects; }), 2u);
 }
 
+// SIGHUP reloads the follower's certificate for what it forwards too: new calls go over a new
+// connection that presents it.
+TEST_P(ForwarderTest, ReloadedCertificateIsPresentedToTheLeaderByNewCalls) {
+  if (!tls()) GTEST_SKIP() << "h2c: the forwarder presents no certificate";
+  // The follower starts with a worker's certificate (node-2): the leader takes no forwarded
+  // call from a worker.
+  auto worker = dispatchd::net::TlsClientCertificate::load(cert_dir() + "/node-2.pem",
+                                                           cert_dir() + "/node-2.key");
+  ASSERT_TRUE(worker) << worker.error();
+  auto ca = dispatchd::net::TlsClientContext::load(cert_dir() + "/ca.pem");
+  ASSERT_TRUE(ca) << ca.error();
+  follower_.call([&] {
+    follower_.server().forwarder().set_tls(*ca, *worker);
+    return 0;
+  });
+  auto stub = api::Dispatcher::NewStub(agent_channel());
+  api::HeartbeatRequest hreq;
+  hreq.set_session_id("s");
+  api::HeartbeatResponse hresp;
+  auto hst = stub->Heartbeat(context(agent_md()).get(), hreq, &hresp);
+  EXPECT_EQ(hst.error_code(), grpc::StatusCode::PERMISSION_DENIED) << describe(hst);
+  EXPECT_NE(hst.error_message().find("unauthorized forwarder role"), std::string::npos)
+      << describe(hst);
+
+  // What SIGHUP does with the server's own files (a manager's certificate).
+  auto reloaded = dispatchd::app::ReloadedTls::load(manager_options(true, "", "").tls);
+  ASSERT_TRUE(reloaded) << reloaded.error();
+  follower_.call([&] {
+    follower_.server().reload_tls(std::move(*reloaded));
+    return 0;
+  });
+  auto reg = open_session(*stub, agent_md());
+  ASSERT_TRUE(reg && reg->ok);
+  EXPECT_EQ(reg->first.node().id(), kAgent);
+  EXPECT_EQ(follower_.call([&] { return follower_.server().forwarder().stats().connects; }), 2u);
+}
+
 TEST_P(ForwarderTest, ServedLocallyWhenNotForwarding) {
   follower_.call([&] {
     follower_.server().forwarder().set_forwarding(false);

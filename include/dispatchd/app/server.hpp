@@ -87,6 +87,16 @@ struct ServerStats {
   std::uint64_t closed_streams = 0;
 };
 
+// Everything SIGHUP reloads from the --tls-cert, --tls-key and --tls-ca files: the server's
+// context and the client side a follower dials the leader with (the same certificate).
+struct ReloadedTls {
+  std::shared_ptr<net::TlsContext> server;
+  std::shared_ptr<net::TlsClientContext> client;
+  std::shared_ptr<const net::TlsClientCertificate> client_cert;
+  // Reads the files: off the io thread. The error names what did not load.
+  static std::expected<ReloadedTls, std::string> load(const net::TlsFiles& files);
+};
+
 class Server {
  public:
   Server(asio::io_context& io, Options options);
@@ -103,6 +113,9 @@ class Server {
   asio::awaitable<void> run();
   // Replaces the TLS context for new connections (SIGHUP reload); live ones keep theirs.
   void set_tls(std::shared_ptr<net::TlsContext> ctx) { tls_ = std::move(ctx); }
+  // A SIGHUP reload (ReloadedTls::load, off the io thread): the listener's context for new
+  // connections, and the certificate a follower presents to the leader for new calls.
+  void reload_tls(ReloadedTls tls);
   bool tls_enabled() const noexcept { return tls_ != nullptr; }
   // Graceful stop: no new connections, every Session gets its final message, GOAWAY to every
   // connection, in-flight calls finish within the drain timeout.

@@ -108,6 +108,15 @@ class Forwarder final : public grpc::CallDiverter {
   // leader for new calls (calls on it run to their end) and wakes waiting calls.
   void set_leader(std::optional<std::string> address);
   const std::optional<std::string>& leader() const noexcept { return leader_; }
+  // A reloaded certificate, key and CA bundle (SIGHUP): new calls go over a new connection
+  // that presents them (calls relayed on the old connection run to their end). Also makes a
+  // forwarder usable again whose TLS files did not load at start.
+  void set_tls(std::shared_ptr<net::TlsClientContext> tls,
+               std::shared_ptr<const net::TlsClientCertificate> cert);
+  // The certificate presented to the leader (null: h2c).
+  const std::shared_ptr<const net::TlsClientCertificate>& certificate() const noexcept {
+    return options_.cert;
+  }
 
   // Stops forwarding for good: closes the connection (calls relayed on it end UNAVAILABLE),
   // cancels a dial in progress and fails waiting calls. join() then waits for the connection's
