@@ -18,7 +18,7 @@ done
 
 packages=(
   # build
-  build-essential cmake ninja-build pkg-config
+  build-essential cmake ninja-build pkg-config mold
   libasio-dev libnghttp2-dev libssl-dev libprotobuf-dev protobuf-compiler libfmt-dev openssl
   libjemalloc-dev
   # dispatchctl (and the tests' peers): the gRPC C++ client

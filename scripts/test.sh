@@ -12,4 +12,6 @@ if [ "${1:-}" = "--sanitize" ]; then
   export LSAN_OPTIONS=suppressions=$PWD/test/lsan.supp
 fi
 scripts/build.sh "$@"
-ctest --test-dir "$dir" --output-on-failure --parallel "$(nproc)" --timeout 600
+# Twice as many tests as cores: most of them wait (on timers, on peers, on etcd) more than they
+# compute (the suite runs in 90 s instead of 130 s on 2 cores).
+ctest --test-dir "$dir" --output-on-failure --parallel "$(($(nproc) * 2))" --timeout 600
