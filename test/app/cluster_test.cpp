@@ -261,6 +261,36 @@ std::string lines(const std::vector<std::string>& v) {
   return out;
 }
 
+// The check itself, on made-up histories: it must see a deposed leader's commit.
+mvccpb::Event event(const std::string& key, const std::string& value, std::int64_t rev,
+                    std::int64_t created, bool put = true) {
+  mvccpb::Event e;
+  e.set_type(put ? mvccpb::Event::PUT : mvccpb::Event::DELETE);
+  e.mutable_kv()->set_key("/dispatchd/" + key);
+  e.mutable_kv()->set_value(value);
+  e.mutable_kv()->set_mod_revision(rev);
+  e.mutable_kv()->set_create_revision(created);
+  return e;
+}
+
+TEST(LeaderHistoryCheck, SeesCommitsWithoutALeaderAndTwoLeadersCommitting) {
+  // manager-1 leads and commits, its lease ends, manager-2 leads and commits: fine.
+  std::vector<mvccpb::Event> h{event("leader", "manager-1", 2, 2), event("o/task/t", "x", 3, 3),
+                               event("index", "5", 3, 3),          event("leader", "", 4, 0, false),
+                               event("leader", "manager-2", 5, 5), event("index", "6", 6, 3)};
+  History ok = check_leadership(h);
+  EXPECT_TRUE(ok.violations.empty()) << lines(ok.violations);
+  EXPECT_EQ(ok.terms, 2u);
+  EXPECT_EQ(ok.commits_by_leader["manager-1"], 1u);
+  // manager-1, deposed, still commits its next index after manager-2 did.
+  h.push_back(event("index", "6", 7, 3));
+  EXPECT_EQ(check_leadership(h).violations.size(), 1u);
+  // A commit while nobody leads.
+  h.push_back(event("leader", "", 8, 0, false));
+  h.push_back(event("o/task/t", "y", 9, 3));
+  EXPECT_EQ(check_leadership(h).violations.size(), 2u);
+}
+
 TEST_F(ClusterTest, OneLeaderRunsTheDispatcherAndFollowersForwardAgentsToIt) {
   Manager* leader = wait_cluster(30s);
   ASSERT_NE(leader, nullptr) << managers_[0].process->output();
