@@ -129,7 +129,7 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
       // the server is stopped.
       if (server_done.is_set()) co_return Status::ok();
       if (unreachable++ % 10 == 0) {
-        log::warn("etcd at {} does not answer ({}); trying again",
+        log::warn("cannot use etcd at {} ({}); trying again",
                   fmt::join(options_.etcd.endpoints, ","), m.error().message());
       }
       asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::seconds(1));

@@ -178,9 +178,13 @@ grpc::CallOptions Client::call_options(Clock::time_point deadline) const {
 
 asio::awaitable<Result<std::unique_ptr<net::Transport>>> Client::connect_transport(
     const Endpoint& ep) {
+  // Named, not `ep.tls ? tls_ : nullptr` in the call: GCC 12 destroys that conditional's
+  // shared_ptr temporary twice inside a co_await expression, and each connection took one
+  // reference from the TLS context, freeing it at the second connection (a crash in SSL_new).
+  std::shared_ptr<net::TlsClientContext> tls = ep.tls ? tls_ : nullptr;
+  const std::string& server_name = options_.server_name.empty() ? ep.host : options_.server_name;
   auto t = co_await net::connect(co_await asio::this_coro::executor, ep.host,
-                                 std::to_string(ep.port), ep.tls ? tls_ : nullptr, tls_cert_,
-                                 options_.server_name.empty() ? ep.host : options_.server_name);
+                                 std::to_string(ep.port), tls, tls_cert_, server_name);
   if (!t) co_return std::unexpected(Status(StatusCode::unavailable, t.error()));
   co_return std::move(*t);
 }
@@ -256,8 +260,12 @@ asio::awaitable<Status> Client::call(std::string_view path,
   for (std::size_t attempt = 0;; ++attempt) {
     auto conn = co_await connection(deadline);
     if (!conn) co_return conn.error();
+    const std::string endpoint = endpoints_[current_].to_string();
     Status st = co_await grpc::unary_call(**conn, path, request, response, call_options(deadline));
     if (st.code() != StatusCode::unavailable) co_return st;
+    // Which member failed, and why (a member that refuses our TLS client certificate does so
+    // after the handshake, as a TLS alert on the connection).
+    st = Status(st.code(), endpoint + ": " + st.message());
     // The connection failed, or this member cannot serve (no leader, stopping): the next call
     // goes to the next endpoint; a read moves on now, while its deadline allows.
     if (conn_ == *conn) drop_connection();

@@ -182,7 +182,12 @@ asio::awaitable<std::optional<std::string>> ClientCall::read() {
       co_return std::nullopt;
     }
     if (stream_->closed()) {
-      finish(from_reset(stream_->close_code()));
+      Status st = from_reset(stream_->close_code());
+      const std::string& why = stream_->connection().failure();
+      if (stream_->close_code() == h2::kConnectionLost && !why.empty()) {
+        st = Status(st.code(), st.message() + ": " + why);
+      }
+      finish(std::move(st));
       co_return std::nullopt;
     }
     co_await stream_->wakeup().async_park();

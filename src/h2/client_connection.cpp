@@ -8,6 +8,7 @@
 
 #include "dispatchd/h2/nv.hpp"
 #include "dispatchd/log.hpp"
+#include "dispatchd/net/tls_stream.hpp"
 
 namespace dispatchd::h2 {
 
@@ -160,7 +161,11 @@ ClientConnection::~ClientConnection() {
 
 std::expected<std::shared_ptr<ClientStream>, std::string> ClientConnection::open(
     std::span<const Header> headers, std::string body, bool end) {
-  if (!usable()) return std::unexpected(dead_ ? "connection closed" : "connection closing");
+  if (!usable()) {
+    if (!dead_) return std::unexpected("connection closing");
+    return std::unexpected(failure_.empty() ? "connection closed"
+                                            : "connection closed: " + failure_);
+  }
   std::shared_ptr<ClientStream> s(new ClientStream(shared_from_this()));
   NvList nv(headers);
   std::int32_t id;
@@ -221,11 +226,12 @@ asio::awaitable<void> ClientConnection::read_loop() {
       if (ec == asio::error::would_block) break;
       if (ec || n == 0) {
         if (ec && ec != asio::error::eof && ec != asio::error::connection_reset) {
-          log::debug("{}: read: {}", peer(), ec.message());
+          note_failure("read", ec);
         }
         dead_ = true;
         co_return;
       }
+      received_ = true;
       ssize_t rv = nghttp2_session_mem_recv(session_, buf, n);
       if (rv >= 0 && unconsumed_connection_bytes_ > 0) {
         nghttp2_session_consume_connection(session_, unconsumed_connection_bytes_);
@@ -272,9 +278,7 @@ asio::awaitable<void> ClientConnection::write_loop() {
       auto ec = co_await net::write_all(
           *transport_, {reinterpret_cast<const std::uint8_t*>(out_.data()), out_.size()}, written);
       if (ec) {
-        if (ec != asio::error::operation_aborted) {
-          log::debug("{}: write: {}", peer(), ec.message());
-        }
+        if (ec != asio::error::operation_aborted) note_failure("write", ec);
         dead_ = true;
       }
     }
@@ -300,6 +304,21 @@ void ClientConnection::close() noexcept {
   transport_->close();
   writer_wakeup_.notify();
   notify_state();
+}
+
+void ClientConnection::note_failure(const char* what, std::error_code ec) {
+  // A TLS transport keeps OpenSSL's account of a failed read or write (the peer's alert).
+  auto* tls = dynamic_cast<const net::TlsStream*>(transport_.get());
+  std::string detail = tls ? tls->handshake_error() : std::string();
+  // A TLS 1.3 server checks our certificate after our side of the handshake has ended: when it
+  // refuses it, its alert may be lost with the connection's reset.
+  if (tls && detail.empty() && !received_) {
+    detail =
+        "the server ended the connection before sending anything; did it refuse our client "
+        "certificate?";
+  }
+  failure_ = std::string(what) + ": " + ec.message() + (detail.empty() ? "" : " (" + detail + ")");
+  log::debug("{}: {}", peer(), failure_);
 }
 
 void ClientConnection::fail_streams() noexcept {

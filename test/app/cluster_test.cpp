@@ -8,8 +8,12 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <asio/use_future.hpp>
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -19,10 +23,15 @@
 #include <vector>
 
 #include "control.grpc.pb.h"
+#include "dispatchd/cluster/etcd_store.hpp"
+#include "dispatchd/cluster/manager_keys.hpp"
+#include "dispatchd/co/timer_wheel.hpp"
+#include "dispatchd/etcd/client.hpp"
 #include "dispatcher.grpc.pb.h"
 #include "support/child_process.hpp"
 #include "support/etcd_cluster.hpp"
 #include "support/grpc_client.hpp"
+#include "support/managers.hpp"
 
 namespace {
 
@@ -30,6 +39,9 @@ namespace api = docker::swarmkit::v1;
 namespace pb = dispatchd::control::v1;
 using dispatchd::test::ChildProcess;
 using dispatchd::test::EtcdCluster;
+using dispatchd::test::EtcdTls;
+namespace etcd = dispatchd::etcd;
+namespace cluster = dispatchd::cluster;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
@@ -44,24 +56,14 @@ std::string task_id(int i) {
   return buf;
 }
 
-struct Manager {
-  std::string node_id;
-  std::unique_ptr<ChildProcess> process;
-  std::string address;
-  bool killed = false;
-};
+using Manager = dispatchd::test::ManagerProcess;
 
-// One manager process, started and listening, or failing the test.
-void start_manager(Manager& m, const std::string& node_id, const std::string& store) {
-  m.node_id = node_id;
-  m.process = std::make_unique<ChildProcess>(std::vector<std::string>{
-      DISPATCHD_BIN, "--insecure", "--listen", "127.0.0.1:0", "--admin-listen=", "--node-id",
-      node_id, "--store", store, "--etcd-lease-ttl", "2s", "--drain-timeout", "5s",
-      "--heartbeat-period", "2s", "--heartbeat-epsilon", "100ms", "--log-level", "debug"});
-  auto line = m.process->wait_for_line("dispatchd listening on ", 30s);
-  ASSERT_TRUE(line) << m.process->output();
-  auto at = line->find("listening on ") + 13;
-  m.address = line->substr(at, line->find(' ', at) - at);
+// A manager on etcd at `store`, insecure for its agents.
+void start_insecure_manager(Manager& m, const std::string& node_id, const std::string& store,
+                            const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> flags{"--insecure", "--node-id", node_id};
+  flags.insert(flags.end(), extra.begin(), extra.end());
+  dispatchd::test::start_manager(m, node_id, store, flags);
 }
 
 class ClusterTest : public ::testing::Test {
@@ -70,41 +72,18 @@ class ClusterTest : public ::testing::Test {
     if (!EtcdCluster::available()) GTEST_SKIP() << EtcdCluster::kBinary << " is not installed";
     etcd_ = std::make_unique<EtcdCluster>(3);
     ASSERT_TRUE(etcd_->started()) << etcd_->error();
-    std::string store = "etcd://";
-    for (std::size_t i = 0; i < etcd_->size(); ++i)
-      store += (i ? "," : "") + etcd_->endpoint(i);
     managers_.resize(3);
     for (int i = 0; i < 3; ++i) {
-      ASSERT_NO_FATAL_FAILURE(
-          start_manager(managers_[i], "manager-" + std::to_string(i + 1), store));
+      ASSERT_NO_FATAL_FAILURE(start_insecure_manager(
+          managers_[i], "manager-" + std::to_string(i + 1), etcd_->store_url()));
     }
   }
 
-  // A manager (not `not_this`) that logged its election, within `timeout`.
   Manager* wait_leader(std::chrono::milliseconds timeout, const Manager* not_this = nullptr) {
-    const auto deadline = Clock::now() + timeout;
-    while (Clock::now() < deadline) {
-      for (auto& m : managers_) {
-        if (m.killed || &m == not_this) continue;
-        if (m.process->wait_for_output("leading the cluster", 20ms)) return &m;
-      }
-    }
-    return nullptr;
+    return dispatchd::test::wait_leader(managers_, timeout, not_this);
   }
-
-  // The leader, once every other live manager forwards to it (or nullptr after `timeout`).
   Manager* wait_cluster(std::chrono::milliseconds timeout, const Manager* not_this = nullptr) {
-    const auto deadline = Clock::now() + timeout;
-    Manager* leader = wait_leader(timeout, not_this);
-    if (!leader) return nullptr;
-    for (auto& m : managers_) {
-      if (m.killed || &m == leader || &m == not_this) continue;
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      if (!m.process->wait_for_output("forwarder: leader is now " + leader->address, left)) {
-        return nullptr;
-      }
-    }
-    return leader;
+    return dispatchd::test::wait_cluster(managers_, timeout, not_this);
   }
 
   std::unique_ptr<EtcdCluster> etcd_;
@@ -166,6 +145,150 @@ std::unique_ptr<Session> reconnect(const std::vector<std::string>& addresses,
     if (s->ok) return s;
   }
   return nullptr;
+}
+
+// etcd's whole history of the cluster's keys (dispatchd's default prefix): every event from
+// revision 1 to now, read with our etcd client through one watch (the test etcd never compacts).
+// `o`: its TLS files, if any.
+std::vector<mvccpb::Event> etcd_history(const EtcdCluster& etcd, etcd::ClientOptions o = {}) {
+  asio::io_context io(1);
+  dispatchd::co::TimerWheel wheel(io);
+  o.endpoints = etcd.endpoints();
+  auto client = etcd::Client::create(wheel, std::move(o));
+  if (!client) {
+    ADD_FAILURE() << client.error().message();
+    return {};
+  }
+  // (Every argument named: GCC 12 destroys some temporaries of a co_await expression twice.)
+  auto read = [](etcd::Client& c) -> asio::awaitable<std::vector<mvccpb::Event>> {
+    const std::string prefix = "/dispatchd/";
+    const std::string end = etcd::prefix_end(prefix);
+    auto now = co_await c.range(prefix, end);
+    if (!now) throw std::runtime_error(now.error().message());
+    etcd::WatchOptions from_start;
+    from_start.key = prefix;
+    from_start.range_end = end;
+    from_start.start_revision = 1;
+    auto w = co_await c.watch(from_start);
+    if (!w) throw std::runtime_error(w.error().message());
+    std::vector<mvccpb::Event> events;
+    while (events.empty() || events.back().kv().mod_revision() < now->header().revision()) {
+      auto r = co_await (*w)->next();
+      if (!r) throw std::runtime_error(r.error().message());
+      events.insert(events.end(), r->events().begin(), r->events().end());
+    }
+    (*w)->cancel();
+    co_return events;
+  };
+  auto done = asio::co_spawn(io, read(**client), asio::use_future);
+  const auto deadline = Clock::now() + 20s;
+  while (done.wait_for(0s) != std::future_status::ready && Clock::now() < deadline)
+    io.run_one_for(20ms);
+  if (done.wait_for(0s) != std::future_status::ready) {
+    ADD_FAILURE() << "etcd's history was not read within 20 s";
+    return {};
+  }
+  // Close the connection and let its reader see it before the io_context goes.
+  client->reset();
+  io.run_for(100ms);
+  try {
+    return done.get();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "reading etcd's history: " << e.what();
+    return {};
+  }
+}
+
+// What the leader's fence promises, checked against etcd's history rather than taken from the
+// managers: every store commit (a revision writing `P o/...` or `P index`) happened while some
+// manager held `P leader`, and commits never overlap: the store index each one records grows
+// strictly from one to the next. A deposed leader that still wrote would commit under another
+// manager's leadership (or under none) with an index its successor had already used, since
+// the successor continues from the index of the revision it won at. Returns each violation,
+// and counts the commits and the leadership terms.
+struct History {
+  std::vector<std::string> violations;
+  std::map<std::string, std::size_t> commits_by_leader;
+  std::size_t terms = 0;
+};
+History check_leadership(const std::vector<mvccpb::Event>& events) {
+  const std::string prefix = "/dispatchd/";
+  const std::string leader_key = cluster::leader_key(prefix);
+  const std::string managers = cluster::managers_prefix(prefix);
+  History h;
+  std::optional<std::string> leader;  // who holds `P leader` at the revision being read
+  std::optional<std::uint64_t> last_index;
+  for (const auto& e : events) {
+    const auto& kv = e.kv();
+    const std::int64_t rev = kv.mod_revision();
+    if (kv.key() == leader_key) {
+      if (e.type() == mvccpb::Event::DELETE) {
+        leader.reset();
+      } else {
+        h.terms += kv.create_revision() == rev;
+        leader = kv.value();
+      }
+      continue;
+    }
+    if (kv.key().starts_with(managers)) continue;
+    auto key = cluster::parse_key(prefix, kv.key());
+    if (!key || key->kind == cluster::StoredKey::other) {
+      h.violations.push_back("revision " + std::to_string(rev) + ": unexpected key " + kv.key());
+      continue;
+    }
+    if (!leader) {
+      h.violations.push_back("revision " + std::to_string(rev) + " wrote " + kv.key() +
+                             " while no manager held the leadership");
+      continue;
+    }
+    if (key->kind != cluster::StoredKey::index) continue;
+    const std::uint64_t index = std::stoull(kv.value());
+    if (last_index && index <= *last_index) {
+      h.violations.push_back("revision " + std::to_string(rev) + " (leader " + *leader +
+                             ") committed store index " + kv.value() + " after index " +
+                             std::to_string(*last_index) + ": two leaders committed");
+    }
+    last_index = std::max(last_index.value_or(0), index);
+    ++h.commits_by_leader[*leader];
+  }
+  return h;
+}
+
+std::string lines(const std::vector<std::string>& v) {
+  std::string out;
+  for (const auto& l : v)
+    out += l + "\n";
+  return out;
+}
+
+// The check itself, on made-up histories: it must see a deposed leader's commit.
+mvccpb::Event event(const std::string& key, const std::string& value, std::int64_t rev,
+                    std::int64_t created, bool put = true) {
+  mvccpb::Event e;
+  e.set_type(put ? mvccpb::Event::PUT : mvccpb::Event::DELETE);
+  e.mutable_kv()->set_key("/dispatchd/" + key);
+  e.mutable_kv()->set_value(value);
+  e.mutable_kv()->set_mod_revision(rev);
+  e.mutable_kv()->set_create_revision(created);
+  return e;
+}
+
+TEST(LeaderHistoryCheck, SeesCommitsWithoutALeaderAndTwoLeadersCommitting) {
+  // manager-1 leads and commits, its lease ends, manager-2 leads and commits: fine.
+  std::vector<mvccpb::Event> h{event("leader", "manager-1", 2, 2), event("o/task/t", "x", 3, 3),
+                               event("index", "5", 3, 3),          event("leader", "", 4, 0, false),
+                               event("leader", "manager-2", 5, 5), event("index", "6", 6, 3)};
+  History ok = check_leadership(h);
+  EXPECT_TRUE(ok.violations.empty()) << lines(ok.violations);
+  EXPECT_EQ(ok.terms, 2u);
+  EXPECT_EQ(ok.commits_by_leader["manager-1"], 1u);
+  // manager-1, deposed, still commits its next index after manager-2 did.
+  h.push_back(event("index", "6", 7, 3));
+  EXPECT_EQ(check_leadership(h).violations.size(), 1u);
+  // A commit while nobody leads.
+  h.push_back(event("leader", "", 8, 0, false));
+  h.push_back(event("o/task/t", "y", 9, 3));
+  EXPECT_EQ(check_leadership(h).violations.size(), 2u);
 }
 
 TEST_F(ClusterTest, OneLeaderRunsTheDispatcherAndFollowersForwardAgentsToIt) {
@@ -334,6 +457,14 @@ TEST_F(ClusterTest, KillingTheLeaderUnderLoadMovesAgentsAndLosesNoAcknowledgedSt
   }
   EXPECT_EQ(found, acknowledged.size());
   EXPECT_GE(acknowledged.size(), 40u);
+
+  // etcd's record agrees: two terms, each leader committed only while it held the leadership,
+  // and the two never both committed.
+  History h = check_leadership(etcd_history(*etcd_));
+  EXPECT_TRUE(h.violations.empty()) << lines(h.violations);
+  EXPECT_EQ(h.terms, 2u);
+  EXPECT_GT(h.commits_by_leader[leader->node_id], 0u);
+  EXPECT_GT(h.commits_by_leader[next->node_id], 0u);
 }
 
 TEST_F(ClusterTest, ALeaderPausedPastItsLeaseIsFencedOffWhenItWakes) {
@@ -402,6 +533,90 @@ TEST_F(ClusterTest, ALeaderPausedPastItsLeaseIsFencedOffWhenItWakes) {
     }
   }
   EXPECT_EQ(ids, (std::set<std::string>{"t-new", "t-old"}));
+
+  // etcd's record: no commit outside a leadership, none overlapping, and the late write never
+  // reached etcd (t-old was never stored with desired state SHUTDOWN).
+  const auto events = etcd_history(*etcd_);
+  History h = check_leadership(events);
+  EXPECT_TRUE(h.violations.empty()) << lines(h.violations);
+  EXPECT_EQ(h.terms, 2u);
+  EXPECT_GT(h.commits_by_leader[next->node_id], 0u);
+  const std::string t_old =
+      cluster::object_key("/dispatchd/", dispatchd::store::ObjectType::task, "t-old");
+  for (const auto& e : events) {
+    if (e.kv().key() != t_old || e.type() != mvccpb::Event::PUT) continue;
+    api::Task t;
+    ASSERT_TRUE(t.ParseFromString(e.kv().value()));
+    EXPECT_NE(t.desired_state(), api::SHUTDOWN)
+        << "revision " << e.kv().mod_revision() << ": the deposed leader's write is in etcd";
+  }
+}
+
+// TLS to etcd: members that serve their clients over mutual TLS only. `etcd://HOST:PORT` with
+// --etcd-ca is https; --etcd-cert/--etcd-key are the manager's client certificate.
+class EtcdTlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!EtcdCluster::available()) GTEST_SKIP() << EtcdCluster::kBinary << " is not installed";
+    tls_ = EtcdTls::make();
+    etcd_ = std::make_unique<EtcdCluster>(1, 30s, tls_);
+    ASSERT_TRUE(etcd_->started()) << etcd_->error();
+  }
+  std::vector<std::string> flags(const std::string& ca, const std::string& client) const {
+    std::vector<std::string> f{"--etcd-ca", ca};
+    if (!client.empty()) {
+      f.insert(f.end(), {"--etcd-cert", tls_.dir + "/" + client + ".pem", "--etcd-key",
+                         tls_.dir + "/" + client + ".key"});
+    }
+    return f;
+  }
+
+  EtcdTls tls_;
+  std::unique_ptr<EtcdCluster> etcd_;
+};
+
+TEST_F(EtcdTlsTest, AManagerWithItsClientCertificateLeadsAndServesAnAgent) {
+  Manager m;
+  ASSERT_NO_FATAL_FAILURE(
+      start_insecure_manager(m, "manager-1", etcd_->store_url(), flags(tls_.ca, "node-1")));
+  ASSERT_TRUE(m.process->wait_for_output("leading the cluster", 15s)) << m.process->output();
+  Session s(m.address, "node-a", 10s);
+  ASSERT_TRUE(s.ok) << s.status.error_message() << "\n" << m.process->output();
+  EXPECT_EQ(s.first.node().id(), "node-a");
+  // Its registration is in etcd, read back over TLS.
+  History h = check_leadership(etcd_history(*etcd_, {.ca_file = tls_.ca,
+                                                     .cert_file = tls_.dir + "/node-1.pem",
+                                                     .key_file = tls_.dir + "/node-1.key"}));
+  EXPECT_TRUE(h.violations.empty()) << lines(h.violations);
+  EXPECT_GT(h.commits_by_leader["manager-1"], 0u);
+}
+
+// A manager that etcd refuses says so at once, naming the endpoint and what TLS found wrong,
+// and never leads.
+TEST_F(EtcdTlsTest, AWrongCaOrAMissingClientCertificateIsReportedNamingTheEndpoint) {
+  const std::string url = "https://" + etcd_->endpoint(0);
+  // A refused client certificate shows after the TLS 1.3 handshake, as the member's alert or,
+  // when the reset loses it, as a connection that ended before etcd sent anything.
+  struct Case {
+    std::string what, ca, client, says;
+  };
+  for (const Case& c :
+       {Case{"wrong CA", tls_.dir + "/other-ca.pem", "node-1",
+             url + ": TLS handshake: server certificate: unable to get local issuer certificate"},
+        Case{"no client certificate", tls_.ca, "", url + ": connection"},
+        Case{"client certificate of another CA", tls_.ca, "untrusted", url + ": connection"}}) {
+    SCOPED_TRACE(c.what);
+    Manager m;
+    ASSERT_NO_FATAL_FAILURE(
+        start_insecure_manager(m, "manager-1", etcd_->store_url(), flags(c.ca, c.client)));
+    auto line = m.process->wait_for_line("cannot use etcd at " + url, 10s);
+    ASSERT_TRUE(line) << m.process->output();
+    EXPECT_NE(line->find(c.says), std::string::npos) << *line;
+    EXPECT_NE(line->find("certificate"), std::string::npos) << *line;
+    EXPECT_EQ(m.process->output().find("leading the cluster"), std::string::npos);
+    m.process->signal(SIGTERM);
+    EXPECT_TRUE(m.process->wait(10s).has_value()) << m.process->output();
+  }
 }
 
 }  // namespace

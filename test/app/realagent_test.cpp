@@ -18,12 +18,16 @@
 #include <vector>
 
 #include "support/child_process.hpp"
+#include "support/etcd_cluster.hpp"
 #include "support/http_get.hpp"
+#include "support/managers.hpp"
 #include "support/process.hpp"
 
 namespace {
 
 using dispatchd::test::ChildProcess;
+using dispatchd::test::EtcdCluster;
+using dispatchd::test::ManagerProcess;
 using namespace std::chrono_literals;
 
 const std::string kRealagent =
@@ -252,6 +256,62 @@ TEST_F(RealAgentTest, AgentsListenForLogSubscriptionsAndAnswerTheOperatorsLogs) 
   EXPECT_NE(metrics.find("\ndispatchd_log_listeners 2\n"), std::string::npos) << metrics;
   EXPECT_EQ(count(agents.output(), "does not support log subscriptions"), 0u) << agents.output();
   EXPECT_EQ(count(agents.output(), "panic"), 0u) << agents.output();
+}
+
+// Several managers on etcd (issue 16): SwarmKit's agent dials a follower, whose forwarder relays
+// its calls to the leader over mutual TLS with the follower's own certificate (each manager has
+// one, CN = its node ID). A task created through the leader runs; when the leader is killed the
+// agent has a session again, registered by the newly elected leader, and the task still runs.
+TEST_F(RealAgentTest, ThroughAFollowerRunsATaskAndStaysAfterTheLeaderIsKilled) {
+  if (!EtcdCluster::available()) GTEST_SKIP() << EtcdCluster::kBinary << " is not installed";
+  EtcdCluster etcd(3);
+  ASSERT_TRUE(etcd.started()) << etcd.error();
+  // Three managers' certificates from the CA SetUp made (gen-certs.sh keeps an existing CA).
+  std::string cmd = "cd " + certs_ + " && for id in mgr-1 mgr-2 mgr-3; do " + DISPATCHD_SOURCE_DIR +
+                    "/scripts/gen-certs.sh --out . --org myorg --nodes 0 --manager-id $id " +
+                    ">/dev/null && mv server.pem $id.pem && mv server.key $id.key || exit 1; done";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  std::vector<ManagerProcess> managers(3);
+  for (int i = 0; i < 3; ++i) {
+    const std::string id = "mgr-" + std::to_string(i + 1);
+    ASSERT_NO_FATAL_FAILURE(dispatchd::test::start_manager(
+        managers[i], id, etcd.store_url(),
+        {"--tls-cert", certs_ + "/" + id + ".pem", "--tls-key", certs_ + "/" + id + ".key",
+         "--tls-ca", certs_ + "/ca.pem"}));
+  }
+  ManagerProcess* leader = dispatchd::test::wait_cluster(managers, 30s);
+  ASSERT_NE(leader, nullptr) << managers[0].process->output();
+  ManagerProcess* follower = &managers[leader == &managers[0] ? 1 : 0];
+  address_ = leader->address;  // dispatchctl's calls go to the leader
+
+  ChildProcess agent({"/bin/sh", "-c", "exec \"$0\" \"$@\" 1>&2", kRealagent, "--addr",
+                      follower->address, "--certs", certs_, "--nodes", "node-1", "--for", "60s"});
+  ASSERT_TRUE(wait_count(agent, "node-1 session-established", 1, 20s))
+      << agent.output() << "\n"
+      << follower->process->output();
+  EXPECT_TRUE(leader->process->wait_for_output("session started node=node-1", 5s))
+      << leader->process->output();
+  auto created = ctl({"task", "create", "--node", "node-1", "--id", "task-via-follower"});
+  ASSERT_EQ(created.exit_status, 0) << created.err;
+  ASSERT_TRUE(task_reaches("task-via-follower", "RUNNING", 20s))
+      << "state " << task_state("task-via-follower") << "\n"
+      << agent.output();
+
+  leader->process->signal(SIGKILL);
+  leader->killed = true;
+  leader->process->wait(10s);
+  ManagerProcess* next = dispatchd::test::wait_leader(managers, 15s, leader);
+  ASSERT_NE(next, nullptr) << follower->process->output();
+  address_ = next->address;
+  // The agent's session ended with the old leader; it finds one again through the managers it
+  // was told about, and the new leader registers it.
+  EXPECT_TRUE(wait_count(agent, "node-1 session-established", 2, 20s)) << agent.output();
+  EXPECT_TRUE(next->process->wait_for_output("session started node=node-1", 5s))
+      << next->process->output();
+  EXPECT_EQ(task_state("task-via-follower"), "RUNNING");
+  auto node = ctl({"--json", "node", "inspect", "node-1"});
+  EXPECT_NE(node.out.find("READY"), std::string::npos) << node.out << node.err;
+  EXPECT_EQ(count(agent.output(), "panic"), 0u) << agent.output();
 }
 
 }  // namespace

@@ -20,6 +20,7 @@ using dispatchd::etcd::ClientOptions;
 using dispatchd::etcd::LeaseKeeper;
 using dispatchd::etcd::WatchOptions;
 using dispatchd::test::EtcdCluster;
+using dispatchd::test::EtcdTls;
 namespace etcd = dispatchd::etcd;
 namespace pb = etcdserverpb;
 using namespace std::chrono_literals;
@@ -27,9 +28,10 @@ using SteadyClock = std::chrono::steady_clock;
 
 class EtcdClientTest : public ::testing::Test {
  protected:
-  void start(std::size_t members = 1, ClientOptions options = {}) {
+  void start(std::size_t members = 1, ClientOptions options = {},
+             std::optional<EtcdTls> tls = std::nullopt) {
     if (!EtcdCluster::available()) GTEST_SKIP() << EtcdCluster::kBinary << " is not installed";
-    cluster_ = std::make_unique<EtcdCluster>(members);
+    cluster_ = std::make_unique<EtcdCluster>(members, 30s, std::move(tls));
     ASSERT_TRUE(cluster_->started()) << cluster_->error();
     if (options.endpoints.empty()) options.endpoints = cluster_->endpoints();
     auto c = Client::create(wheel_, std::move(options));
@@ -341,6 +343,62 @@ TEST_F(EtcdClientTest, ClusterClientSkipsADeadFirstEndpoint) {
   auto got = run(client_->range("/m/k"));
   ASSERT_TRUE(got) << got.error().message();
   EXPECT_EQ(got->kvs(0).mod_revision(), *rev);
+}
+
+// etcd serving its clients over mutual TLS (--client-cert-auth): with the CA and a client
+// certificate, KV, watches and leases work as in plaintext.
+TEST_F(EtcdClientTest, MutualTlsServesKvWatchesAndLeases) {
+  const EtcdTls tls = EtcdTls::make();
+  ClientOptions o;
+  o.ca_file = tls.ca;
+  o.cert_file = tls.dir + "/node-1.pem";
+  o.key_file = tls.dir + "/node-1.key";
+  start(1, o, tls);
+  ASSERT_TRUE(client_->current_endpoint().tls);
+  auto w = run(client_->watch({.key = "/tls/k"}));
+  ASSERT_TRUE(w) << w.error().message();
+  auto rev = put("/tls/k", "v");
+  ASSERT_GT(rev, 0);
+  auto got = run(client_->range("/tls/k"));
+  ASSERT_TRUE(got) << got.error().message();
+  EXPECT_EQ(got->kvs(0).value(), "v");
+  auto ev = run((*w)->next());
+  ASSERT_TRUE(ev) << ev.error().message();
+  ASSERT_EQ(ev->events_size(), 1);
+  EXPECT_EQ(ev->events(0).kv().mod_revision(), rev);
+  auto lease = run(client_->lease_grant(2s));
+  ASSERT_TRUE(lease) << lease.error().message();
+  LeaseKeeper keeper(*client_, lease->id(), std::chrono::seconds(lease->ttl()));
+  std::optional<Status> ended;
+  asio::co_spawn(io_, keeper.run(), [&](std::exception_ptr, Status s) { ended = s; });
+  EXPECT_TRUE(run_until([&] { return keeper.renewals() >= 1 || ended; }));
+  EXPECT_GE(keeper.renewals(), 1u);
+  keeper.stop();
+  EXPECT_TRUE(run_until([&] { return ended.has_value(); }));
+  EXPECT_EQ(client_->connects(), 1u);
+}
+
+// What a client with the wrong CA hears, within the call's deadline: the endpoint and the TLS
+// problem, not a bare "unavailable". (A refused client certificate: cluster_managers_test's
+// EtcdTlsTest, through dispatchd.)
+TEST_F(EtcdClientTest, MutualTlsWrongCaNamesTheEndpointAndTheProblem) {
+  const EtcdTls tls = EtcdTls::make();
+  // The server's certificate does not chain to the CA we trust.
+  ClientOptions o;
+  o.ca_file = tls.dir + "/other-ca.pem";
+  o.cert_file = tls.dir + "/node-1.pem";
+  o.key_file = tls.dir + "/node-1.key";
+  o.request_timeout = 3000ms;
+  start(1, o, tls);
+  auto t0 = SteadyClock::now();
+  auto r = run(client_->range("/any"), 10s);
+  EXPECT_LT(SteadyClock::now() - t0, 4s);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code(), StatusCode::unavailable) << r.error().message();
+  EXPECT_NE(r.error().message().find("https://" + cluster_->endpoint(0) +
+                                     ": TLS handshake: server certificate"),
+            std::string::npos)
+      << r.error().message();
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <asio/ip/tcp.hpp>
 #include <filesystem>
 
+#include "support/certs.hpp"
+
 namespace dispatchd::test {
 
 namespace {
@@ -25,17 +27,24 @@ std::vector<unsigned short> free_ports(std::size_t n) {
   return ports;
 }
 
-std::string url(unsigned short port) {
-  return fmt::format("http://127.0.0.1:{}", port);
+std::string url(unsigned short port, bool tls = false) {
+  return fmt::format("{}://127.0.0.1:{}", tls ? "https" : "http", port);
 }
 
 }  // namespace
+
+EtcdTls EtcdTls::make() {
+  static const std::string dir = make_test_certs("etcd-tls", "--nodes 1 --test-variants");
+  return {dir + "/server.pem", dir + "/server.key", dir + "/ca.pem", dir};
+}
 
 bool EtcdCluster::available() {
   return ::access(kBinary, X_OK) == 0;
 }
 
-EtcdCluster::EtcdCluster(std::size_t members, std::chrono::milliseconds ready_timeout) {
+EtcdCluster::EtcdCluster(std::size_t members, std::chrono::milliseconds ready_timeout,
+                         std::optional<EtcdTls> tls)
+    : tls_(tls.has_value()) {
   auto ports = free_ports(2 * members);
   std::string initial;
   for (std::size_t i = 0; i < members; ++i) {
@@ -55,34 +64,38 @@ EtcdCluster::EtcdCluster(std::size_t members, std::chrono::milliseconds ready_ti
   for (auto& m : members_) {
     // Short raft timings (heartbeat 50 ms, election 500 ms) so elections and lease expiry are
     // quick; etcd's minimum lease TTL follows from them (1.5 election timeouts).
-    m.process = std::make_unique<ChildProcess>(
-        std::vector<std::string>{kBinary,
-                                 "--name",
-                                 m.name,
-                                 "--data-dir",
-                                 m.dir + "/data",
-                                 "--listen-client-urls",
-                                 url(m.client_port),
-                                 "--advertise-client-urls",
-                                 url(m.client_port),
-                                 "--listen-peer-urls",
-                                 url(m.peer_port),
-                                 "--initial-advertise-peer-urls",
-                                 url(m.peer_port),
-                                 "--initial-cluster",
-                                 initial,
-                                 "--initial-cluster-token",
-                                 fmt::format("dispatchd-test-{}", ::getpid()),
-                                 "--initial-cluster-state",
-                                 "new",
-                                 "--heartbeat-interval",
-                                 "50",
-                                 "--election-timeout",
-                                 "500",
-                                 "--logger",
-                                 "zap",
-                                 "--log-outputs",
-                                 "stderr"});
+    std::vector<std::string> argv{kBinary,
+                                  "--name",
+                                  m.name,
+                                  "--data-dir",
+                                  m.dir + "/data",
+                                  "--listen-client-urls",
+                                  url(m.client_port, tls_),
+                                  "--advertise-client-urls",
+                                  url(m.client_port, tls_),
+                                  "--listen-peer-urls",
+                                  url(m.peer_port),
+                                  "--initial-advertise-peer-urls",
+                                  url(m.peer_port),
+                                  "--initial-cluster",
+                                  initial,
+                                  "--initial-cluster-token",
+                                  fmt::format("dispatchd-test-{}", ::getpid()),
+                                  "--initial-cluster-state",
+                                  "new",
+                                  "--heartbeat-interval",
+                                  "50",
+                                  "--election-timeout",
+                                  "500",
+                                  "--logger",
+                                  "zap",
+                                  "--log-outputs",
+                                  "stderr"};
+    if (tls) {
+      argv.insert(argv.end(), {"--cert-file", tls->cert, "--key-file", tls->key,
+                               "--trusted-ca-file", tls->ca, "--client-cert-auth"});
+    }
+    m.process = std::make_unique<ChildProcess>(argv);
     if (!m.process->started()) {
       error_ = "cannot start " + std::string(kBinary);
       return;
@@ -113,7 +126,14 @@ std::string EtcdCluster::endpoint(std::size_t i) const {
 std::vector<std::string> EtcdCluster::endpoints() const {
   std::vector<std::string> out;
   for (std::size_t i = 0; i < members_.size(); ++i)
-    out.push_back(endpoint(i));
+    out.push_back((tls_ ? "https://" : "") + endpoint(i));
+  return out;
+}
+
+std::string EtcdCluster::store_url() const {
+  std::string out = "etcd://";
+  for (std::size_t i = 0; i < members_.size(); ++i)
+    out += (i ? "," : "") + endpoint(i);
   return out;
 }
 

@@ -149,6 +149,9 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   // Open, and the server has not sent GOAWAY: new streams may be opened.
   bool usable() const noexcept { return session_ && !dead_ && !goaway_ && !shutting_down_; }
   bool closed() const noexcept { return dead_; }
+  // Why the connection was lost, when a read or write failed ("read: ...", with what the
+  // transport knows, such as a TLS alert); empty otherwise.
+  const std::string& failure() const noexcept { return failure_; }
   bool reader_flow_control() const noexcept { return reader_flow_control_; }
   // The server sent GOAWAY.
   bool goaway_received() const noexcept { return goaway_; }
@@ -167,6 +170,8 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   friend struct ClientCallbacks;
   asio::awaitable<void> read_loop();
   asio::awaitable<void> write_loop();
+  // Records (and logs at debug) why a read or write ended the connection.
+  void note_failure(const char* what, std::error_code ec);
   void fail_streams() noexcept;
   void notify_state() noexcept {
     if (state_waiter_) state_waiter_->notify();
@@ -191,6 +196,8 @@ class ClientConnection : public std::enable_shared_from_this<ClientConnection> {
   std::size_t unconsumed_connection_bytes_ = 0;
   bool reader_flow_control_ = false;
   bool dead_ = false;
+  std::string failure_;
+  bool received_ = false;  // any byte from the server after the handshake
   bool goaway_ = false;
   bool shutting_down_ = false;
   bool reader_done_ = false;
