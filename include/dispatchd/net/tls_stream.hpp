@@ -45,7 +45,8 @@ class TlsStream : public Transport {
   // The peer has closed or reset the connection (POLLRDHUP, POLLHUP or POLLERR); never waits.
   // What it sent before closing may still be unread.
   bool peer_closed() const noexcept;
-  // Why the handshake failed ("" if it did not).
+  // Why the handshake failed, or later why a read or write failed (OpenSSL's account, such as
+  // the peer's alert); "" if nothing failed.
   const std::string& handshake_error() const noexcept { return error_; }
   // True once a TLS 1.3 connection's SSL object has been freed and its records are protected by
   // Tls13Records (server side; see TlsTransport::handshake).
