@@ -113,10 +113,6 @@ class Forwarder final : public grpc::CallDiverter {
   // forwarder usable again whose TLS files did not load at start.
   void set_tls(std::shared_ptr<net::TlsClientContext> tls,
                std::shared_ptr<const net::TlsClientCertificate> cert);
-  // The certificate presented to the leader (null: h2c).
-  const std::shared_ptr<const net::TlsClientCertificate>& certificate() const noexcept {
-    return options_.cert;
-  }
 
   // Stops forwarding for good: closes the connection (calls relayed on it end UNAVAILABLE),
   // cancels a dial in progress and fails waiting calls. join() then waits for the connection's
