@@ -1,5 +1,6 @@
 // dispatchctl: the operator CLI of dispatchd (see `dispatchctl --help`).
 
+#include <grpc/grpc.h>
 #include <grpc/support/log.h>
 
 #include <cstdio>
@@ -22,6 +23,10 @@ int main(int argc, char** argv) {
   // gRPC's own log lines (connection failures, TLS handshake errors) would repeat, less
   // clearly, the status dispatchctl prints; GRPC_VERBOSITY brings them back for debugging.
   if (!std::getenv("GRPC_VERBOSITY")) gpr_set_log_function([](gpr_log_func_args*) {});
+  // Held for the whole run and released on this thread at the end, so that gRPC's clean-up
+  // (and the threads it joins) is finished before the process exits rather than left to a
+  // detached thread of gRPC's racing the exit.
+  grpc_init();
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string out, err;
   int status = dispatchd::ctl::run(
@@ -37,5 +42,6 @@ int main(int argc, char** argv) {
       });
   write_all(stdout, out);
   write_all(stderr, err);
+  grpc_shutdown_blocking();
   return status;
 }
