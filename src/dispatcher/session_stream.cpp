@@ -122,6 +122,69 @@ asio::awaitable<std::expected<std::string, Status>> register_or_resume(
   co_return s.registry.register_node(node_id).session_id;
 }
 
+// Who the session is, once authorized and registered.
+struct OpenSession {
+  std::string node_id;
+  std::string session_id;
+  std::string peer;
+};
+
+// Authorization and registration, in a coroutine of their own: GCC keeps every local of a
+// coroutine (and every temporary alive across a co_await) in its frame for the coroutine's whole
+// life, and serve_session's frame lives as long as the stream. The caller's identity, the
+// registration's result and their awaitables are freed here, before the session goes idle.
+asio::awaitable<std::expected<OpenSession, Status>> open_session(Services& s,
+                                                                 grpc::ServerContext& ctx,
+                                                                 const api::SessionRequest& req) {
+  auto id = s.authorizer.authorize_agent(ctx);
+  if (!id) co_return std::unexpected(id.error());
+  auto registered = co_await register_or_resume(s, ctx, req, *id);
+  if (!registered) co_return std::unexpected(registered.error());
+  co_return OpenSession{std::move(id->node_id), std::move(*registered), std::move(id->remote_addr)};
+}
+
+// What the session's messages are made of: its own fields (encoded once per node change) and the
+// cluster's shared ones.
+struct SessionMessages {
+  const std::string& session_id;
+  grpc::Writer<api::SessionMessage>& writer;
+  store::Ptr<api::Node> node;
+  ClusterSnapshot cluster;
+  std::string own_fields;
+
+  asio::awaitable<bool> send() {
+    return writer.write_framed(grpc::SplicedMessage::frame(own_fields, cluster.encoded));
+  }
+};
+
+Status ended(const OpenSession& o, Clock::time_point started, const char* reason, Status st) {
+  log::info("session ended node={} session={} peer={} reason={} duration={}ms", o.node_id,
+            o.session_id, o.peer, reason,
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
+  return st;
+}
+
+// The registration while it is this session's, else nullptr. (A function, not check_session's
+// result kept in a local: every local of serve_session is in its frame, see above.)
+NodeRegistry::Registration* registration(NodeRegistry& r, const OpenSession& o) {
+  auto rec = r.check_session(o.node_id, o.session_id);
+  return rec ? *rec : nullptr;
+}
+
+// Why the registration is no longer this session's.
+Status registration_lost(NodeRegistry& r, const OpenSession& o) {
+  auto rec = r.check_session(o.node_id, o.session_id);
+  return rec ? Status::ok() : rec.error();
+}
+
+// The session ends because its registration is gone (not registered) or another one's
+// (superseded).
+Status ended_lost(NodeRegistry& r, const OpenSession& o, Clock::time_point started) {
+  Status st = registration_lost(r, o);
+  return ended(o, started, st.code() == StatusCode::not_found ? "not-registered" : "superseded",
+               std::move(st));
+}
+
 }  // namespace
 
 asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
@@ -129,99 +192,82 @@ asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
                                       grpc::Writer<api::SessionMessage>& writer) {
   if (!s.running) co_return stopped_status();
   auto started = Clock::now();
-  std::string node_id, peer;
-  std::string session_id;
-  {
-    auto id = s.authorizer.authorize_agent(ctx);
-    if (!id) co_return id.error();
-    auto registered = co_await register_or_resume(s, ctx, req, *id);
-    if (!registered) co_return registered.error();
-    session_id = std::move(*registered);
-    node_id = std::move(id->node_id);
-    peer = std::move(id->remote_addr);
-  }
+  auto opened = co_await open_session(s, ctx, req);
+  if (!opened) co_return opened.error();
 
   // The node's updates, subscribed together with the snapshot (one synchronous step).
   co::Wakeup wakeup;
   co::Queue<store::Ptr<api::Node>> node_updates(wakeup, s.config.watch_buffer);
   QueueWatcher node_watcher(node_updates);
-  s.store.watch(node_watcher, {store::ObjectType::node, node_id, false, true, false});
-  store::Ptr<api::Node> node =
-      s.store.view([&](const store::ReadTx& tx) { return tx.node(node_id); });
+  s.store.watch(node_watcher, {store::ObjectType::node, opened->node_id, false, true, false});
+  SessionMessages m{opened->session_id,
+                    writer,
+                    s.store.view([&](const store::ReadTx& tx) { return tx.node(opened->node_id); }),
+                    {},
+                    {}};
 
-  auto rec = s.registry.check_session(node_id, session_id);
-  if (!rec) co_return rec.error();
-  StreamMark stream_mark(s.registry, **rec, node_id, session_id);
-  const std::shared_ptr<co::Event> disconnect_event = (*rec)->disconnect;
-  const std::shared_ptr<co::Event> superseded_event = (*rec)->superseded;
+  NodeRegistry::Registration* rec = registration(s.registry, *opened);
+  if (!rec) co_return registration_lost(s.registry, *opened);
+  StreamMark stream_mark(s.registry, *rec, opened->node_id, opened->session_id);
+  const std::shared_ptr<co::Event> disconnect_event = rec->disconnect;
+  const std::shared_ptr<co::Event> superseded_event = rec->superseded;
   co::Watch<ClusterSnapshot>::Subscription cluster_updates(s.cluster.updates(), wakeup);
-  ClusterSnapshot cluster = s.cluster.current();
+  m.cluster = s.cluster.current();
   co::Event::Listener cancelled(ctx.cancelled(), wakeup);
   co::Event::Listener stopped(s.stopped, wakeup);
   co::Event::Listener disconnect(*disconnect_event, wakeup);
   co::Event::Listener superseded(*superseded_event, wakeup);
   Counted open(s.counters.open_sessions);
 
-  std::string own_fields = encode_session_fields(session_id, node.get());
-  auto send = [&]() {
-    return writer.write_framed(grpc::SplicedMessage::frame(own_fields, cluster.encoded));
-  };
-  if (!co_await send()) co_return canceled_status();
-  log::info("session started node={} session={} peer={}", node_id, session_id, peer);
-  auto end = [&](const char* reason, Status st) {
-    log::info(
-        "session ended node={} session={} peer={} reason={} duration={}ms", node_id, session_id,
-        peer, reason,
-        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
-    return st;
-  };
+  m.own_fields = encode_session_fields(opened->session_id, m.node.get());
+  if (!co_await m.send()) co_return canceled_status();
+  log::info("session started node={} session={} peer={}", opened->node_id, opened->session_id,
+            opened->peer);
 
   for (;;) {
     // Stop and Disconnect come first: Stop also clears the registrations.
     bool must_disconnect = disconnect.ready() || stopped.ready();
     if (!must_disconnect) {
-      if (auto r = s.registry.check_session(node_id, session_id); !r) {
-        co_return end(r.error().code() == StatusCode::not_found ? "not-registered" : "superseded",
-                      r.error());
-      }
+      if (!registration(s.registry, *opened)) co_return ended_lost(s.registry, *opened, started);
       co_await co::select(wakeup, cancelled, node_updates, cluster_updates, disconnect, stopped,
                           superseded);
       must_disconnect = disconnect.ready() || stopped.ready();
     }
-    if (cancelled.ready()) co_return end("client-gone", canceled_status());
+    if (cancelled.ready()) co_return ended(*opened, started, "client-gone", canceled_status());
     if (node_updates.overflowed()) {
       ++s.counters.watch_overflows;
-      co_return end("fell-behind", fell_behind("node", s.config.watch_buffer));
+      co_return ended(*opened, started, "fell-behind", fell_behind("node", s.config.watch_buffer));
     }
     if (cluster_updates.overflowed()) {
       ++s.counters.watch_overflows;
-      co_return end("fell-behind", fell_behind("cluster", s.config.watch_buffer));
+      co_return ended(*opened, started, "fell-behind",
+                      fell_behind("cluster", s.config.watch_buffer));
     }
     if (must_disconnect) {
       // One final message with the latest state, then the node is sent away.
       while (!node_updates.empty())
-        node = node_updates.pop();
-      own_fields = encode_session_fields(session_id, node.get());
+        m.node = node_updates.pop();
+      m.own_fields = encode_session_fields(opened->session_id, m.node.get());
       while (cluster_updates.has_next())
-        cluster = cluster_updates.next();
-      bool sent = co_await send();
+        m.cluster = cluster_updates.next();
+      bool sent = co_await m.send();
       if (s.running) {
-        s.registry.mark_not_ready(node_id, api::NodeStatus::DISCONNECTED,
+        s.registry.mark_not_ready(opened->node_id, api::NodeStatus::DISCONNECTED,
                                   "node is currently trying to find new manager");
       }
-      if (!sent) co_return end("client-gone", canceled_status());
-      co_return end(stopped.ready() ? "dispatcher-stopped" : "disconnected",
-                    Status(StatusCode::aborted, "node must disconnect"));
+      if (!sent) co_return ended(*opened, started, "client-gone", canceled_status());
+      co_return ended(*opened, started, stopped.ready() ? "dispatcher-stopped" : "disconnected",
+                      Status(StatusCode::aborted, "node must disconnect"));
     }
     // One message per event, as SwarmKit sends them.
     while (!node_updates.empty()) {
-      node = node_updates.pop();
-      own_fields = encode_session_fields(session_id, node.get());
-      if (!co_await send()) co_return end("client-gone", canceled_status());
+      m.node = node_updates.pop();
+      m.own_fields = encode_session_fields(opened->session_id, m.node.get());
+      if (!co_await m.send()) co_return ended(*opened, started, "client-gone", canceled_status());
     }
     while (cluster_updates.has_next()) {
-      cluster = cluster_updates.next();
-      if (!co_await send()) co_return end("client-gone", canceled_status());
+      m.cluster = cluster_updates.next();
+      if (!co_await m.send()) co_return ended(*opened, started, "client-gone", canceled_status());
     }
   }
 }
