@@ -68,6 +68,7 @@ asio::awaitable<Status> serve_assignments(Services& s, grpc::ServerContext& ctx,
                                           grpc::Writer<api::AssignmentsMessage>& writer) {
   auto id = admit(s, ctx, req.session_id());
   if (!id) co_return id.error();
+  ctx.release_metadata();  // read by admit, not needed again
   const std::string node_id = id->node_id;
 
   co::Wakeup wakeup;
@@ -154,6 +155,7 @@ asio::awaitable<Status> serve_tasks(Services& s, grpc::ServerContext& ctx,
                                     grpc::Writer<api::TasksMessage>& writer) {
   auto id = admit(s, ctx, req.session_id());
   if (!id) co_return id.error();
+  ctx.release_metadata();  // read by admit, not needed again
   const std::string node_id = id->node_id;
 
   co::Wakeup wakeup;

@@ -138,6 +138,7 @@ asio::awaitable<std::expected<OpenSession, Status>> open_session(Services& s,
                                                                  const api::SessionRequest& req) {
   auto id = s.authorizer.authorize_agent(ctx);
   if (!id) co_return std::unexpected(id.error());
+  ctx.release_metadata();  // read by authorize_agent, not needed again
   auto registered = co_await register_or_resume(s, ctx, req, *id);
   if (!registered) co_return std::unexpected(registered.error());
   co_return OpenSession{std::move(id->node_id), std::move(*registered), std::move(id->remote_addr)};

@@ -39,6 +39,7 @@ int Connection::on_begin_frame(const nghttp2_frame_hd& hd) {
 int Connection::on_begin_headers(const nghttp2_frame* frame) {
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   auto* s = new Stream(shared_from_this(), frame->hd.stream_id);
+  s->head_->headers.reserve(4);  // content-type, te, user-agent, grpc-timeout: one allocation
   s->add_ref();  // the connection's reference, dropped when nghttp2 closes the stream
   streams_.push_back(*s);
   ++open_streams_;
@@ -52,10 +53,11 @@ int Connection::on_header(const nghttp2_frame* frame, const std::uint8_t* name, 
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   auto* s =
       static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
-  if (!s) return 0;
+  if (!s || !s->head_) return 0;
+  RequestHead& head = *s->head_;
   // HPACK lets a small frame expand into a large header list: count the decoded size.
-  s->header_bytes_ += namelen + valuelen + 32;
-  if (s->header_bytes_ > settings_.max_header_list_size) {
+  head.header_bytes += namelen + valuelen + 32;
+  if (head.header_bytes > settings_.max_header_list_size) {
     log::debug("{}: stream {}: header list over {} bytes", peer(), s->id_,
                settings_.max_header_list_size);
     return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -63,14 +65,14 @@ int Connection::on_header(const nghttp2_frame* frame, const std::uint8_t* name, 
   std::string_view n(reinterpret_cast<const char*>(name), namelen);
   std::string_view v(reinterpret_cast<const char*>(value), valuelen);
   if (n == ":method") {
-    s->method_ = v;
+    head.method = v;
   } else if (n == ":path") {
     s->path_ = v;
   } else if (!n.empty() && n[0] == ':') {
     // :scheme, :authority: validated by nghttp2, not needed above.
   } else {
-    if (n == "content-type") s->content_type_ = v;
-    s->headers_.push_back(Header{std::string(n), std::string(v)});
+    if (n == "content-type") head.content_type = v;
+    head.headers.push_back(Header{std::string(n), std::string(v)});
   }
   return 0;
 }

@@ -42,8 +42,13 @@ const std::string& Stream::peer() const noexcept {
   return conn_->peer();
 }
 
+const std::vector<Header>& Stream::headers() const noexcept {
+  static const std::vector<Header> none;
+  return head_ ? head_->headers : none;
+}
+
 std::string_view Stream::header(std::string_view name) const noexcept {
-  for (const auto& h : headers_) {
+  for (const auto& h : headers()) {
     if (h.name == name) return h.value;
   }
   return {};
@@ -51,12 +56,6 @@ std::string_view Stream::header(std::string_view name) const noexcept {
 
 void Stream::return_window(std::size_t n) {
   if (!closed_) conn_->return_stream_window(id_, n);
-}
-
-void Stream::release_headers() noexcept {
-  std::vector<Header>().swap(headers_);
-  std::string().swap(method_);
-  std::string().swap(content_type_);
 }
 
 void Stream::release() noexcept {

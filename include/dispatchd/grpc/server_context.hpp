@@ -40,6 +40,9 @@ class ServerContext {
   // A "-bin" key, base64-decoded; nullopt when absent or not valid base64.
   std::optional<std::string> binary_metadata(std::string_view key) const;
   const std::vector<h2::Header>& raw_metadata() const noexcept { return stream_->headers(); }
+  // Frees the request's metadata once the handler has read what it needs: a long-lived stream
+  // (Session, Assignments) need not keep it, ~400 B each. metadata() finds none afterwards.
+  void release_metadata() noexcept { stream_->release_headers(); }
 
  protected:
   explicit ServerContext(h2::StreamRef stream) : stream_(std::move(stream)) {}
