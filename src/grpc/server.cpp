@@ -78,31 +78,20 @@ asio::awaitable<void> Server::on_request(h2::StreamRef stream) {
   return serve(std::move(call));
 }
 
-asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
-  calls_.push_back(*call);
-  ++active_calls_;
-  struct Leave {
-    std::size_t& n;
-    ~Leave() { --n; }
-  } leave{active_calls_};
-
-  h2::Stream& s = call->stream();
+Server::Routed Server::route(ServerCall& call, Status& result) {
+  h2::Stream& s = call.stream();
   if (s.method() != "POST") {
     refuse_http(s, "415",
                 Status(StatusCode::internal,
                        "invalid gRPC request method \"" + std::string(s.method()) + "\""));
-    co_return;
+    return {.method = nullptr, .refused = true, .run = false};
   }
   if (!is_grpc_content_type(s.content_type())) {
     refuse_http(s, "415",
                 Status(StatusCode::invalid_argument, "invalid gRPC request content-type \"" +
                                                          std::string(s.content_type()) + "\""));
-    co_return;
+    return {.method = nullptr, .refused = true, .run = false};
   }
-
-  MethodStats* stats = &unknown_stats_;
-  Status result;
-  const auto started = std::chrono::steady_clock::now();
   auto it = methods_.find(s.path());
   if (it == methods_.end()) {
     std::string_view service, method;
@@ -123,41 +112,59 @@ asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
                                                            " for service " + std::string(service))
                    : Status(StatusCode::unimplemented, "unknown service " + std::string(service));
     }
-  } else {
-    stats = it->second.stats;
-    ++stats->started;
-    bool ok = true;
-    if (auto t = call->metadata("grpc-timeout")) {
-      if (auto d = parse_grpc_timeout(*t)) {
-        call->set_timeout(*d);
-      } else {
-        ok = false;
-        result =
-            Status(StatusCode::internal, "transport: malformed grpc-timeout: " + std::string(*t));
-      }
+    return {};
+  }
+  Method* m = &it->second;
+  ++m->stats->started;
+  if (auto t = call.metadata("grpc-timeout")) {
+    if (auto d = parse_grpc_timeout(*t)) {
+      call.set_timeout(*d);
+    } else {
+      result =
+          Status(StatusCode::internal, "transport: malformed grpc-timeout: " + std::string(*t));
+      return {.method = m, .refused = false, .run = false};
     }
-    if (auto enc = call->metadata("grpc-encoding"); ok && enc && *enc != "identity") {
-      ok = false;
-      result = Status(
-          StatusCode::unimplemented,
-          "grpc: Decompressor is not installed for grpc-encoding \"" + std::string(*enc) + "\"");
+  }
+  if (auto enc = call.metadata("grpc-encoding"); enc && *enc != "identity") {
+    result = Status(
+        StatusCode::unimplemented,
+        "grpc: Decompressor is not installed for grpc-encoding \"" + std::string(*enc) + "\"");
+    return {.method = m, .refused = false, .run = false};
+  }
+  return {.method = m, .refused = false, .run = true};
+}
+
+asio::awaitable<Status> Server::invoke(Method& m, ServerCall& call) {
+  if (CallDiverter* d = m.diverter; d && d->diverting()) return d->serve(call);
+  return m.invoke(call);
+}
+
+asio::awaitable<void> Server::serve(std::unique_ptr<ServerCall> call) {
+  calls_.push_back(*call);
+  ++active_calls_;
+  struct Leave {
+    std::size_t& n;
+    ~Leave() { --n; }
+  } leave{active_calls_};
+
+  // Everything that does not wait is in route(): this frame lives as long as the call, a
+  // Session's as long as its stream, and GCC keeps every local of a coroutine in its frame.
+  const auto started = std::chrono::steady_clock::now();
+  Status result;
+  const Routed r = route(*call, result);
+  if (r.refused) co_return;
+  MethodStats* stats = r.method ? r.method->stats : &unknown_stats_;
+  if (r.run) {
+    try {
+      result = co_await invoke(*r.method, *call);
+    } catch (const std::exception& e) {
+      log::error("{} {}: handler threw: {}", call->peer(), call->stream().path(), e.what());
+      result = Status(StatusCode::unknown, "internal error");
     }
-    if (ok) {
-      try {
-        if (CallDiverter* d = it->second.diverter; d && d->diverting()) {
-          result = co_await d->serve(*call);
-        } else {
-          result = co_await it->second.invoke(*call);
-        }
-      } catch (const std::exception& e) {
-        log::error("{} {}: handler threw: {}", call->peer(), s.path(), e.what());
-        result = Status(StatusCode::unknown, "internal error");
-      }
-      if (call->deadline_exceeded()) {
-        result = Status(StatusCode::deadline_exceeded, "context deadline exceeded");
-      } else if (call->is_cancelled() && s.closed()) {
-        result = Status(StatusCode::cancelled, "context canceled");
-      }
+    if (call->deadline_exceeded()) {
+      result = Status(StatusCode::deadline_exceeded, "context deadline exceeded");
+    } else if (call->is_cancelled() && call->stream().closed()) {
+      result = Status(StatusCode::cancelled, "context canceled");
     }
   }
   call->finish(result);

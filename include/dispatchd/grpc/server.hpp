@@ -166,7 +166,17 @@ class Server : public h2::RequestSink {
     MethodStats* stats;
     CallDiverter* diverter = nullptr;
   };
+  // What route() found for a request.
+  struct Routed {
+    Method* method = nullptr;  // null: no such method
+    bool refused = false;      // not gRPC: answered over HTTP already
+    bool run = false;          // run the method; otherwise the call ends with route's `result`
+  };
   void add_method(std::string path, const char* type, Invoker invoke);
+  // Validates and routes a request, arms its deadline (grpc-timeout).
+  Routed route(ServerCall& call, Status& result);
+  // The method's handler, or its diverter's while that diverts.
+  static asio::awaitable<Status> invoke(Method& m, ServerCall& call);
   asio::awaitable<void> serve(std::unique_ptr<ServerCall> call);
 
   co::TimerWheel& wheel_;
