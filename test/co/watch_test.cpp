@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <asio/co_spawn.hpp>
 #include <asio/io_context.hpp>
@@ -329,6 +330,125 @@ TEST(WatchTest, SubscribingToAClosedWatchEndsImmediately) {
   EXPECT_TRUE(sub.ready());
   EXPECT_FALSE(sub.has_next());
   EXPECT_EQ(watch.subscriber_count(), 0u);
+}
+
+// A paced watch wakes `batch` subscribers per turn of the executor. What a woken subscriber
+// posts (in the server: its stream's write) runs before the next batch is woken, while every
+// subscriber can take the event from the moment it is published.
+struct PacedRun {
+  std::vector<std::string> log;  // "wN": subscriber N woke with the event; "pN": what N posted ran
+  std::vector<std::vector<int>> got;
+};
+
+PacedRun run_fan_out(std::size_t subscribers, std::size_t batch, bool paced) {
+  asio::io_context io;
+  Watch<int> watch(16);
+  if (paced) watch.pace(io.get_executor(), batch);
+  std::vector<std::unique_ptr<Wakeup>> wakeups;
+  std::vector<std::unique_ptr<Watch<int>::Subscription>> subs;
+  std::vector<Outcome> outcome(subscribers);
+  PacedRun run;
+  run.got.resize(subscribers);
+  for (std::size_t i = 0; i < subscribers; ++i) {
+    wakeups.push_back(std::make_unique<Wakeup>());
+    subs.push_back(std::make_unique<Watch<int>::Subscription>(watch, *wakeups[i]));
+    asio::co_spawn(
+        io,
+        [&, i]() -> asio::awaitable<void> {
+          co_await select(*wakeups[i], *subs[i]);
+          run.got[i] = drain(*subs[i]);
+          run.log.push_back("w" + std::to_string(i));
+          asio::post(io, [&run, i] { run.log.push_back("p" + std::to_string(i)); });
+        },
+        record(outcome[i]));
+  }
+  io.poll();  // every coroutine parks
+  watch.publish(7);
+  // The event is in every subscriber's reach at once; only the waking is spread out.
+  for (const auto& s : subs)
+    EXPECT_TRUE(s->has_next());
+  std::size_t woken = 0;
+  for (const auto& w : wakeups)
+    woken += w->parked() ? 0 : 1;
+  EXPECT_EQ(woken, paced ? std::min(batch, subscribers) : subscribers);
+  EXPECT_EQ(watch.waiting_to_wake(), paced ? subscribers - woken : 0u);
+  run_to_completion(io);
+  for (const auto& o : outcome) {
+    EXPECT_TRUE(o.done);
+    EXPECT_FALSE(o.error);
+  }
+  EXPECT_EQ(watch.waiting_to_wake(), 0u);
+  return run;
+}
+
+std::ptrdiff_t position(const std::vector<std::string>& log, const std::string& entry) {
+  auto it = std::find(log.begin(), log.end(), entry);
+  EXPECT_NE(it, log.end()) << entry;
+  return it - log.begin();
+}
+
+TEST(WatchTest, PacedWatchRunsWhatABatchPostedBeforeWakingTheNext) {
+  auto run = run_fan_out(7, 3, true);
+  for (const auto& got : run.got)
+    EXPECT_EQ(got, std::vector<int>{7});
+  // Batches {0,1,2}, {3,4,5}, {6}: each batch's posts run before the next batch wakes.
+  for (int i : {0, 1, 2})
+    EXPECT_LT(position(run.log, "p" + std::to_string(i)), position(run.log, "w3"));
+  for (int i : {3, 4, 5})
+    EXPECT_LT(position(run.log, "p" + std::to_string(i)), position(run.log, "w6"));
+  // In subscription order.
+  for (int i = 0; i + 1 < 7; ++i)
+    EXPECT_LT(position(run.log, "w" + std::to_string(i)),
+              position(run.log, "w" + std::to_string(i + 1)));
+}
+
+TEST(WatchTest, UnpacedWatchWakesEveryoneBeforeAnyPostRuns) {
+  auto run = run_fan_out(7, 3, false);
+  for (const auto& got : run.got)
+    EXPECT_EQ(got, std::vector<int>{7});
+  EXPECT_LT(position(run.log, "w6"), position(run.log, "p0"));
+}
+
+TEST(WatchTest, PacedWatchOutlivedByItsPostedTurnAndItsWaitingSubscribers) {
+  asio::io_context io;
+  std::vector<std::unique_ptr<Wakeup>> wakeups;
+  std::vector<std::unique_ptr<Watch<int>::Subscription>> subs;
+  {
+    auto watch = std::make_unique<Watch<int>>(16);
+    watch->pace(io.get_executor(), 1);
+    for (int i = 0; i < 4; ++i) {
+      wakeups.push_back(std::make_unique<Wakeup>());
+      subs.push_back(std::make_unique<Watch<int>::Subscription>(*watch, *wakeups.back()));
+    }
+    watch->publish(1);
+    EXPECT_EQ(watch->waiting_to_wake(), 3u);
+    // A waiting subscriber leaves; a second event overflows nobody and keeps the order.
+    subs[2].reset();
+    EXPECT_EQ(watch->waiting_to_wake(), 2u);
+    watch->publish(2);
+    EXPECT_EQ(watch->subscriber_count(), 3u);
+    EXPECT_EQ(drain(*subs[3]), (std::vector<int>{1, 2}));
+    // The watch goes while its next turn is posted; its subscriptions outlive it unread.
+  }
+  run_to_completion(io);  // the posted turn finds the watch gone (ASan would see a use)
+}
+
+TEST(WatchTest, PacedWatchOverflowsASubscriberStillWaitingToWake) {
+  asio::io_context io;
+  Watch<int> watch(2);
+  watch.pace(io.get_executor(), 1);
+  Wakeup first_wakeup, slow_wakeup;
+  Watch<int>::Subscription first(watch, first_wakeup), slow(watch, slow_wakeup);
+  for (int v = 0; v < 3; ++v) {
+    watch.publish(v);
+    drain(first);
+  }
+  EXPECT_TRUE(slow.overflowed());
+  EXPECT_FALSE(first.overflowed());
+  EXPECT_EQ(watch.overflow_count(), 1u);
+  EXPECT_EQ(watch.subscriber_count(), 1u);
+  run_to_completion(io);
+  EXPECT_EQ(watch.waiting_to_wake(), 0u);
 }
 
 }  // namespace
