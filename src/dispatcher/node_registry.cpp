@@ -54,6 +54,7 @@ void NodeRegistry::close() {
   for (auto& [id, r] : records_)
     wheel_.disarm(*r);
   records_.clear();
+  ++epoch_;
   for (auto& [id, d] : down_)
     wheel_.disarm(*d);
   down_.clear();
@@ -114,6 +115,7 @@ NodeRegistry::Registration& NodeRegistry::register_node(const std::string& node_
   arm(*fresh, choose_period() * config_.grace_multiplier);
   Registration& r = *fresh;
   records_[node_id] = std::move(fresh);
+  ++epoch_;
   ++stats_.registrations;
   return r;
 }
@@ -130,6 +132,7 @@ void NodeRegistry::drop(const std::string& node_id) {
   if (it == records_.end()) return;
   wheel_.disarm(*it->second);
   records_.erase(it);
+  ++epoch_;
 }
 
 bool NodeRegistry::disconnect(const std::string& node_id) {
@@ -236,6 +239,7 @@ void NodeRegistry::mark_nodes_unknown() {
     r->unknown = true;
     arm(*r, choose_period() * 2 * config_.grace_multiplier);
     records_[id] = std::move(r);
+    ++epoch_;
   }
   if (!unknown.empty())
     log::info("{} known nodes marked unknown until they register", unknown.size());

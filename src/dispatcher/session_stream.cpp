@@ -1,6 +1,8 @@
 // The Session stream (docs/behaviour.md §4): registration, the node object and the cluster's
 // shared fields, one message per change, and the final message when the node must go.
 
+#include <cstdint>
+
 #include "dispatchd/co/queue.hpp"
 #include "dispatchd/co/select.hpp"
 #include "dispatchd/dispatcher/services.hpp"
@@ -127,6 +129,7 @@ struct OpenSession {
   std::string node_id;
   std::string session_id;
   std::string peer;
+  std::uint64_t registry_epoch = 0;  // the registry's epoch when the registration was last seen
 };
 
 // Authorization and registration, in a coroutine of their own: GCC keeps every local of a
@@ -209,6 +212,7 @@ asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
 
   NodeRegistry::Registration* rec = registration(s.registry, *opened);
   if (!rec) co_return registration_lost(s.registry, *opened);
+  opened->registry_epoch = s.registry.epoch();
   StreamMark stream_mark(s.registry, *rec, opened->node_id, opened->session_id);
   const std::shared_ptr<co::Event> disconnect_event = rec->disconnect;
   const std::shared_ptr<co::Event> superseded_event = rec->superseded;
@@ -229,7 +233,10 @@ asio::awaitable<Status> serve_session(Services& s, grpc::ServerContext& ctx,
     // Stop and Disconnect come first: Stop also clears the registrations.
     bool must_disconnect = disconnect.ready() || stopped.ready();
     if (!must_disconnect) {
-      if (!registration(s.registry, *opened)) co_return ended_lost(s.registry, *opened, started);
+      if (s.registry.epoch() != opened->registry_epoch) {
+        if (!registration(s.registry, *opened)) co_return ended_lost(s.registry, *opened, started);
+        opened->registry_epoch = s.registry.epoch();
+      }
       co_await co::select(wakeup, cancelled, node_updates, cluster_updates, disconnect, stopped,
                           superseded);
       must_disconnect = disconnect.ready() || stopped.ready();

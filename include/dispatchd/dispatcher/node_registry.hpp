@@ -77,6 +77,10 @@ class NodeRegistry {
 
   std::optional<SessionView> view(const std::string& node_id) const;
   std::size_t registered() const noexcept { return records_.size(); }
+  // Changes whenever a registration is added, replaced or dropped: a session that saw its
+  // registration at one value still has it while the value stands, without a lookup (a fan-out
+  // to 100k sessions spent an eighth of its time in those lookups).
+  std::uint64_t epoch() const noexcept { return epoch_; }
   std::size_t down() const noexcept { return down_.size(); }
   const RegistryStats& stats() const noexcept { return stats_; }
 
@@ -100,6 +104,7 @@ class NodeRegistry {
   const Config& config_;
   std::chrono::nanoseconds period_;
   bool closed_ = false;
+  std::uint64_t epoch_ = 0;
   std::unordered_map<std::string, std::unique_ptr<Registration>> records_;
   std::unordered_map<std::string, std::unique_ptr<DownNode>> down_;
   RegistryStats stats_;
