@@ -14,6 +14,8 @@
 // stderr: "sessload: open=K changed=M errors=E heartbeats=H" every 500 ms, "sessload: all N open
 // in S s" once, and the first few failures. stdout at the end (after --for, SIGINT or SIGTERM):
 // one JSON object with the counts.
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -27,6 +29,7 @@
 #include <asio/use_awaitable.hpp>
 #include <chrono>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -147,6 +150,30 @@ class Mux {
                    std::string(grpc::status_code_name(st.code())).c_str(), st.message().c_str());
   }
 
+  // The manager list (field 3) of an encoded SessionMessage, each entry as the bytes it was sent
+  // as: the fan-out message is told apart without parsing the node every message carries, which
+  // was most of this client's time per message (BENCHMARKS.md, issue 14).
+  static std::string managers_of(const std::string& encoded) {
+    using google::protobuf::internal::WireFormatLite;
+    google::protobuf::io::CodedInputStream in(reinterpret_cast<const std::uint8_t*>(encoded.data()),
+                                              static_cast<int>(encoded.size()));
+    std::string out;
+    while (std::uint32_t tag = in.ReadTag()) {
+      if (tag != WireFormatLite::MakeTag(api::SessionMessage::kManagersFieldNumber,
+                                         WireFormatLite::WIRETYPE_LENGTH_DELIMITED)) {
+        if (!WireFormatLite::SkipField(&in, tag)) break;
+        continue;
+      }
+      std::uint32_t len = 0;
+      std::string entry;
+      if (!in.ReadVarint32(&len) || !in.ReadString(&entry, static_cast<int>(len))) break;
+      out += std::to_string(len);
+      out += ':';
+      out += entry;
+    }
+    return out;
+  }
+
   asio::awaitable<void> session(int i) {
     auto& conn = *conns_[static_cast<std::size_t>(i % o_.connections)];
     api::SessionRequest req;
@@ -157,7 +184,8 @@ class Mux {
       co_return;
     }
     api::SessionMessage msg;
-    if (!co_await call->read(msg)) {
+    auto first_bytes = co_await call->read();
+    if (!first_bytes || !msg.ParseFromString(*first_bytes)) {
       fail("Session", call->status());
       co_return;
     }
@@ -166,21 +194,17 @@ class Mux {
       std::printf("%s\n", msg.session_id().c_str());
       std::fflush(stdout);
     }
-    std::string first;
-    for (const auto& m : msg.managers())
-      first += m.SerializeAsString();
+    std::string first = managers_of(*first_bytes);
+    first_bytes.reset();
     auto live = std::make_shared<bool>(true);
     if (o_.heartbeat) {
       auto first_in = std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 4999)(rng_));
       asio::co_spawn(io_, heartbeats(i, msg.session_id(), first_in, live), asio::detached);
     }
     auto& s = sessions_[static_cast<std::size_t>(i)];
-    while (co_await call->read(msg)) {
+    while (auto next = co_await call->read()) {
       if (s.changed_at != 0) continue;
-      std::string now;
-      for (const auto& m : msg.managers())
-        now += m.SerializeAsString();
-      if (now == first) continue;
+      if (managers_of(*next) == first) continue;
       s.changed_at = realtime_ns();
       ++n_.changed;
     }
