@@ -958,9 +958,10 @@ TEST(DispatcherSessionLeakTest, TenThousandAbandonedSessionsLeaveNothingBehind) 
   constexpr int kStreamsPerChannel = 500;
   constexpr int kSessions = kChannels * kStreamsPerChannel;
   auto options = TestServer::default_options();
-  // Registrations expire 3 × 3 s after they were made, long after the sessions are dropped;
-  // the DOWN nodes' orphaning timers then run out quickly too.
-  options.dispatcher.heartbeat_period = 3s;
+  // Registrations expire 3 × 5 s after they were made, after the sessions are dropped (opening
+  // them took up to 11.5 s under ASan with another test on the second core); the DOWN nodes'
+  // orphaning timers then run out quickly too.
+  options.dispatcher.heartbeat_period = 5s;
   options.dispatcher.heartbeat_epsilon = 0ns;
   options.dispatcher.node_down_period = 200ms;
   TestServer server(options);
@@ -1014,7 +1015,9 @@ TEST(DispatcherSessionLeakTest, TenThousandAbandonedSessionsLeaveNothingBehind) 
   EXPECT_TRUE(server.eventually([&] { return srv.connection_count() == 0; }, 30s))
       << server.call([&] { return srv.connection_count(); }) << " connections";
 
-  // Registration outlives the stream: only heartbeat expiry ends it.
+  // Registration outlives the stream: only heartbeat expiry ends it. A registration the stream's
+  // end had dropped would be neither registered nor expired, so the sum below catches it however
+  // many have expired by now (on a slow machine, some may have).
   struct Registered {
     std::size_t nodes;
     std::uint64_t expiries;
@@ -1023,9 +1026,8 @@ TEST(DispatcherSessionLeakTest, TenThousandAbandonedSessionsLeaveNothingBehind) 
     return Registered{srv.dispatcher().registered_nodes(),
                       srv.dispatcher().stats().heartbeat_expiries};
   });
-  EXPECT_EQ(registered.expiries, 0u) << "heartbeats expired before the check: the machine was "
-                                        "slower than the test's 9 s heartbeat timeout";
-  EXPECT_EQ(registered.nodes + registered.expiries, static_cast<std::size_t>(kSessions));
+  EXPECT_EQ(registered.nodes + registered.expiries, static_cast<std::size_t>(kSessions))
+      << registered.nodes << " registered, " << registered.expiries << " expired";
 
   EXPECT_TRUE(server.eventually([&] { return srv.dispatcher().registered_nodes() == 0; }, 30s))
       << server.call([&] { return srv.dispatcher().registered_nodes(); }) << " still registered";
