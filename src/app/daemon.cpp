@@ -7,7 +7,9 @@
 #include <asio/post.hpp>
 #include <asio/signal_set.hpp>
 #include <asio/steady_timer.hpp>
+#include <chrono>
 #include <csignal>
+#include <cstddef>
 #include <cstdio>
 #include <functional>
 #include <optional>
@@ -23,9 +25,39 @@
 #include "dispatchd/log.hpp"
 #include "dispatchd/net/tcp_transport.hpp"
 
+// jemalloc's control interface, when dispatchd runs on jemalloc (linked, or preloaded); null on
+// any other malloc (glibc's, the sanitizers').
+extern "C" int mallctl(const char* name, void* oldp, std::size_t* oldlenp, void* newp,
+                       std::size_t newlen) __attribute__((weak));
+
 namespace dispatchd::app {
 
 namespace {
+
+// jemalloc returns freed pages to the system as its decay curve says (dirty_decay_ms, 10 s), but
+// only when some thread asks it for memory: an idle server whose 10k sessions ended kept ~45 MB
+// that a busy one would have returned (BENCHMARKS.md, issue 14). A tick from the io thread once a
+// second lets the decay progress, as jemalloc's own background thread would, without a thread of
+// jemalloc's in the process. What it returns is what the curve allows, no more.
+class AllocatorDecay {
+ public:
+  explicit AllocatorDecay(asio::io_context& io) : timer_(io) {
+    if (mallctl != nullptr) arm();
+  }
+  void cancel() { timer_.cancel(); }
+
+ private:
+  void arm() {
+    timer_.expires_after(std::chrono::seconds(1));
+    timer_.async_wait([this](std::error_code ec) {
+      if (ec) return;
+      // "arena.<MALLCTL_ARENAS_ALL>.decay": every arena's purge as far as the decay curve goes.
+      (void)mallctl("arena.4096.decay", nullptr, nullptr, nullptr, 0);
+      arm();
+    });
+  }
+  asio::steady_timer timer_;
+};
 
 // SIGHUP reloads the certificate and key: the files are read on a thread of their own and the
 // new context is handed back to the io thread. Live connections keep the context they started
@@ -303,6 +335,7 @@ int run_daemon(DaemonOptions d) {
     sync_timer.expires_after(d.state_sync_interval);
     sync_timer.async_wait(on_sync_timer);
   }
+  AllocatorDecay allocator_decay(io);
   bool done = false;
   co::Event server_done;
   bool cluster_failed = false;
@@ -318,6 +351,7 @@ int run_daemon(DaemonOptions d) {
     server_done.set();
     signals.cancel();
     sync_timer.cancel();
+    allocator_decay.cancel();
     if (e) {
       try {
         std::rethrow_exception(e);
