@@ -11,25 +11,11 @@
 # (the A/B in BENCHMARKS.md). Prints one line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-n=100000 bin=build
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --bin) bin=$2; shift 2 ;;
-    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) n=$1; shift ;;
-  esac
-done
+. bench/lib.sh
+bench_args 100000 "$@"
 out=$(mktemp -d)
 trap 'kill "${client:-}" "${server:-}" 2>/dev/null || true; rm -rf "$out"' EXIT
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-LD_PRELOAD=${SERVER_PRELOAD:-} taskset -c 0 "$bin/dispatchd" --insecure --in-memory --listen "127.0.0.1:$port" \
-  --admin-listen= --log-level warn 2>"$out/server.log" &
-server=$!
-# sessmux retries nothing: wait until the server accepts connections.
-until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-  kill -0 "$server" 2>/dev/null || { cat "$out/server.log" >&2; exit 1; }
-  sleep 0.05
-done
+start_insecure_dispatchd "$out"
 malloc=glibc
 ldd "$bin/dispatchd" | grep -q jemalloc && malloc=jemalloc
 [ -n "${SERVER_PRELOAD:-}" ] && malloc=$(basename "$SERVER_PRELOAD")
