@@ -40,7 +40,7 @@ std::expected<ReloadedTls, std::string> ReloadedTls::load(const net::TlsFiles& f
 }
 
 void Server::reload_tls(ReloadedTls tls) {
-  tls_ = std::move(tls.server);
+  set_tls(std::move(tls.server));
   forwarder_.set_tls(std::move(tls.client), std::move(tls.client_cert));
 }
 

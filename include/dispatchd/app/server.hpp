@@ -111,7 +111,8 @@ class Server {
   std::optional<asio::ip::tcp::endpoint> admin_endpoint() const { return admin_endpoint_; }
   // Serves until stop() and everything has drained.
   asio::awaitable<void> run();
-  // Replaces the TLS context for new connections (SIGHUP reload); live ones keep theirs.
+  // Replaces the TLS context for new connections; live ones keep theirs. (SIGHUP goes through
+  // reload_tls, which also reaches the forwarder.)
   void set_tls(std::shared_ptr<net::TlsContext> ctx) { tls_ = std::move(ctx); }
   // A SIGHUP reload (ReloadedTls::load, off the io thread): the listener's context for new
   // connections, and the certificate a follower presents to the leader for new calls.
