@@ -207,6 +207,12 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
   } else {
     log::info("no store in etcd under {} yet: the first leader writes it", options_.prefix);
   }
+  if (loaded->unfinished) {
+    log::info(
+        "a store write cut into several etcd transactions is unfinished: read as before it "
+        "(revision {}); it is applied once whole",
+        loaded->revision);
+  }
   replica_ = std::make_unique<cluster::Replica>(*client_, store, options_.prefix, loaded->revision);
   scope_.spawn([](ClusterManager& self) -> asio::awaitable<void> {
     Status st = co_await self.replica_->run();
@@ -248,6 +254,9 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
   // From here on this manager writes the store; nothing else may.
   replica_->stop();
   co_await replica_done_.wait();
+  // What the last leader left half-written in etcd (it died between the transactions of one
+  // write): this store never applied it, so etcd gets these objects back as the store has them.
+  const auto unfinished = replica_->unfinished();
 
   // The first leader of a new cluster writes the store's first state.
   if (store.index() == 0) {
@@ -260,6 +269,13 @@ asio::awaitable<Status> ClusterManager::serve(co::Event& server_done) {
   }
   journal_ = std::make_unique<cluster::EtcdJournal>(*client_, store, options_.prefix, *fence);
   store.set_journal(journal_.get());
+  if (!unfinished.empty()) {
+    log::warn(
+        "the last leader left a store write unfinished in etcd ({} objects): writing them "
+        "back as of store index {}",
+        unfinished.size(), store.index());
+    journal_->rewrite(unfinished);
+  }
   scope_.spawn([](ClusterManager& self) -> asio::awaitable<void> {
     Status st = co_await self.journal_->run();
     self.journal_done_.set();

@@ -42,7 +42,6 @@ EtcdJournal::EtcdJournal(etcd::Client& client, store::Store& store, std::string 
     : client_(client),
       store_(store),
       prefix_(std::move(prefix)),
-      index_key_(index_key(prefix_)),
       fence_(std::move(fence)),
       options_(options),
       timer_([this] { wakeup_.notify(); }) {}
@@ -63,16 +62,57 @@ void EtcdJournal::append(std::uint64_t /*prev*/, std::uint64_t index,
     if (c.type == store::ObjectType::managers) continue;  // derived from `P managers/`, not stored
     KeyWrite w{object_key(prefix_, c.type, c.id), std::nullopt};
     if (c.kind != store::EventKind::remove) w.value = encode_object(c.type, c.object.get());
-    auto [it, fresh] = queued_at_.try_emplace(w.key, queued_.size());
-    if (fresh) {
-      queued_.push_back(std::move(w));
-    } else {
-      queued_[it->second].value = std::move(w.value);  // last write wins
-    }
+    queue(std::move(w));
   }
   queued_index_ = std::max(queued_index_, index);
   has_queued_ = true;
   wakeup_.notify();
+}
+
+void EtcdJournal::rewrite(std::span<const ObjectName> objects) {
+  if (ended_) return;
+  const store::ReadTx tx(store_);
+  for (const auto& o : objects) {
+    std::shared_ptr<const void> now;
+    switch (o.type) {
+      case store::ObjectType::node:
+        now = tx.node(o.id);
+        break;
+      case store::ObjectType::task:
+        now = tx.task(o.id);
+        break;
+      case store::ObjectType::secret:
+        now = tx.secret(o.id);
+        break;
+      case store::ObjectType::config:
+        now = tx.config(o.id);
+        break;
+      case store::ObjectType::volume:
+        now = tx.volume(o.id);
+        break;
+      case store::ObjectType::cluster:
+        if (auto c = tx.cluster(); c && c->id() == o.id) now = c;
+        break;
+      case store::ObjectType::managers:
+        continue;
+    }
+    KeyWrite w{object_key(prefix_, o.type, o.id), std::nullopt};
+    if (now) w.value = encode_object(o.type, now.get());
+    queue(std::move(w));
+  }
+  ++stats_.rewritten;
+  queued_index_ = std::max(queued_index_, store_.index());
+  has_queued_ = true;
+  wakeup_.notify();
+}
+
+void EtcdJournal::queue(KeyWrite w) {
+  auto [it, fresh] = queued_at_.try_emplace(w.key, queued_.size());
+  if (fresh) {
+    queued_.push_back(std::move(w));
+  } else {
+    queued_[it->second].value = std::move(w.value);  // last write wins
+  }
 }
 
 void EtcdJournal::stop() {
@@ -113,19 +153,18 @@ asio::awaitable<Status> EtcdJournal::run() {
 
 asio::awaitable<Status> EtcdJournal::write_batch(Batch b) {
   auto chunks = chunk_writes(std::move(b.writes), options_.limits);
-  for (std::size_t i = 0; i < chunks.size(); ++i) {
-    const bool last = i + 1 == chunks.size();
-    Status st = co_await write_txn(std::move(chunks[i]),
-                                   last ? std::optional<std::uint64_t>(b.index) : std::nullopt);
+  // This leader's first write clears `P partial` if a dead leader left it.
+  add_bookkeeping(chunks, prefix_, b.index, /*clear_partial=*/stats_.batches == 0);
+  for (auto& chunk : chunks) {
+    Status st = co_await write_txn(std::move(chunk));
     if (!st.is_ok()) co_return st;
   }
   co_return Status::ok();
 }
 
-asio::awaitable<Status> EtcdJournal::write_txn(std::vector<KeyWrite> writes,
-                                               std::optional<std::uint64_t> index) {
+asio::awaitable<Status> EtcdJournal::write_txn(std::vector<KeyWrite> writes) {
   std::vector<pb::RequestOp> ops;
-  ops.reserve(writes.size() + 1);
+  ops.reserve(writes.size());
   std::size_t bytes = 0;
   for (auto& w : writes) {
     bytes += write_bytes(w);
@@ -134,11 +173,6 @@ asio::awaitable<Status> EtcdJournal::write_txn(std::vector<KeyWrite> writes,
     } else {
       ops.push_back(etcd::op_delete(std::move(w.key)));
     }
-  }
-  if (index) {
-    KeyWrite iw{index_key_, std::to_string(*index)};
-    bytes += write_bytes(iw);
-    ops.push_back(etcd::op_put(std::move(iw.key), std::move(*iw.value)));
   }
   const auto compare =
       etcd::compare_create_revision(fence_.key, pb::Compare::EQUAL, fence_.create_revision);

@@ -15,6 +15,7 @@ using store::ObjectType;
 
 constexpr std::string_view kObjects = "o/";
 constexpr std::string_view kIndex = "index";
+constexpr std::string_view kPartial = "partial";
 // Per-operation framing in a request, beyond its key and value.
 constexpr std::size_t kOpOverhead = 16;
 
@@ -69,6 +70,10 @@ std::string index_key(std::string_view prefix) {
   return std::string(prefix) + std::string(kIndex);
 }
 
+std::string partial_key(std::string_view prefix) {
+  return std::string(prefix) + std::string(kPartial);
+}
+
 std::string encode_object(ObjectType type, const void* o) {
   std::string out;
   switch (type) {
@@ -101,6 +106,10 @@ Result<StoredKey> parse_key(std::string_view prefix, std::string_view key) {
   std::string_view rel = key.substr(std::min(prefix.size(), key.size()));
   if (rel == kIndex) {
     k.kind = StoredKey::index;
+    return k;
+  }
+  if (rel == kPartial) {
+    k.kind = StoredKey::partial;
     return k;
   }
   if (!rel.starts_with(kObjects)) return k;
@@ -146,9 +155,19 @@ Result<std::uint64_t> decode_index(std::string_view value, std::string_view key)
   return v;
 }
 
-asio::awaitable<Result<Loaded>> load(etcd::Client& client, std::string prefix,
-                                     std::int64_t page_size) {
-  Loaded out;
+namespace {
+
+// One paged read of the prefix, at `revision` (0: the newest). `partial_created`: the
+// create_revision of `P partial`, 0 when absent.
+struct Read {
+  Loaded loaded;
+  std::int64_t partial_created = 0;
+};
+
+asio::awaitable<Result<Read>> read_prefix(etcd::Client& client, const std::string& prefix,
+                                          std::int64_t page_size, std::int64_t revision) {
+  Read read;
+  Loaded& out = read.loaded;
   out.snapshot.set_format(1);
   auto& snap = out.snapshot;
   const std::string end = etcd::prefix_end(prefix);
@@ -156,6 +175,10 @@ asio::awaitable<Result<Loaded>> load(etcd::Client& client, std::string prefix,
   req.set_key(prefix);
   req.set_range_end(end);
   req.set_limit(page_size);
+  if (revision != 0) {
+    req.set_revision(revision);
+    out.revision = revision;
+  }
   for (;;) {
     auto r = co_await client.range(req);
     if (!r) co_return std::unexpected(r.error());
@@ -172,6 +195,10 @@ asio::awaitable<Result<Loaded>> load(etcd::Client& client, std::string prefix,
         if (!idx) co_return std::unexpected(idx.error());
         snap.set_index(*idx);
         out.empty = false;
+        continue;
+      }
+      if (k->kind == StoredKey::partial) {
+        read.partial_created = kv.create_revision();
         continue;
       }
       if (k->kind != StoredKey::object) continue;
@@ -208,7 +235,33 @@ asio::awaitable<Result<Loaded>> load(etcd::Client& client, std::string prefix,
     // Keys come in order: the next page starts just after the last key of this one.
     req.set_key(r->kvs(r->kvs_size() - 1).key() + std::string(1, '\0'));
   }
-  co_return out;
+  co_return read;
+}
+
+}  // namespace
+
+asio::awaitable<Result<Loaded>> load(etcd::Client& client, std::string prefix,
+                                     std::int64_t page_size) {
+  auto now = co_await read_prefix(client, prefix, page_size, 0);
+  if (!now) co_return std::unexpected(now.error());
+  if (now->partial_created == 0) co_return std::move(now->loaded);
+  // A write cut into several transactions is unfinished: read the store as it was before its
+  // first part. The replica started from there replays the parts and publishes them at once.
+  const std::int64_t whole = now->partial_created - 1;
+  auto before = co_await read_prefix(client, prefix, page_size, whole);
+  if (!before) {
+    const Status& e = before.error();
+    if (e.code() != StatusCode::out_of_range) co_return std::unexpected(e);
+    co_return std::unexpected(
+        Status(StatusCode::out_of_range,
+               "the store in etcd has an unfinished write begun at revision " +
+                   std::to_string(now->partial_created) + " and etcd compacted revision " +
+                   std::to_string(whole) +
+                   ", the last one before it: try again once the leader has written it back (" +
+                   e.message() + ")"));
+  }
+  before->loaded.unfinished = true;
+  co_return std::move(before->loaded);
 }
 
 std::size_t write_bytes(const KeyWrite& w) {
@@ -217,9 +270,9 @@ std::size_t write_bytes(const KeyWrite& w) {
 
 std::vector<std::vector<KeyWrite>> chunk_writes(std::vector<KeyWrite> writes,
                                                 const TxnLimits& limits) {
-  // One place in every chunk is kept for `P index`; only the last one uses it, but which one is
-  // last is known only at the end.
-  const std::size_t max_ops = limits.max_ops > 1 ? limits.max_ops - 1 : 1;
+  // Two places in every chunk are kept for the bookkeeping keys (add_bookkeeping); which chunk
+  // is first and last (and whether they are one) is known only at the end.
+  const std::size_t max_ops = limits.max_ops > 2 ? limits.max_ops - 2 : 1;
   std::vector<std::vector<KeyWrite>> chunks(1);
   std::size_t bytes = 0;
   for (auto& w : writes) {
@@ -233,6 +286,16 @@ std::vector<std::vector<KeyWrite>> chunk_writes(std::vector<KeyWrite> writes,
     bytes += b;
   }
   return chunks;
+}
+
+void add_bookkeeping(std::vector<std::vector<KeyWrite>>& chunks, std::string_view prefix,
+                     std::uint64_t index, bool clear_partial) {
+  if (chunks.empty()) chunks.emplace_back();
+  const bool cut = chunks.size() > 1;
+  if (cut) chunks.front().push_back({partial_key(prefix), std::to_string(index)});
+  auto& last = chunks.back();
+  last.push_back({index_key(prefix), std::to_string(index)});
+  if (cut || clear_partial) last.push_back({partial_key(prefix), std::nullopt});
 }
 
 asio::awaitable<Status> write_all(etcd::Client& client, std::string prefix,
@@ -275,12 +338,13 @@ asio::awaitable<Status> write_all(etcd::Client& client, std::string prefix,
   add(ObjectType::config, capture.configs);
   add(ObjectType::volume, capture.volumes);
   auto chunks = chunk_writes(std::move(writes), limits);
+  // An unfinished seed may have left `P partial`: clear it with the last part.
+  add_bookkeeping(chunks, prefix, capture.index, /*clear_partial=*/true);
   for (std::size_t i = 0; i < chunks.size(); ++i) {
     std::vector<pb::RequestOp> ops;
-    ops.reserve(chunks[i].size() + 1);
+    ops.reserve(chunks[i].size());
     for (auto& w : chunks[i])
       ops.push_back(to_op(std::move(w)));
-    if (i + 1 == chunks.size()) ops.push_back(etcd::op_put(index, std::to_string(capture.index)));
     std::vector<pb::Compare> cmp;
     cmp.push_back(fence_compare(fence));
     auto r = co_await client.txn(std::move(cmp), std::move(ops));

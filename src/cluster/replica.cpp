@@ -108,10 +108,10 @@ Status Replica::apply(const etcd::pb::WatchResponse& r) {
   const auto& events = r.events();
   int i = 0;
   while (i < events.size()) {
-    // One etcd revision (one leader transaction) at a time, as one store transaction.
+    // One etcd revision (one leader transaction) at a time. Its changes join those held; the
+    // revision that writes `P index` publishes them all as one store transaction.
     const std::int64_t rev = events[i].kv().mod_revision();
-    std::vector<store::RemoteChange> changes;
-    std::uint64_t index = 0;
+    std::optional<std::uint64_t> index;
     for (; i < events.size() && events[i].kv().mod_revision() == rev; ++i) {
       const auto& ev = events[i];
       auto k = parse_key(prefix_, ev.kv().key());
@@ -131,18 +131,35 @@ Status Replica::apply(const etcd::pb::WatchResponse& r) {
         if (!obj) return obj.error();
         c.object = std::move(*obj);
       }
-      changes.push_back(std::move(c));
+      auto [at, fresh] = held_at_.try_emplace(ev.kv().key(), held_.size());
+      if (fresh) {
+        held_.push_back(std::move(c));
+      } else {
+        held_[at->second] = std::move(c);  // the last write of a key wins
+      }
     }
-    if (!changes.empty() || index != 0) {
-      if (Status st = store_.apply_remote(changes, index); !st.is_ok()) {
+    if (index) {
+      if (Status st = store_.apply_remote(held_, *index); !st.is_ok()) {
         return Status(st.code(), "etcd revision " + std::to_string(rev) + ": " + st.message());
       }
-      stats_.changes += changes.size();
+      stats_.changes += held_.size();
+      held_.clear();
+      held_at_.clear();
+    } else if (!held_.empty()) {
+      ++stats_.held;
     }
     ++stats_.revisions;
     advance(rev);
   }
   return Status::ok();
+}
+
+std::vector<ObjectName> Replica::unfinished() const {
+  std::vector<ObjectName> out;
+  out.reserve(held_.size());
+  for (const auto& c : held_)
+    out.push_back({c.type, c.id});
+  return out;
 }
 
 void Replica::advance(std::int64_t revision) {

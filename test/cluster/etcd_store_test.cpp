@@ -216,6 +216,8 @@ TEST(EtcdStoreKeysTest, KeysFollowTheSharedLayout) {
   EXPECT_EQ(k->type, ObjectType::volume);
   EXPECT_EQ(k->id, "v/1");
   EXPECT_EQ(cluster::parse_key("/p/", "/p/index")->kind, cluster::StoredKey::index);
+  EXPECT_EQ(cluster::partial_key("/p/"), "/p/partial");
+  EXPECT_EQ(cluster::parse_key("/p/", "/p/partial")->kind, cluster::StoredKey::partial);
   EXPECT_EQ(cluster::parse_key("/p/", "/p/leader")->kind, cluster::StoredKey::other);
   EXPECT_EQ(cluster::parse_key("/p/", "/p/managers/m1")->kind, cluster::StoredKey::other);
   EXPECT_EQ(cluster::parse_key("/p/", "/p/o/gadget/x").error().code(), StatusCode::data_loss);
@@ -233,10 +235,33 @@ TEST(EtcdStoreKeysTest, ChunksKeepToTheOpAndByteLimitsWithRoomForTheIndex) {
   std::vector<cluster::KeyWrite> w;
   for (int i = 0; i < 10; ++i)
     w.push_back({"k" + std::to_string(i), std::string(100, 'x')});
-  auto by_ops = cluster::chunk_writes(w, {.max_ops = 4, .max_bytes = 1u << 20});
-  ASSERT_EQ(by_ops.size(), 4u);  // 3 + 3 + 3 + 1, each leaving a place for `P index`
+  auto by_ops = cluster::chunk_writes(w, {.max_ops = 5, .max_bytes = 1u << 20});
+  ASSERT_EQ(by_ops.size(), 4u);  // 3 + 3 + 3 + 1, each leaving two places for the bookkeeping
   EXPECT_EQ(by_ops[0].size(), 3u);
   EXPECT_EQ(by_ops[3].size(), 1u);
+  // Cut: `P partial` opens the first part; the last writes `P index` and removes `P partial`.
+  cluster::add_bookkeeping(by_ops, "/p/", 7, /*clear_partial=*/false);
+  ASSERT_EQ(by_ops[0].size(), 4u);
+  EXPECT_EQ(by_ops[0].back().key, "/p/partial");
+  EXPECT_EQ(by_ops[0].back().value, "7");
+  ASSERT_EQ(by_ops[3].size(), 3u);
+  EXPECT_EQ(by_ops[3][1].key, "/p/index");
+  EXPECT_EQ(by_ops[3][1].value, "7");
+  EXPECT_EQ(by_ops[3][2].key, "/p/partial");
+  EXPECT_FALSE(by_ops[3][2].value) << "removed";
+  for (const auto& c : by_ops)
+    EXPECT_LE(c.size(), 5u);
+  // Whole: `P index` alone, plus the removal of `P partial` only when asked.
+  auto one = cluster::chunk_writes({{"k", "v"}}, {});
+  cluster::add_bookkeeping(one, "/p/", 8, /*clear_partial=*/false);
+  ASSERT_EQ(one.size(), 1u);
+  ASSERT_EQ(one[0].size(), 2u);
+  EXPECT_EQ(one[0][1].key, "/p/index");
+  auto first = cluster::chunk_writes({{"k", "v"}}, {});
+  cluster::add_bookkeeping(first, "/p/", 8, /*clear_partial=*/true);
+  ASSERT_EQ(first[0].size(), 3u);
+  EXPECT_EQ(first[0][2].key, "/p/partial");
+  EXPECT_FALSE(first[0][2].value);
   auto by_bytes = cluster::chunk_writes(w, {.max_ops = 128, .max_bytes = 300});
   EXPECT_EQ(by_bytes.size(), 5u);  // two writes of ~120 bytes fit in 300
   EXPECT_EQ(cluster::chunk_writes({}, {}).size(), 1u) << "an index-only batch is one transaction";
@@ -445,16 +470,18 @@ TEST_F(EtcdStoreTest, BatchesAreCutToTheOpLimitAndOnlyTheLastChunkWritesTheIndex
   }
   Status durable = run(leader.wait_durable(leader.index()));
   ASSERT_TRUE(durable.is_ok()) << durable.message();
-  EXPECT_EQ(journal.stats().txns, 4u) << "ten objects by three, plus the index in the last";
-  EXPECT_EQ(journal.stats().ops, 11u);
+  EXPECT_EQ(journal.stats().txns, 5u) << "ten objects by two";
+  EXPECT_EQ(journal.stats().ops, 13u)
+      << "plus `P partial` put first, `P index` and its removal last";
 
-  // etcd's history: four revisions, `P index` only in the last one.
+  // etcd's history: five revisions, `P index` only in the last one, `P partial` from the first
+  // to the last.
   auto w = run(client_->watch(
       {.key = kPrefix, .range_end = etcd::prefix_end(kPrefix), .start_revision = seeded_at + 1}));
   ASSERT_TRUE(w) << w.error().message();
-  std::vector<std::int64_t> revisions, index_revisions;
+  std::vector<std::int64_t> revisions, index_revisions, partial_puts, partial_removals;
   std::size_t events = 0;
-  while (events < 11) {
+  while (events < 13) {
     auto r = run((*w)->next());
     ASSERT_TRUE(r) << r.error().message();
     for (const auto& ev : r->events()) {
@@ -462,12 +489,19 @@ TEST_F(EtcdStoreTest, BatchesAreCutToTheOpLimitAndOnlyTheLastChunkWritesTheIndex
       if (revisions.empty() || revisions.back() != ev.kv().mod_revision())
         revisions.push_back(ev.kv().mod_revision());
       if (ev.kv().key() == kPrefix + "index") index_revisions.push_back(ev.kv().mod_revision());
+      if (ev.kv().key() == kPrefix + "partial") {
+        (ev.type() == mvccpb::Event::DELETE ? partial_removals : partial_puts)
+            .push_back(ev.kv().mod_revision());
+      }
     }
   }
   (*w)->cancel();
-  EXPECT_EQ(revisions.size(), 4u);
+  EXPECT_EQ(revisions.size(), 5u);
   ASSERT_EQ(index_revisions.size(), 1u);
   EXPECT_EQ(index_revisions[0], revisions.back());
+  EXPECT_EQ(partial_puts, std::vector<std::int64_t>{revisions.front()});
+  EXPECT_EQ(partial_removals, std::vector<std::int64_t>{revisions.back()});
+  EXPECT_FALSE(value(kPrefix + "partial"));
   EXPECT_EQ(canonical(load_ok().snapshot), canonical(leader.snapshot()));
 }
 
@@ -488,6 +522,7 @@ TEST_F(EtcdStoreTest, BatchesAreCutByBytesAndSeedingIsChunkedToo) {
   Status st = run(cluster::write_all(*client_, kPrefix, leader.capture(), fence_, {.max_ops = 6}));
   ASSERT_TRUE(st.is_ok()) << st.message();
   EXPECT_EQ(canonical(load_ok().snapshot), canonical(leader.snapshot()));
+  EXPECT_FALSE(value(kPrefix + "partial")) << "the seed's last part removes it";
 
   cluster::EtcdJournalOptions o;
   o.limits.max_bytes = 2500;  // two 1 KB secrets a transaction
@@ -508,6 +543,141 @@ TEST_F(EtcdStoreTest, BatchesAreCutByBytesAndSeedingIsChunkedToo) {
   ASSERT_TRUE(run(leader.wait_durable(leader.index())).is_ok());
   EXPECT_EQ(journal.stats().txns, 5u);
   EXPECT_EQ(canonical(load_ok().snapshot), canonical(leader.snapshot()));
+}
+
+// Records each event with the store's index at the time it was published.
+struct IndexRecorder : Recorder {
+  explicit IndexRecorder(const store::Store& s) : store(s) {}
+  void on_event(const store::Event& e) override {
+    Recorder::on_event(e);
+    at_index.push_back(store.index());
+  }
+  const store::Store& store;
+  std::vector<std::uint64_t> at_index;
+};
+
+TEST_F(EtcdStoreTest, AWriteCutIntoSeveralTransactionsReachesAFollowerAsOne) {
+  start();
+  store::Store leader("org");
+  ASSERT_TRUE(leader.update([](store::WriteTx& tx) { return tx.create(node("n0")); }).is_ok());
+  seed(leader);
+  store::Store follower("org");
+  auto loaded = load_ok();
+  EXPECT_FALSE(loaded.unfinished);
+  ASSERT_TRUE(follower.restore(loaded.snapshot).is_ok());
+  cluster::Replica replica(*client_, follower, kPrefix, loaded.revision);
+  IndexRecorder nodes(follower);
+  follower.watch(nodes, {ObjectType::node, ""});
+  auto following = spawn_replica(replica);
+
+  cluster::EtcdJournalOptions o;
+  o.limits.max_ops = 4;  // two objects a transaction
+  cluster::EtcdJournal journal(*client_, leader, kPrefix, fence_, o);
+  leader.set_journal(&journal);
+  auto running = spawn_journal(journal);
+  const std::uint64_t before = leader.index();
+  Status st = commit(leader, [](store::WriteTx& tx) {
+    for (int i = 1; i <= 6; ++i) {
+      if (Status c = tx.create(node("n" + std::to_string(i))); !c.is_ok()) return c;
+    }
+    return tx.remove_node("n0");
+  });
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  EXPECT_EQ(journal.stats().txns, 4u) << "seven objects by two";
+
+  auto index_kv = run(client_->range(kPrefix + "index"));
+  ASSERT_TRUE(index_kv && index_kv->kvs_size() == 1);
+  Status waited =
+      run(replica.wait_revision(index_kv->kvs(0).mod_revision(), etcd::Clock::now() + 10s));
+  ASSERT_TRUE(waited.is_ok()) << waited.message();
+  EXPECT_EQ(nodes.seen,
+            (Lines{"create node n1", "create node n2", "create node n3", "create node n4",
+                   "create node n5", "create node n6", "remove node n0"}));
+  // Published at once, with the last part: no event at the old index.
+  EXPECT_EQ(nodes.at_index, std::vector<std::uint64_t>(7, leader.index()));
+  EXPECT_GT(leader.index(), before);
+  EXPECT_EQ(replica.stats().held, 3u);
+  EXPECT_TRUE(replica.unfinished().empty());
+  EXPECT_EQ(canonical(follower.snapshot()), canonical(leader.snapshot()));
+}
+
+TEST_F(EtcdStoreTest, AWriteADeadLeaderLeftHalfDoneIsNotReadAndTheNextLeaderWritesItBack) {
+  start();
+  store::Store leader("org");
+  ASSERT_TRUE(leader
+                  .update([](store::WriteTx& tx) {
+                    Status st = tx.create(node("n0"));
+                    if (st.is_ok()) st = tx.create(task("t0", "n0"));
+                    return st;
+                  })
+                  .is_ok());
+  seed(leader);
+  const std::string whole = canonical(leader.snapshot());
+  // The first part of a write cut in several, and then its leader died: `P partial`, n0 changed,
+  // n9 created, t0 removed; no `P index`.
+  {
+    std::vector<pb::RequestOp> ops;
+    ops.push_back(etcd::op_put(kPrefix + "partial", "99"));
+    ops.push_back(etcd::op_put(cluster::object_key(kPrefix, ObjectType::node, "n0"),
+                               node("n0", api::NodeStatus::DOWN).SerializeAsString()));
+    ops.push_back(etcd::op_put(cluster::object_key(kPrefix, ObjectType::node, "n9"),
+                               node("n9").SerializeAsString()));
+    ops.push_back(etcd::op_delete(cluster::object_key(kPrefix, ObjectType::task, "t0")));
+    auto r = run(client_->txn(std::vector<pb::Compare>(), std::move(ops)));
+    ASSERT_TRUE(r && r->succeeded());
+  }
+  const auto now = run(client_->range(kPrefix + "index"))->header().revision();
+
+  // A manager starting now reads the store as it was before that write.
+  auto loaded = load_ok();
+  EXPECT_TRUE(loaded.unfinished);
+  EXPECT_EQ(loaded.revision, now - 1);
+  EXPECT_EQ(canonical(loaded.snapshot), whole);
+  // Its replica sees the part, and holds it.
+  store::Store follower("org"), other("org");
+  ASSERT_TRUE(follower.restore(loaded.snapshot).is_ok());
+  ASSERT_TRUE(other.restore(loaded.snapshot).is_ok());
+  cluster::Replica replica(*client_, follower, kPrefix, loaded.revision);
+  cluster::Replica other_replica(*client_, other, kPrefix, loaded.revision);
+  Recorder seen;
+  follower.watch(seen, {ObjectType::node, ""});
+  follower.watch(seen, {ObjectType::task, ""});
+  auto following = spawn_replica(replica);
+  auto other_following = spawn_replica(other_replica);
+  ASSERT_TRUE(run(replica.wait_revision(now, etcd::Clock::now() + 10s)).is_ok());
+  EXPECT_TRUE(seen.seen.empty()) << "nothing of an unfinished write is published";
+  EXPECT_EQ(canonical(follower.snapshot()), whole);
+  std::set<std::string> held;
+  for (const auto& o : replica.unfinished())
+    held.insert(std::string(store::object_type_name(o.type)) + " " + o.id);
+  EXPECT_EQ(held, (std::set<std::string>{"node n0", "node n9", "task t0"}));
+
+  // The dead leader's key goes; this manager wins and writes back what it holds.
+  ASSERT_TRUE(run(client_->delete_range(kLeader)));
+  const cluster::Fence fence = become_leader("m2");
+  replica.stop();
+  ASSERT_TRUE(run_until([&] { return following->done(); }));
+  const auto unfinished = replica.unfinished();
+  cluster::EtcdJournal journal(*client_, follower, kPrefix, fence);
+  follower.set_journal(&journal);
+  journal.rewrite(unfinished);
+  auto running = spawn_journal(journal);
+  ASSERT_TRUE(run_until([&] { return journal.stats().batches == 1; }));
+  EXPECT_EQ(journal.stats().txns, 1u);
+  EXPECT_EQ(journal.stats().ops, 5u) << "three objects, `P index`, the removal of `P partial`";
+
+  EXPECT_FALSE(value(kPrefix + "partial"));
+  auto after = load_ok();
+  EXPECT_FALSE(after.unfinished);
+  EXPECT_EQ(canonical(after.snapshot), whole);
+  // A follower that held the part publishes the whole: the store as it was.
+  auto index_kv = run(client_->range(kPrefix + "index"));
+  ASSERT_TRUE(index_kv && index_kv->kvs_size() == 1);
+  ASSERT_TRUE(
+      run(other_replica.wait_revision(index_kv->kvs(0).mod_revision(), etcd::Clock::now() + 10s))
+          .is_ok());
+  EXPECT_TRUE(other_replica.unfinished().empty());
+  EXPECT_EQ(canonical(other.snapshot()), whole);
 }
 
 TEST_F(EtcdStoreTest, FencedOffJournalFailsAbortedAndWritesNothing) {
@@ -762,6 +932,20 @@ TEST_F(EtcdStoreTest, ReplicaReportsCompactionAndCorruptValues) {
   ASSERT_FALSE(l);
   EXPECT_EQ(l.error().code(), StatusCode::data_loss);
   EXPECT_NE(l.error().message().find(kPrefix + "o/task/bad"), std::string::npos);
+}
+
+TEST_F(EtcdStoreTest, AnUnfinishedWriteWhoseStartWasCompactedIsReportedOnLoad) {
+  start();
+  store::Store leader("org");
+  seed(leader);
+  ASSERT_TRUE(run(client_->put(kPrefix + "partial", "5")));
+  auto head = run(client_->range(kPrefix + "partial"));
+  ASSERT_TRUE(head);
+  ASSERT_TRUE(run(client_->compact(head->header().revision())));
+  auto l = run(cluster::load(*client_, kPrefix));
+  ASSERT_FALSE(l);
+  EXPECT_EQ(l.error().code(), StatusCode::out_of_range);
+  EXPECT_NE(l.error().message().find("unfinished write"), std::string::npos) << l.error().message();
 }
 
 }  // namespace

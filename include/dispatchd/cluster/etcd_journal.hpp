@@ -8,7 +8,8 @@
 // order); whatever is committed meanwhile joins the next batch (group commit). Within a batch the
 // last write of a key wins and a removal after a put deletes (etcd refuses a key twice in one
 // transaction), and `P index` is the newest index in it. A batch above the TxnLimits is cut into
-// several transactions; only the last writes `P index`, and Store::mark_durable follows it.
+// several transactions with `P partial` from the first to the last (etcd_store.hpp); only the
+// last writes `P index`, and Store::mark_durable follows it.
 //
 // Every transaction compares the leader key's create_revision (the Fence). When that fails this
 // manager is no longer the leader: Store::journal_failed(ABORTED "no longer the leader") and
@@ -44,13 +45,14 @@ struct EtcdJournalOptions {
 };
 
 struct EtcdJournalStats {
-  std::uint64_t commits = 0;   // appended
-  std::uint64_t batches = 0;   // written (mark_durable once each)
-  std::uint64_t txns = 0;      // successful transactions
-  std::uint64_t ops = 0;       // operations in them (`P index` included)
-  std::uint64_t bytes = 0;     // keys plus values in them
-  std::uint64_t failures = 0;  // failed transaction attempts (retried or not)
-  double wait_seconds = 0;     // spent waiting for etcd, summed over attempts
+  std::uint64_t commits = 0;    // appended
+  std::uint64_t batches = 0;    // written (mark_durable once each)
+  std::uint64_t txns = 0;       // successful transactions
+  std::uint64_t ops = 0;        // operations in them (`P index` included)
+  std::uint64_t bytes = 0;      // keys plus values in them
+  std::uint64_t failures = 0;   // failed transaction attempts (retried or not)
+  std::uint64_t rewritten = 0;  // rewrite() calls
+  double wait_seconds = 0;      // spent waiting for etcd, summed over attempts
 };
 
 class EtcdJournal final : public store::Journal {
@@ -63,6 +65,12 @@ class EtcdJournal final : public store::Journal {
 
   void append(std::uint64_t prev, std::uint64_t index,
               std::span<const store::Change> changes) override;
+
+  // Queues the store's current state of `objects` (a removal for those it does not hold) for the
+  // next batch: a new leader's repair of a write its predecessor left unfinished in etcd
+  // (Replica::unfinished()). The batch writes `P index` = the store's index, which etcd already
+  // holds, and clears `P partial`.
+  void rewrite(std::span<const ObjectName> objects);
 
   // The writer: until stop() and everything queued is written (OK), or until a batch fails (the
   // store's waits fail with the same status): ABORTED when fenced off, UNAVAILABLE when etcd did
@@ -83,15 +91,14 @@ class EtcdJournal final : public store::Journal {
     std::uint64_t index = 0;
   };
   asio::awaitable<Status> write_batch(Batch b);
-  asio::awaitable<Status> write_txn(std::vector<KeyWrite> writes,
-                                    std::optional<std::uint64_t> index);
+  asio::awaitable<Status> write_txn(std::vector<KeyWrite> writes);
+  void queue(KeyWrite w);
   asio::awaitable<void> pause_until(etcd::Clock::time_point t);
   void fail(Status why);
 
   etcd::Client& client_;
   store::Store& store_;
   const std::string prefix_;
-  const std::string index_key_;
   const Fence fence_;
   const EtcdJournalOptions options_;
   // The next batch: writes in first-seen order, a key's position in it, the newest index.

@@ -5,6 +5,12 @@
 // store index of the last commit written. The manager list is not stored here (each manager
 // derives it from `P managers/`).
 //
+// A write too large for one etcd transaction (etcd's --max-txn-ops and request size) goes as
+// several, and `P partial` exists from the first of them to the last: the last writes `P index`
+// and deletes `P partial`. Readers take such a write as one: load() reads the store as it was
+// just before `P partial` was created, and a Replica publishes nothing until `P index` is
+// written. A new leader writes back what a dead one left half-written (EtcdJournal::rewrite).
+//
 // load() reads it all at one revision (a follower's starting point, or a new leader's); the
 // writes come from write_all() (seeding an empty prefix) and EtcdJournal (every commit after).
 
@@ -30,12 +36,13 @@ using Result = std::expected<T, Status>;
 // Keys.
 std::string object_key(std::string_view prefix, store::ObjectType type, std::string_view id);
 std::string index_key(std::string_view prefix);
+std::string partial_key(std::string_view prefix);
 // The serialization of a store object (`object` points to the api type `type` names).
 std::string encode_object(store::ObjectType type, const void* object);
 
 // What a key under the prefix holds.
 struct StoredKey {
-  enum Kind : std::uint8_t { object, index, other } kind = other;
+  enum Kind : std::uint8_t { object, index, partial, other } kind = other;
   store::ObjectType type = store::ObjectType::node;
   std::string id;
 };
@@ -55,11 +62,16 @@ struct Loaded {
   // No `P index` yet: nothing stored, or a seed (write_all) that never finished, whose leftovers
   // the next write_all clears.
   bool empty = true;
+  // `P partial` was there: a write cut into several transactions is unfinished (still being
+  // written, or left half-written by a dead leader). The store was read as it was before it.
+  bool unfinished = false;
 };
 
 // One consistent read of the prefix at one revision, paged by `page_size` keys. Corrupt values
 // are DATA_LOSS with the key named; a revision compacted between pages is OUT_OF_RANGE (read
-// again).
+// again). When `P partial` exists the read is made again at the revision before its creation,
+// so that no part of an unfinished write is in the snapshot; a Replica started from there sees
+// its parts and publishes them together once the write is whole.
 asio::awaitable<Result<Loaded>> load(etcd::Client& client, std::string prefix,
                                      std::int64_t page_size = 1000);
 
@@ -74,7 +86,8 @@ struct TxnLimits {
 
 // Seeds an empty prefix with a store's whole content (the first leader of a new cluster, or the
 // import of a --state-dir snapshot): first clears what an unfinished seed left under `P o/`,
-// then writes the objects in transactions within `limits`, `P index` last. Every transaction is
+// then writes the objects in transactions within `limits`, `P index` last (with `P partial`
+// from the first to the last when there are several). Every transaction is
 // fenced: ABORTED "no longer the leader" when the fence fails; FAILED_PRECONDITION when the
 // prefix already holds a store (`P index` exists). Client errors are returned as they are.
 asio::awaitable<Status> write_all(etcd::Client& client, std::string prefix,
@@ -86,11 +99,24 @@ struct KeyWrite {
   std::string key;
   std::optional<std::string> value;
 };
-// Cuts `writes` into transactions within `limits`, leaving room for `P index` in the last one.
-// Always at least one (possibly empty) chunk.
+// Cuts `writes` into transactions within `limits`, leaving room in each for two more operations
+// (`P partial` in the first, `P index` and the removal of `P partial` in the last). Always at
+// least one (possibly empty) chunk.
 std::vector<std::vector<KeyWrite>> chunk_writes(std::vector<KeyWrite> writes,
                                                 const TxnLimits& limits);
 // A write's approximate size in a request.
 std::size_t write_bytes(const KeyWrite& w);
+// Adds the bookkeeping keys to chunks from chunk_writes: `P index` = `index` to the last one;
+// when there are several, `P partial` (= `index`) to the first and its removal to the last; when
+// there is one, the removal of `P partial` only if `clear_partial` (a new leader's first write,
+// which may follow a dead leader's unfinished one).
+void add_bookkeeping(std::vector<std::vector<KeyWrite>>& chunks, std::string_view prefix,
+                     std::uint64_t index, bool clear_partial);
+
+// An object named by type and ID (the keys of an unfinished write).
+struct ObjectName {
+  store::ObjectType type = store::ObjectType::node;
+  std::string id;
+};
 
 }  // namespace dispatchd::cluster

@@ -6,8 +6,11 @@
 // objects exactly as the leader wrote them. So the store's view-then-watch contract holds on a
 // follower: a stream that reads then watches sees every later change once.
 //
-// `P index` updates move the store's index. Keys under the prefix that are not store objects
-// (`P leader`, `P managers/...`) only move revision(). When a manager wins the election it first
+// `P index` updates move the store's index. A leader's write cut into several transactions
+// (etcd_store.hpp) is published whole: the changes of a revision that does not write `P index`
+// are held, merged per key, and published with the next revision that does. Keys under the
+// prefix that are not store objects (`P leader`, `P managers/...`, `P partial`) only move
+// revision(). When a manager wins the election it first
 // waits (wait_revision) until its replica has applied everything up to the revision it won at,
 // then becomes the leader on that state.
 
@@ -18,7 +21,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
+#include "dispatchd/cluster/etcd_store.hpp"
 #include "dispatchd/co/intrusive_list.hpp"
 #include "dispatchd/co/timer_wheel.hpp"
 #include "dispatchd/co/wakeup.hpp"
@@ -39,6 +45,7 @@ struct ReplicaStats {
   std::uint64_t revisions = 0;  // etcd revisions applied
   std::uint64_t changes = 0;    // store changes applied
   std::uint64_t rewatches = 0;  // watch streams opened again after a failure
+  std::uint64_t held = 0;       // revisions after which changes waited for a later `P index`
 };
 
 class Replica {
@@ -64,6 +71,9 @@ class Replica {
   asio::awaitable<Status> wait_revision(std::int64_t revision, etcd::Clock::time_point deadline);
 
   const ReplicaStats& stats() const noexcept { return stats_; }
+  // The objects changed by revisions still held: the parts of an unfinished write. After the
+  // replica stopped, a new leader writes them back (EtcdJournal::rewrite).
+  std::vector<ObjectName> unfinished() const;
 
  private:
   struct Waiter : co::ListHook {
@@ -84,6 +94,9 @@ class Replica {
   std::unique_ptr<etcd::Watcher> watcher_;
   ReplicaStats stats_;
   co::IntrusiveList<Waiter> waiters_;
+  // Held changes in first-seen order, and each etcd key's place among them.
+  std::vector<store::RemoteChange> held_;
+  std::unordered_map<std::string, std::size_t> held_at_;
   co::Wakeup wakeup_;
   co::TimerCallback<std::function<void()>> timer_;
 };
