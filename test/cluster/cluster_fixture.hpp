@@ -15,6 +15,7 @@
 
 #include "dispatchd/cluster/manager_watch.hpp"
 #include "dispatchd/cluster/member.hpp"
+#include "support/drive.hpp"
 #include "support/etcd_cluster.hpp"
 
 namespace dispatchd::test {
@@ -126,10 +127,7 @@ class ClusterTest : public ::testing::Test {
 
   // Drives the io_context until `done` holds; false at the limit.
   bool run_until(const std::function<bool()>& done, std::chrono::seconds limit = 30s) {
-    auto deadline = SteadyClock::now() + limit;
-    while (!done() && SteadyClock::now() < deadline)
-      io_.run_one_for(20ms);
-    return done();
+    return dispatchd::test::drive_until(io_, done, limit);
   }
 
   // A write fenced by `f`, as the store's leader writes: did etcd apply it?

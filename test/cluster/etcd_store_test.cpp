@@ -18,6 +18,7 @@
 
 #include "dispatchd/cluster/etcd_journal.hpp"
 #include "dispatchd/cluster/replica.hpp"
+#include "support/drive.hpp"
 #include "support/etcd_cluster.hpp"
 
 namespace {
@@ -116,25 +117,11 @@ class EtcdStoreTest : public ::testing::Test {
 
   template <class T>
   T run(asio::awaitable<T> a, std::chrono::seconds limit = 30s) {
-    std::optional<T> out;
-    std::exception_ptr err;
-    asio::co_spawn(io_, std::move(a), [&](std::exception_ptr e, T v) {
-      err = e;
-      if (!e) out = std::move(v);
-    });
-    auto deadline = SteadyClock::now() + limit;
-    while (!out && !err && SteadyClock::now() < deadline)
-      io_.run_one_for(50ms);
-    if (err) std::rethrow_exception(err);
-    if (!out) throw std::runtime_error("coroutine did not finish in time");
-    return std::move(*out);
+    return dispatchd::test::drive(io_, std::move(a), limit);
   }
 
   bool run_until(const std::function<bool()>& done, std::chrono::seconds limit = 30s) {
-    auto deadline = SteadyClock::now() + limit;
-    while (!done() && SteadyClock::now() < deadline)
-      io_.run_one_for(20ms);
-    return done();
+    return dispatchd::test::drive_until(io_, done, limit);
   }
 
   // A long-running coroutine (a journal's or replica's run()). Declared after the object it

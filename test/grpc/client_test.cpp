@@ -19,6 +19,7 @@
 #include "dispatchd/net/tls_client.hpp"
 #include "dispatcher.pb.h"
 #include "support/certs.hpp"
+#include "support/drive.hpp"
 #include "support/test_server.hpp"
 #include "support/test_service.hpp"
 #include "test_service.grpc.pb.h"
@@ -53,18 +54,7 @@ class Client {
 
   template <class T>
   T run(asio::awaitable<T> a, std::chrono::seconds limit = 20s) {
-    std::optional<T> out;
-    std::exception_ptr err;
-    asio::co_spawn(io_, std::move(a), [&](std::exception_ptr e, T v) {
-      err = e;
-      if (!e) out = std::move(v);
-    });
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!out && !err && std::chrono::steady_clock::now() < deadline)
-      io_.run_one_for(100ms);
-    if (err) std::rethrow_exception(err);
-    if (!out) throw std::runtime_error("client coroutine did not finish");
-    return std::move(*out);
+    return dispatchd::test::drive(io_, std::move(a), limit, "client coroutine did not finish");
   }
 
   // Connects and starts the connection's reader and writer. "" on success.
@@ -76,10 +66,8 @@ class Client {
   void disconnect() {
     if (!conn_) return;
     conn_->close();
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (!run_done_ && std::chrono::steady_clock::now() < deadline)
-      io_.run_one_for(100ms);
-    EXPECT_TRUE(run_done_);
+    EXPECT_TRUE(dispatchd::test::drive_until(
+        io_, [this] { return run_done_; }, 10s, 100ms));
     conn_.reset();
   }
 
