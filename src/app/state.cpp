@@ -11,14 +11,11 @@
 #include <filesystem>
 
 #include "dispatchd/log.hpp"
+#include "errno_text.hpp"
 
 namespace dispatchd::app {
 
 namespace {
-std::string errno_text(const std::string& what) {
-  return what + ": " + std::strerror(errno);
-}
-
 bool write_all(int fd, const std::string& data) {
   std::size_t off = 0;
   while (off < data.size()) {

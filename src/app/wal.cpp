@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "dispatchd/log.hpp"
+#include "errno_text.hpp"
 
 namespace dispatchd::app {
 
@@ -49,10 +50,6 @@ void put_u32(std::string& out, std::uint32_t v) {
 std::uint32_t get_u32(const std::uint8_t* p) {
   return std::uint32_t(p[0]) | std::uint32_t(p[1]) << 8 | std::uint32_t(p[2]) << 16 |
          std::uint32_t(p[3]) << 24;
-}
-
-std::string errno_text(const std::string& what) {
-  return what + ": " + std::strerror(errno);
 }
 
 bool write_all(int fd, const char* data, std::size_t size) {

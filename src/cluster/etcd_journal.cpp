@@ -17,7 +17,7 @@ using Clock = etcd::Clock;
 // Errors worth trying again: etcd or the connection may come back (a leader change inside etcd
 // is UNAVAILABLE, "too many requests" RESOURCE_EXHAUSTED). Anything else is a refusal that the
 // same transaction would meet again.
-bool transient(StatusCode c) {
+bool write_may_succeed_later(StatusCode c) {
   switch (c) {
     case StatusCode::unavailable:
     case StatusCode::deadline_exceeded:
@@ -197,7 +197,7 @@ asio::awaitable<Status> EtcdJournal::write_txn(std::vector<KeyWrite> writes) {
     }
     ++stats_.failures;
     if (r) co_return Status(StatusCode::aborted, "no longer the leader");
-    if (!transient(r.error().code())) {
+    if (!write_may_succeed_later(r.error().code())) {
       co_return Status(r.error().code(), "etcd refused the store's write: " + r.error().message());
     }
     if (!give_up) give_up = start + options_.retry_deadline;

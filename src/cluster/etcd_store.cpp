@@ -5,6 +5,8 @@
 #include <charconv>
 #include <utility>
 
+#include "dispatchd/cluster/manager_keys.hpp"
+
 namespace dispatchd::cluster {
 
 namespace {
@@ -42,10 +44,6 @@ Result<std::shared_ptr<const void>> parse_as(std::string_view id, std::string_vi
     return std::unexpected(data_loss(key, "the object has ID \"" + obj->id() + "\""));
   }
   return std::shared_ptr<const void>(std::move(obj));
-}
-
-pb::Compare fence_compare(const Fence& fence) {
-  return etcd::compare_create_revision(fence.key, pb::Compare::EQUAL, fence.create_revision);
 }
 
 pb::RequestOp to_op(KeyWrite w) {

@@ -15,7 +15,7 @@ namespace {
 
 using Clock = etcd::Clock;
 
-bool transient(StatusCode c) {
+bool watch_may_resume(StatusCode c) {
   return c == StatusCode::unavailable || c == StatusCode::deadline_exceeded ||
          c == StatusCode::unknown || c == StatusCode::internal ||
          c == StatusCode::resource_exhausted;
@@ -87,7 +87,7 @@ asio::awaitable<Status> Replica::follow() {
       watcher_.reset();
     }
     if (stopping_) break;
-    if (!transient(failed.code())) co_return failed;
+    if (!watch_may_resume(failed.code())) co_return failed;
     const auto now = Clock::now();
     if (!give_up) give_up = now + options_.retry_deadline;
     if (now >= *give_up) {

@@ -13,11 +13,11 @@
 namespace dispatchd::h2 {
 
 namespace {
-constexpr std::size_t kReadBufferSize = 64 * 1024;
-constexpr std::size_t kWriteBatch = 64 * 1024;
+constexpr std::size_t kClientReadBufferSize = 64 * 1024;
+constexpr std::size_t kClientWriteBatch = 64 * 1024;
 
 std::uint8_t* client_read_buffer() {
-  thread_local std::array<std::uint8_t, kReadBufferSize> buf;
+  thread_local std::array<std::uint8_t, kClientReadBufferSize> buf;
   return buf.data();
 }
 }  // namespace
@@ -222,7 +222,7 @@ asio::awaitable<void> ClientConnection::read_loop() {
     for (;;) {
       if (dead_) co_return;
       std::error_code ec;
-      std::size_t n = transport_->read_some({buf, kReadBufferSize}, ec);
+      std::size_t n = transport_->read_some({buf, kClientReadBufferSize}, ec);
       if (ec == asio::error::would_block) break;
       if (ec || n == 0) {
         if (ec && ec != asio::error::eof && ec != asio::error::connection_reset) {
@@ -244,7 +244,7 @@ asio::awaitable<void> ClientConnection::read_loop() {
         co_return;
       }
       writer_wakeup_.notify();
-      if (n < kReadBufferSize && !transport_->has_buffered_input()) break;
+      if (n < kClientReadBufferSize && !transport_->has_buffered_input()) break;
     }
   }
 }
@@ -253,7 +253,7 @@ asio::awaitable<void> ClientConnection::write_loop() {
   auto self = shared_from_this();
   for (;;) {
     if (dead_) break;
-    while (out_.size() < kWriteBatch) {
+    while (out_.size() < kClientWriteBatch) {
       const std::uint8_t* data = nullptr;
       ssize_t n = nghttp2_session_mem_send(session_, &data);
       if (n < 0) {

@@ -6,7 +6,10 @@
 
 #include <asio/io_context.hpp>
 #include <chrono>
+#include <cstddef>
 #include <exception>
+#include <numeric>
+#include <vector>
 
 namespace dispatchd::co::testing {
 
@@ -29,6 +32,13 @@ inline void run_to_completion(asio::io_context& io,
                               std::chrono::seconds limit = std::chrono::seconds(10)) {
   io.run_for(limit);
   EXPECT_TRUE(io.stopped()) << "io_context still had work: a coroutine never finished";
+}
+
+// from, from + 1, ..., to - 1
+inline std::vector<int> iota(int from, int to) {
+  std::vector<int> v(static_cast<std::size_t>(to - from));
+  std::iota(v.begin(), v.end(), from);
+  return v;
 }
 
 }  // namespace dispatchd::co::testing

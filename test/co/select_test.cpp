@@ -32,15 +32,7 @@ using namespace std::chrono_literals;
 using testing::Outcome;
 using testing::record;
 
-void run_to_completion(asio::io_context& io) {
-  testing::run_to_completion(io, 30s);
-}
-
-std::vector<int> iota(int from, int to) {
-  std::vector<int> v(static_cast<std::size_t>(to - from));
-  std::iota(v.begin(), v.end(), from);
-  return v;
-}
+using testing::iota;
 
 // ---------------------------------------------------------------------------------------------
 // Queue
@@ -145,7 +137,7 @@ TEST(QueueTest, OverflowAndCloseWakeTheConsumer) {
   io.poll();
   ASSERT_TRUE(w.parked());
   closing.close();
-  run_to_completion(io);
+  testing::run_to_completion(io, 30s);
   EXPECT_TRUE(outcome.done);
   EXPECT_EQ(masks, (std::vector<ReadyMask>{0b01, 0b11}));
 }
@@ -201,7 +193,7 @@ TEST(SelectTest, ConsumesNothingFromAnySource) {
   EXPECT_TRUE(w.parked());
 
   event.set();
-  run_to_completion(io);
+  testing::run_to_completion(io, 30s);
   EXPECT_TRUE(outcome.done);
   EXPECT_FALSE(outcome.error);
   EXPECT_EQ(masks, (std::vector<ReadyMask>{0b0111, 0b0110, 0b0110, 0b1000}));
@@ -226,7 +218,7 @@ TEST(SelectTest, ReturnsWithoutParkingWhenASourceIsAlreadyReady) {
       },
       record(outcome));
   // Nobody notifies: the select can only finish if it never parks.
-  run_to_completion(io);
+  testing::run_to_completion(io, 30s);
   EXPECT_TRUE(outcome.done);
   EXPECT_FALSE(outcome.error);
   EXPECT_EQ(mask, 0b10u);
@@ -248,7 +240,7 @@ TEST(SelectTest, ParksUntilASourceBecomesReady) {
   EXPECT_TRUE(w.parked());
 
   q2.push(5);
-  run_to_completion(io);
+  testing::run_to_completion(io, 30s);
   EXPECT_TRUE(outcome.done);
   EXPECT_EQ(mask, 0b10u);
 }
@@ -270,7 +262,7 @@ TEST(SelectTest, SpuriousWakeupParksAgain) {
   EXPECT_TRUE(w.parked());
 
   q.push(1);
-  run_to_completion(io);
+  testing::run_to_completion(io, 30s);
   EXPECT_TRUE(outcome.done);
   EXPECT_EQ(mask, 0b1u);
 }
@@ -420,7 +412,7 @@ TEST(SelectTest, StressQueuesDeliverEveryValueExactlyOnceInOrder) {
   };
   asio::co_spawn(io, produce(io, push, stop), record(producer));
 
-  run_to_completion(io);
+  testing::run_to_completion(io, 30s);
   ASSERT_TRUE(consumer.done);
   ASSERT_TRUE(producer.done);
   EXPECT_FALSE(consumer.error);
@@ -455,7 +447,7 @@ TEST(SelectTest, StressWatchSubscriptionsDeliverEveryEventExactlyOnceInOrder) {
   };
   asio::co_spawn(io, produce(io, publish, stop), record(producer));
 
-  run_to_completion(io);
+  testing::run_to_completion(io, 30s);
   ASSERT_TRUE(consumer.done);
   ASSERT_TRUE(producer.done);
   EXPECT_FALSE(consumer.error);

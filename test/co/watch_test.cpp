@@ -34,11 +34,7 @@ std::vector<int> drain(Watch<int>::Subscription& s) {
   return out;
 }
 
-std::vector<int> iota(int from, int to) {
-  std::vector<int> v(static_cast<std::size_t>(to - from));
-  std::iota(v.begin(), v.end(), from);
-  return v;
-}
+using testing::iota;
 
 TEST(WatchTest, SubscriberSeesOnlyEventsPublishedAfterSubscribing) {
   Watch<int> watch(16);

@@ -34,10 +34,7 @@ ProcessResult run_ctl(std::vector<std::string> args) {
   return run_process(args, {}, 60s, {"DISPATCHCTL_", "GRPC_"});
 }
 
-std::string show(const ProcessResult& r) {
-  return "exit " + std::to_string(r.exit_status) + (r.timed_out ? " (timed out)" : "") +
-         "\nstdout: " + r.out + "\nstderr: " + r.err;
-}
+using dispatchd::test::show;
 
 std::vector<std::string> lines(const std::string& s) {
   std::vector<std::string> out;

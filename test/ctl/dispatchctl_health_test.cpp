@@ -21,10 +21,7 @@ ProcessResult ctl(std::vector<std::string> args, std::map<std::string, std::stri
   return run_process(args, env, std::chrono::seconds(30), {"DISPATCHCTL_", "GRPC_"});
 }
 
-std::string show(const ProcessResult& r) {
-  return "exit " + std::to_string(r.exit_status) + (r.timed_out ? " (timed out)" : "") +
-         "\nstdout: " + r.out + "\nstderr: " + r.err;
-}
+using dispatchd::test::show;
 
 const std::string& cert_dir() {
   static const std::string dir =

@@ -27,10 +27,7 @@ using dispatchd::test::run_process;
 using dispatchd::test::TestServer;
 using namespace std::chrono_literals;
 
-std::string show(const ProcessResult& r) {
-  return "exit " + std::to_string(r.exit_status) + (r.timed_out ? " (timed out)" : "") +
-         "\nstdout: " + r.out + "\nstderr: " + r.err;
-}
+using dispatchd::test::show;
 
 class DispatchctlLogs : public ::testing::Test {
  protected:

@@ -15,6 +15,12 @@ struct ProcessResult {
   std::string out, err;
 };
 
+// For failure messages: the exit status and both outputs.
+inline std::string show(const ProcessResult& r) {
+  return "exit " + std::to_string(r.exit_status) + (r.timed_out ? " (timed out)" : "") +
+         "\nstdout: " + r.out + "\nstderr: " + r.err;
+}
+
 // `env` is added to this process's environment, minus every variable starting with one of
 // `drop_prefixes` (so the caller's DISPATCHCTL_* settings cannot leak into a test).
 ProcessResult run_process(const std::vector<std::string>& argv,
