@@ -20,7 +20,7 @@ RUN scripts/install-deps.sh --build-only && rm -rf /var/lib/apt/lists/*
 COPY . .
 # Stripped binaries into /staging; runtime-packages.txt lists the Debian packages holding the
 # shared libraries they load (ldd -> dpkg -S), which the runtime stage installs and nothing more.
-RUN scripts/build.sh --no-tests --no-debug-info \
+RUN scripts/build.sh --no-tests --no-debug-info --unity \
  && cmake --install build --prefix /staging --strip \
  && scripts/runtime-packages.sh /staging/bin/* > /staging/runtime-packages.txt \
  && echo "runtime packages: $(tr '\n' ' ' < /staging/runtime-packages.txt)"
