@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "dispatchd/cluster/manager_keys.hpp"
 #include "dispatchd/log.hpp"
 
 namespace dispatchd::cluster {
@@ -100,7 +101,6 @@ void EtcdJournal::rewrite(std::span<const ObjectName> objects) {
     if (now) w.value = encode_object(o.type, now.get());
     queue(std::move(w));
   }
-  ++stats_.rewritten;
   queued_index_ = std::max(queued_index_, store_.index());
   has_queued_ = true;
   wakeup_.notify();
@@ -168,14 +168,9 @@ asio::awaitable<Status> EtcdJournal::write_txn(std::vector<KeyWrite> writes) {
   std::size_t bytes = 0;
   for (auto& w : writes) {
     bytes += write_bytes(w);
-    if (w.value) {
-      ops.push_back(etcd::op_put(std::move(w.key), std::move(*w.value)));
-    } else {
-      ops.push_back(etcd::op_delete(std::move(w.key)));
-    }
+    ops.push_back(to_op(std::move(w)));
   }
-  const auto compare =
-      etcd::compare_create_revision(fence_.key, pb::Compare::EQUAL, fence_.create_revision);
+  const auto compare = fence_compare(fence_);
   std::optional<Clock::time_point> give_up;
   auto backoff = options_.backoff_min;
   for (;;) {

@@ -46,11 +46,6 @@ Result<std::shared_ptr<const void>> parse_as(std::string_view id, std::string_vi
   return std::shared_ptr<const void>(std::move(obj));
 }
 
-pb::RequestOp to_op(KeyWrite w) {
-  if (w.value) return etcd::op_put(std::move(w.key), std::move(*w.value));
-  return etcd::op_delete(std::move(w.key));
-}
-
 Status not_leader() {
   return Status(StatusCode::aborted, "no longer the leader");
 }
@@ -260,6 +255,11 @@ asio::awaitable<Result<Loaded>> load(etcd::Client& client, std::string prefix,
   }
   before->loaded.unfinished = true;
   co_return std::move(before->loaded);
+}
+
+pb::RequestOp to_op(KeyWrite w) {
+  if (w.value) return etcd::op_put(std::move(w.key), std::move(*w.value));
+  return etcd::op_delete(std::move(w.key));
 }
 
 std::size_t write_bytes(const KeyWrite& w) {

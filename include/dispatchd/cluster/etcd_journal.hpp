@@ -45,14 +45,13 @@ struct EtcdJournalOptions {
 };
 
 struct EtcdJournalStats {
-  std::uint64_t commits = 0;    // appended
-  std::uint64_t batches = 0;    // written (mark_durable once each)
-  std::uint64_t txns = 0;       // successful transactions
-  std::uint64_t ops = 0;        // operations in them (`P index` included)
-  std::uint64_t bytes = 0;      // keys plus values in them
-  std::uint64_t failures = 0;   // failed transaction attempts (retried or not)
-  std::uint64_t rewritten = 0;  // rewrite() calls
-  double wait_seconds = 0;      // spent waiting for etcd, summed over attempts
+  std::uint64_t commits = 0;   // appended
+  std::uint64_t batches = 0;   // written (mark_durable once each)
+  std::uint64_t txns = 0;      // successful transactions
+  std::uint64_t ops = 0;       // operations in them (`P index` included)
+  std::uint64_t bytes = 0;     // keys plus values in them
+  std::uint64_t failures = 0;  // failed transaction attempts (retried or not)
+  double wait_seconds = 0;     // spent waiting for etcd, summed over attempts
 };
 
 class EtcdJournal final : public store::Journal {

@@ -106,6 +106,8 @@ std::vector<std::vector<KeyWrite>> chunk_writes(std::vector<KeyWrite> writes,
                                                 const TxnLimits& limits);
 // A write's approximate size in a request.
 std::size_t write_bytes(const KeyWrite& w);
+// The transaction operation for a write: a put, or a delete.
+etcd::pb::RequestOp to_op(KeyWrite w);
 // Adds the bookkeeping keys to chunks from chunk_writes: `P index` = `index` to the last one;
 // when there are several, `P partial` (= `index`) to the first and its removal to the last; when
 // there is one, the removal of `P partial` only if `clear_partial` (a new leader's first write,
