@@ -29,6 +29,7 @@
 #include "dispatchd/etcd/client.hpp"
 #include "dispatcher.grpc.pb.h"
 #include "support/child_process.hpp"
+#include "support/drive.hpp"
 #include "support/etcd_cluster.hpp"
 #include "support/grpc_client.hpp"
 #include "support/managers.hpp"
@@ -181,10 +182,8 @@ std::vector<mvccpb::Event> etcd_history(const EtcdCluster& etcd, etcd::ClientOpt
     co_return events;
   };
   auto done = asio::co_spawn(io, read(**client), asio::use_future);
-  const auto deadline = Clock::now() + 20s;
-  while (done.wait_for(0s) != std::future_status::ready && Clock::now() < deadline)
-    io.run_one_for(20ms);
-  if (done.wait_for(0s) != std::future_status::ready) {
+  if (!dispatchd::test::drive_until(
+          io, [&] { return done.wait_for(0s) == std::future_status::ready; }, 20s)) {
     ADD_FAILURE() << "etcd's history was not read within 20 s";
     return {};
   }

@@ -13,6 +13,8 @@
 #include <fstream>
 #include <optional>
 
+#include "support/drive.hpp"
+
 namespace {
 
 namespace api = docker::swarmkit::v1;
@@ -69,15 +71,12 @@ class WalTest : public ::testing::Test {
     ASSERT_TRUE(s.update(f).is_ok());
   }
   // Runs handlers (a batch's completion, a resumed coroutine) until done() holds, for at most
-  // 10 s; an io_context that ran out of work stops and is restarted for the next wait.
+  // 10 s.
   template <class F>
   void run_until(F done) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!done() && std::chrono::steady_clock::now() < deadline) {
-      if (io.stopped()) io.restart();
-      io.run_one_for(std::chrono::milliseconds(100));
-    }
-    ASSERT_TRUE(done()) << "timed out";
+    ASSERT_TRUE(dispatchd::test::drive_until(io, done, std::chrono::seconds(10),
+                                             std::chrono::milliseconds(100)))
+        << "timed out";
   }
   std::string newest_segment() { return dir.path + "/" + wal_segments(dir.path).back(); }
 

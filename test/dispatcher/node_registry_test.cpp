@@ -8,6 +8,8 @@
 #include <asio/io_context.hpp>
 #include <set>
 
+#include "support/drive.hpp"
+
 namespace dispatchd::dispatcher {
 namespace {
 
@@ -31,10 +33,7 @@ class NodeRegistryTest : public ::testing::Test {
   // Runs the io_context until `done` or `for_at_most`.
   template <class F>
   bool run_until(F done, std::chrono::milliseconds for_at_most = 5s) {
-    auto limit = std::chrono::steady_clock::now() + for_at_most;
-    while (!done() && std::chrono::steady_clock::now() < limit)
-      io_.run_one_for(10ms);
-    return done();
+    return dispatchd::test::drive_until(io_, done, for_at_most, 10ms);
   }
 
   asio::io_context io_;

@@ -289,10 +289,8 @@ TEST_P(ClientTest, ServerShutdownEndsTheConnection) {
                                                    options()))
                   .is_ok());
   ASSERT_TRUE(server_.stop());
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (!client_.run_done() && std::chrono::steady_clock::now() < deadline)
-    client_.io().run_one_for(100ms);
-  EXPECT_TRUE(client_.run_done());
+  EXPECT_TRUE(dispatchd::test::drive_until(
+      client_.io(), [&] { return client_.run_done(); }, 10s, 100ms));
   EXPECT_FALSE(client_.conn().usable());
 }
 
