@@ -96,6 +96,10 @@ std::string Server::render_metrics() const {
   w.scalar("dispatchd_received_pings_total", "counter",
            "PING frames received from clients (keepalive and bandwidth probes).",
            d(pings_received()));
+  w.scalar("dispatchd_stream_resets_at_deadline_total", "counter",
+           "Streams reset by clients at the deadline they declared, unanswered because the server "
+           "ran that far behind (not counted as rapid reset).",
+           d(resets_at_deadline()));
   w.scalar("dispatchd_frame_buffer_releases_total", "counter",
            "Times the pages of a connection's HTTP/2 frame buffer went back to the kernel (the "
            "connection idle, or closed).",

@@ -46,8 +46,17 @@ void TimerWheel::start_timer() {
   timer_.async_wait([this](std::error_code ec) {
     if (ec) return;  // cancelled: the wheel is being destroyed
     timer_running_ = false;
+    last_fired_ = Clock::now();
+    last_lateness_ = last_fired_ - timer_.expiry();
     on_timer();
   });
+}
+
+TimerWheel::Clock::duration TimerWheel::lag(Clock::time_point now) const noexcept {
+  Clock::duration lag{};
+  if (timer_running_ && now > timer_.expiry()) lag = now - timer_.expiry();
+  if (now - last_fired_ < std::chrono::seconds(1)) lag = std::max(lag, last_lateness_);
+  return lag;
 }
 
 void TimerWheel::on_timer() {

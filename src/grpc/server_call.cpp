@@ -71,6 +71,7 @@ void ServerCall::set_timeout(std::chrono::nanoseconds d) {
   if (d > std::chrono::hours(24 * 365 * 100)) return;
   deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(d);
   wheel_.arm(deadline_entry_, *deadline_);
+  stream_->set_deadline(*deadline_);
 }
 
 void ServerCall::on_deadline() {

@@ -471,5 +471,30 @@ TEST(TimerWheelTest, DestroyingAnotherDueEntryFromACallbackPreventsItFiring) {
   EXPECT_TRUE(!a != !b) << "exactly one entry should remain";
 }
 
+// lag(): how far behind the loop runs, seen from the driving timer. Nothing armed: no lag. A
+// loop that does not get to the wheel for 30 ms: the timer is that overdue, and after it fires
+// its lateness is remembered for a second.
+TEST(TimerWheelTest, LagIsHowLateTheDrivingTimerRuns) {
+  asio::io_context io;
+  TimerWheel wheel(io, kTick);
+  EXPECT_EQ(wheel.lag(Clock::now()), Clock::duration::zero());
+
+  Probe p;
+  wheel.arm_after(p, 1s);
+  io.poll();  // the timer is armed for the next tick; the loop keeps up
+  EXPECT_LT(wheel.lag(Clock::now()), 30ms);
+  // The thread is busy elsewhere (standing in for a loaded loop) for 30 ms.
+  const auto busy_until = Clock::now() + 30ms;
+  while (Clock::now() < busy_until) {
+  }
+  EXPECT_GE(wheel.lag(Clock::now()), 28ms);  // overdue by nearly all of it (one tick of slack)
+  io.run_one();                              // the driving timer fires, late
+  const auto fired = Clock::now();
+  EXPECT_GE(wheel.lag(fired), 28ms);  // remembered
+  wheel.disarm(p);
+  io.run();  // the wheel goes idle
+  EXPECT_EQ(wheel.lag(fired + 2s), Clock::duration::zero()) << "remembered for too long";
+}
+
 }  // namespace
 }  // namespace dispatchd::co

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <ostream>
 #include <sstream>
@@ -464,6 +465,64 @@ TEST_F(AttackTest, ResetsOfAnsweredStreamsAreNotRapidReset) {
   auto goaways = w.goaways();
   ASSERT_FALSE(goaways.empty());
   EXPECT_EQ(goaways.back().code, frames::kEnhanceYourCalm);
+  EXPECT_TRUE(settled());
+  EXPECT_TRUE(served());
+}
+
+// A busy grpc-go client on a server that runs behind: it sends HEADERS, gives up at its 10 ms
+// deadline and sends RST_STREAM, but the server, busy elsewhere for 60 ms, reads both at once and
+// never had the chance to answer. Such resets are the client's deadline, not rapid reset; the
+// same pattern with a deadline the server's lag does not reach is.
+TEST_F(AttackTest, ResetsAtTheirDeadlineWhileTheServerRunsBehindAreNotRapidReset) {
+  auto options = attack_options();
+  options.h2.reset_rate = 0.05;  // no refill to speak of: every counted reset stays counted
+  start(options);
+  Wire w(port());
+  ASSERT_TRUE(w.send(opening()));
+  const std::uint32_t kResets = 2 * options.h2.reset_burst;
+  auto resets = [&](std::uint32_t first_id, const std::string& timeout) {
+    const std::string block = frames::grpc_request_block(kHangStream, {{"grpc-timeout", timeout}});
+    std::string bytes;
+    for (std::uint32_t i = 0; i < kResets; ++i) {
+      auto id = first_id + 2 * i;
+      bytes += frames::headers(id, block, frames::kEndHeaders) + frames::rst_stream(id);
+    }
+    return bytes;
+  };
+  // The server's thread is busy for 60 ms (standing in for a loaded server) while the client's
+  // frames wait in the socket.
+  std::promise<void> busy;
+  std::promise<void> sent;
+  std::thread load([&] {
+    server().call([&] {
+      auto until = Clock::now() + 60ms;
+      busy.set_value();
+      sent.get_future().wait();
+      while (Clock::now() < until) {
+      }
+    });
+  });
+  busy.get_future().wait();
+  std::uint32_t id = 1;
+  bool written = w.send(resets(id, "10m"));  // grpc-timeout 10 ms
+  sent.set_value();
+  load.join();
+  ASSERT_TRUE(written);
+  id += 2 * kResets;
+  // A health check behind them is answered: the connection was not closed for the resets.
+  ASSERT_TRUE(w.send(grpc_request(id, kCheck, health_request())));
+  EXPECT_TRUE(w.read_until([&] { return has_data(w.all_frames(), id, kServing); }));
+  EXPECT_TRUE(w.goaways().empty()) << "resets at the client's deadline were taken for an attack";
+  EXPECT_EQ(server().call([&] { return server().server().resets_at_deadline(); }), kResets);
+
+  // The same resets with a 10 s deadline, which no lag of the server's reaches: rapid reset.
+  id += 2;
+  ASSERT_TRUE(w.send(resets(id, "10S")));
+  EXPECT_TRUE(w.read_until_closed());
+  auto goaways = w.goaways();
+  ASSERT_FALSE(goaways.empty());
+  EXPECT_EQ(goaways.back().code, frames::kEnhanceYourCalm);
+  EXPECT_EQ(server().call([&] { return server().server().resets_at_deadline(); }), kResets);
   EXPECT_TRUE(settled());
   EXPECT_TRUE(served());
 }

@@ -81,6 +81,7 @@ struct ServerStats {
   std::uint64_t closed_connections = 0;
   std::uint64_t calmed_connections = 0;
   std::uint64_t closed_pings_in = 0;  // closed with GOAWAY ENHANCE_YOUR_CALM
+  std::uint64_t closed_resets_at_deadline = 0;
   // Bytes of connections already closed (live ones are summed when asked).
   std::uint64_t closed_bytes_in = 0;
   std::uint64_t closed_bytes_out = 0;
@@ -153,6 +154,9 @@ class Server {
   const ServerStats& stats() const noexcept { return stats_; }
   // PING frames received from clients, on open and closed connections.
   std::uint64_t pings_received() const noexcept;
+  // Resets of streams the server had not answered by their deadline, as it ran behind (see
+  // h2::ConnectionStats::resets_at_deadline).
+  std::uint64_t resets_at_deadline() const noexcept;
   // Stream objects nghttp2 holds on the open connections (open streams, and closed ones if kept).
   std::size_t retained_streams() const;
   // Serving and not draining (/readyz).

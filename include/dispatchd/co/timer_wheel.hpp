@@ -55,6 +55,10 @@ class TimerWheel {
   void arm_after(Entry& e, Clock::duration d) { arm(e, Clock::now() + d); }
   void disarm(Entry& e) noexcept;
   std::size_t armed_count() const noexcept { return count_; }
+  // How far behind the event loop runs: how late the driving timer is (if it is overdue now) or
+  // was when it last fired, within the last second. Zero when the loop keeps up, or when nothing
+  // has been armed for a second.
+  Clock::duration lag(Clock::time_point now) const noexcept;
   asio::io_context& io() noexcept { return io_; }
 
  private:
@@ -70,6 +74,8 @@ class TimerWheel {
   std::int64_t current_tick_ = 0;  // every slot up to and including this tick has been processed
   std::size_t count_ = 0;
   bool timer_running_ = false;
+  Clock::duration last_lateness_{};  // of the driving timer, when it last fired
+  Clock::time_point last_fired_{};
   bool* alive_ = nullptr;  // detects destruction from inside a callback
 };
 

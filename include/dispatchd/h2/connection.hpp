@@ -104,8 +104,11 @@ struct ConnectionStats {
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
   std::uint64_t streams = 0;
-  std::uint64_t data_out = 0;              // stream DATA bytes handed to nghttp2
-  std::uint64_t pings_in = 0;              // PING frames from the peer (not ACKs)
+  std::uint64_t data_out = 0;  // stream DATA bytes handed to nghttp2
+  std::uint64_t pings_in = 0;  // PING frames from the peer (not ACKs)
+  // RST_STREAM of unanswered streams at their deadline, reached while the server ran behind:
+  // not counted as rapid reset.
+  std::uint64_t resets_at_deadline = 0;
   std::uint64_t frame_pages_released = 0;  // idle spells after which the frame buffer was dropped
 };
 

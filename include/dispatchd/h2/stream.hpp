@@ -5,6 +5,7 @@
 // that serves the request holds another (StreamRef). The object dies when both are gone, and it
 // keeps its Connection alive until then. All methods run on the io_context thread.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -94,6 +95,12 @@ class Stream : public co::ListHook {
   bool response_started() const noexcept { return response_started_; }
   bool finished() const noexcept { return finishing_; }
 
+  // When the client gives up on the request, as the upper layer read it from the request (gRPC's
+  // grpc-timeout), counted from when the server saw it; unset (the epoch) without a deadline. A
+  // reset at that time is the client's deadline, not a rapid reset.
+  void set_deadline(std::chrono::steady_clock::time_point t) noexcept { deadline_ = t; }
+  std::chrono::steady_clock::time_point deadline() const noexcept { return deadline_; }
+
   // Response HEADERS without END_STREAM; DATA and trailers follow.
   void submit_headers(std::span<const Header> headers);
   // Response HEADERS with END_STREAM: the whole response (gRPC "trailers-only").
@@ -146,6 +153,7 @@ class Stream : public co::ListHook {
   std::size_t out_head_ = 0;    // index of the first unsent segment
   std::size_t out_offset_ = 0;  // bytes of out_[out_head_] already sent
   std::size_t pending_bytes_ = 0;
+  std::chrono::steady_clock::time_point deadline_{};
   StreamListener* listener_ = nullptr;
   co::Wakeup* drain_waiter_ = nullptr;
 };
