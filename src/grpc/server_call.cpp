@@ -69,9 +69,9 @@ ServerCall::~ServerCall() {
 void ServerCall::set_timeout(std::chrono::nanoseconds d) {
   // Beyond a century a deadline is no deadline (and now + d must not overflow).
   if (d > std::chrono::hours(24 * 365 * 100)) return;
-  deadline_ = Clock::now() + std::chrono::duration_cast<Clock::duration>(d);
-  wheel_.arm(deadline_entry_, *deadline_);
-  stream_->set_deadline(*deadline_);
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(d);
+  wheel_.arm(deadline_entry_, deadline);
+  stream_->set_deadline(deadline);
 }
 
 void ServerCall::on_deadline() {

@@ -90,16 +90,17 @@ int Connection::on_frame_recv(const nghttp2_frame* frame) {
       // backstop, set in the constructor, still bounds them).
       //
       // Nor is a reset at the deadline the client declared, when the server is too far behind to
-      // have answered by then: its timer wheel running late by the request's whole deadline. The
-      // client then sent HEADERS and RST_STREAM a deadline apart, but both waited in the socket
-      // and arrive in one read. A deadline reached only by the server's lag is one the client
-      // could have let the server enforce anyway (answering DEADLINE_EXCEEDED): not counting
-      // its reset frees no stream that the client could not have had for the same cost.
+      // have answered by then: the time since it saw the request plus how late its timer wheel
+      // runs reaches the deadline. The client then sent HEADERS and RST_STREAM a deadline apart,
+      // but both waited in the socket and arrive in one read. A deadline reached only by the
+      // server's lag is one the client could have let the server enforce anyway (answering
+      // DEADLINE_EXCEEDED): not counting its reset frees no stream that the client could not have
+      // had for the same cost.
       auto* s =
           static_cast<Stream*>(nghttp2_session_get_stream_user_data(session_, frame->hd.stream_id));
       bool unanswered = s && !s->response_started();
-      if (unanswered && s->deadline() != std::chrono::steady_clock::time_point{} &&
-          now + wheel_.lag(now) >= s->deadline()) {
+      if (auto deadline = unanswered ? s->deadline() : std::nullopt;
+          deadline && now + wheel_.lag(now) >= *deadline) {
         ++stats_.resets_at_deadline;
         unanswered = false;
       }

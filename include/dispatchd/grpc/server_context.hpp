@@ -25,7 +25,7 @@ class ServerContext {
   co::Event& cancelled() noexcept { return cancelled_; }
   bool is_cancelled() const noexcept { return cancelled_.is_set(); }
   bool deadline_exceeded() const noexcept { return deadline_exceeded_; }
-  std::optional<Clock::time_point> deadline() const noexcept { return deadline_; }
+  std::optional<Clock::time_point> deadline() const noexcept { return stream_->deadline(); }
 
   // "ip:port" of the client.
   const std::string& peer() const noexcept { return stream_->peer(); }
@@ -50,7 +50,6 @@ class ServerContext {
 
   h2::StreamRef stream_;
   co::Event cancelled_;
-  std::optional<Clock::time_point> deadline_;
   bool deadline_exceeded_ = false;
 };
 

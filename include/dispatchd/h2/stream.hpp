@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -96,10 +97,13 @@ class Stream : public co::ListHook {
   bool finished() const noexcept { return finishing_; }
 
   // When the client gives up on the request, as the upper layer read it from the request (gRPC's
-  // grpc-timeout), counted from when the server saw it; unset (the epoch) without a deadline. A
-  // reset at that time is the client's deadline, not a rapid reset.
+  // grpc-timeout), counted from when the server saw it; none without a deadline. A reset at that
+  // time is the client's deadline, not a rapid reset.
   void set_deadline(std::chrono::steady_clock::time_point t) noexcept { deadline_ = t; }
-  std::chrono::steady_clock::time_point deadline() const noexcept { return deadline_; }
+  std::optional<std::chrono::steady_clock::time_point> deadline() const noexcept {
+    if (deadline_ == std::chrono::steady_clock::time_point{}) return std::nullopt;
+    return deadline_;
+  }
 
   // Response HEADERS without END_STREAM; DATA and trailers follow.
   void submit_headers(std::span<const Header> headers);
@@ -153,7 +157,7 @@ class Stream : public co::ListHook {
   std::size_t out_head_ = 0;    // index of the first unsent segment
   std::size_t out_offset_ = 0;  // bytes of out_[out_head_] already sent
   std::size_t pending_bytes_ = 0;
-  std::chrono::steady_clock::time_point deadline_{};
+  std::chrono::steady_clock::time_point deadline_{};  // the epoch: none (8 bytes, not 16)
   StreamListener* listener_ = nullptr;
   co::Wakeup* drain_waiter_ = nullptr;
 };
