@@ -39,12 +39,7 @@ std::string Server::render_metrics() const {
   // A family of one unlabelled sample: its name is written once.
 
   // ---- connections -------------------------------------------------------------------------
-  std::uint64_t live_in = 0, live_out = 0, live_streams = 0;
-  connections_.for_each([&](const h2::Connection& c) {
-    live_in += c.stats().bytes_in;
-    live_out += c.stats().bytes_out;
-    live_streams += c.stats().streams;
-  });
+  const h2::ConnectionStats totals = connection_totals();
   w.scalar("dispatchd_connections", "gauge", "HTTP/2 connections open.", d(connection_count_));
   w.scalar("dispatchd_tls_handshakes_in_progress", "gauge", "TLS handshakes not finished yet.",
            d(handshake_count_));
@@ -88,18 +83,18 @@ std::string Server::render_metrics() const {
   w.sample("dispatchd_tls_connections_total", {{"records", "openssl"}},
            d(stats_.tls_openssl_records));
   w.scalar("dispatchd_received_bytes_total", "counter",
-           "Bytes received on agent connections (after TLS).", d(stats_.closed_bytes_in + live_in));
+           "Bytes received on agent connections (after TLS).", d(totals.bytes_in));
   w.scalar("dispatchd_sent_bytes_total", "counter", "Bytes sent on agent connections (before TLS).",
-           d(stats_.closed_bytes_out + live_out));
+           d(totals.bytes_out));
   w.scalar("dispatchd_streams_total", "counter", "HTTP/2 streams opened by clients.",
-           d(stats_.closed_streams + live_streams));
+           d(totals.streams));
   w.scalar("dispatchd_received_pings_total", "counter",
            "PING frames received from clients (keepalive and bandwidth probes).",
-           d(pings_received()));
+           d(totals.pings_in));
   w.scalar("dispatchd_stream_resets_at_deadline_total", "counter",
            "Streams reset by clients at the deadline they declared, unanswered because the server "
            "ran that far behind (not counted as rapid reset).",
-           d(resets_at_deadline()));
+           d(totals.resets_at_deadline));
   w.scalar("dispatchd_frame_buffer_releases_total", "counter",
            "Times the pages of a connection's HTTP/2 frame buffer went back to the kernel (the "
            "connection idle, or closed).",

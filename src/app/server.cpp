@@ -339,24 +339,14 @@ asio::awaitable<void> Server::serve_connection(std::shared_ptr<h2::Connection> c
   c->unlink();
   ++stats_.closed_connections;
   if (c->calmed()) ++stats_.calmed_connections;
-  stats_.closed_bytes_in += c->stats().bytes_in;
-  stats_.closed_bytes_out += c->stats().bytes_out;
-  stats_.closed_streams += c->stats().streams;
-  stats_.closed_pings_in += c->stats().pings_in;
-  stats_.closed_resets_at_deadline += c->stats().resets_at_deadline;
+  stats_.of_closed_connections += c->stats();
   log::debug("{}: connection closed ({} bytes in, {} bytes out, {} streams)", c->peer(),
              c->stats().bytes_in, c->stats().bytes_out, c->stats().streams);
 }
 
-std::uint64_t Server::pings_received() const noexcept {
-  std::uint64_t n = stats_.closed_pings_in;
-  connections_.for_each([&](const h2::Connection& c) { n += c.stats().pings_in; });
-  return n;
-}
-
-std::uint64_t Server::resets_at_deadline() const noexcept {
-  std::uint64_t n = stats_.closed_resets_at_deadline;
-  connections_.for_each([&](const h2::Connection& c) { n += c.stats().resets_at_deadline; });
+h2::ConnectionStats Server::connection_totals() const noexcept {
+  h2::ConnectionStats n = stats_.of_closed_connections;
+  connections_.for_each([&](const h2::Connection& c) { n += c.stats(); });
   return n;
 }
 

@@ -513,7 +513,8 @@ TEST_F(AttackTest, ResetsAtTheirDeadlineWhileTheServerRunsBehindAreNotRapidReset
   ASSERT_TRUE(w.send(grpc_request(id, kCheck, health_request())));
   EXPECT_TRUE(w.read_until([&] { return has_data(w.all_frames(), id, kServing); }));
   EXPECT_TRUE(w.goaways().empty()) << "resets at the client's deadline were taken for an attack";
-  EXPECT_EQ(server().call([&] { return server().server().resets_at_deadline(); }), kResets);
+  EXPECT_EQ(server().call([&] { return server().server().connection_totals().resets_at_deadline; }),
+            kResets);
 
   // The same resets with a 10 s deadline, which no lag of the server's reaches: rapid reset.
   id += 2;
@@ -522,7 +523,8 @@ TEST_F(AttackTest, ResetsAtTheirDeadlineWhileTheServerRunsBehindAreNotRapidReset
   auto goaways = w.goaways();
   ASSERT_FALSE(goaways.empty());
   EXPECT_EQ(goaways.back().code, frames::kEnhanceYourCalm);
-  EXPECT_EQ(server().call([&] { return server().server().resets_at_deadline(); }), kResets);
+  EXPECT_EQ(server().call([&] { return server().server().connection_totals().resets_at_deadline; }),
+            kResets);
   EXPECT_TRUE(settled());
   EXPECT_TRUE(served());
 }

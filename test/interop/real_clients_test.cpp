@@ -157,7 +157,7 @@ TEST_F(GhzTest, HeartbeatsOverMutualTlsUnderLoadAreAllOk) {
   EXPECT_EQ(rep.count, 20000) << rep.output;
   EXPECT_EQ(rep.ok, 20000) << rep.output;
   auto calmed = server.call([&] { return server.server().stats().calmed_connections; });
-  auto pings = server.call([&] { return server.server().pings_received(); });
+  auto pings = server.call([&] { return server.server().connection_totals().pings_in; });
   EXPECT_EQ(calmed, 0u);
   // The case at hand: the client really did probe with PINGs, far beyond the flood burst.
   EXPECT_GT(pings, 5u * strict_options().h2.control_burst) << "ghz sent too few PINGs to tell";
@@ -247,7 +247,8 @@ TEST(GrpcppClientTest, BandwidthProbesDuringALargeStreamAreNotAFlood) {
   EXPECT_EQ(received, 4u * 2000u * 16u * 1024u);
   EXPECT_EQ(server.call([&] { return server.server().stats().calmed_connections; }), 0u);
   EXPECT_EQ(server.call([&] { return server.server().stats().accepted; }), 1u);
-  EXPECT_GT(server.call([&] { return server.server().pings_received(); }), o.h2.control_burst)
+  EXPECT_GT(server.call([&] { return server.server().connection_totals().pings_in; }),
+            o.h2.control_burst)
       << "grpc++ sent too few PINGs to tell";
 }
 
@@ -280,8 +281,9 @@ TEST(GrpcppClientTest, AggressiveKeepaliveKeepsItsConnection) {
   });
   // Keepalive PINGs arrive while the stream is idle (grpc-core spaces them about a second apart
   // whatever it is asked for)...
-  EXPECT_TRUE(server.eventually([&] { return server.server().pings_received() >= 5; }, 30s))
-      << server.call([&] { return server.server().pings_received(); }) << " PINGs";
+  EXPECT_TRUE(
+      server.eventually([&] { return server.server().connection_totals().pings_in >= 5; }, 30s))
+      << server.call([&] { return server.server().connection_totals().pings_in; }) << " PINGs";
   // ... the stream is still open, and the same connection serves the next call.
   EXPECT_EQ(server.call([&] { return server.server().grpc().active_calls(); }), 1u);
   grpc::ClientContext ctx;

@@ -79,13 +79,9 @@ struct ServerStats {
   std::uint64_t tls_own_records = 0;
   std::uint64_t tls_openssl_records = 0;
   std::uint64_t closed_connections = 0;
-  std::uint64_t calmed_connections = 0;
-  std::uint64_t closed_pings_in = 0;  // closed with GOAWAY ENHANCE_YOUR_CALM
-  std::uint64_t closed_resets_at_deadline = 0;
-  // Bytes of connections already closed (live ones are summed when asked).
-  std::uint64_t closed_bytes_in = 0;
-  std::uint64_t closed_bytes_out = 0;
-  std::uint64_t closed_streams = 0;
+  std::uint64_t calmed_connections = 0;  // closed with GOAWAY ENHANCE_YOUR_CALM
+  // The counters of connections already closed (Server::connection_totals adds the open ones).
+  h2::ConnectionStats of_closed_connections;
 };
 
 // Everything SIGHUP reloads from the --tls-cert, --tls-key and --tls-ca files: the server's
@@ -152,11 +148,9 @@ class Server {
   // The pool running handshake cryptography (null: the io thread does it; set once run() began).
   net::HandshakePool* handshake_pool() noexcept { return handshake_pool_.get(); }
   const ServerStats& stats() const noexcept { return stats_; }
-  // PING frames received from clients, on open and closed connections.
-  std::uint64_t pings_received() const noexcept;
-  // Resets of streams the server had not answered by their deadline, as it ran behind (see
-  // h2::ConnectionStats::resets_at_deadline).
-  std::uint64_t resets_at_deadline() const noexcept;
+  // The counters of every connection, open and closed, added up (bytes, streams, PINGs
+  // received, resets at their deadline, ...).
+  h2::ConnectionStats connection_totals() const noexcept;
   // Stream objects nghttp2 holds on the open connections (open streams, and closed ones if kept).
   std::size_t retained_streams() const;
   // Serving and not draining (/readyz).

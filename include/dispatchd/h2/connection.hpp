@@ -110,7 +110,21 @@ struct ConnectionStats {
   // not counted as rapid reset.
   std::uint64_t resets_at_deadline = 0;
   std::uint64_t frame_pages_released = 0;  // idle spells after which the frame buffer was dropped
+
+  // Totals over several connections (every field).
+  ConnectionStats& operator+=(const ConnectionStats& o) noexcept {
+    bytes_in += o.bytes_in;
+    bytes_out += o.bytes_out;
+    streams += o.streams;
+    data_out += o.data_out;
+    pings_in += o.pings_in;
+    resets_at_deadline += o.resets_at_deadline;
+    frame_pages_released += o.frame_pages_released;
+    return *this;
+  }
 };
+static_assert(sizeof(ConnectionStats) == 7 * sizeof(std::uint64_t),
+              "a new ConnectionStats field must be added in operator+= too");
 
 class Connection : public std::enable_shared_from_this<Connection>, public co::ListHook {
  public:
